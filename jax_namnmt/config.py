@@ -1,0 +1,269 @@
+"""Configs as data: frozen dataclasses, loaded from ``configs/*.py`` or JSON, typo-proof.
+
+A config file is a Python file defining ``get_config() -> Config``. Any field can be
+overridden from the command line with ``--set section.field=value`` (parsed as JSON when
+possible, else as a string). Unknown fields and wrong types raise ``ConfigError`` naming
+the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from jax_namnmt.errors import ConfigError
+
+MANY_TO_MANY_8 = ("de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Transformer shape (fairseq transformer base at paper scale)."""
+
+    vocab_size: int = 8000
+    d_model: int = 256
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    enc_layers: int = 3
+    dec_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    pre_norm: bool = False  # post-norm like fairseq's transformer base by default
+    max_positions: int = 256
+    dtype: str = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the corpus is and how it is cleaned, tokenized and batched."""
+
+    data_dir: str = ""  # fairseq layout; empty = the embedded Multi30k (built on the fly)
+    pairs: tuple[str, ...] = MANY_TO_MANY_8
+    vocab_size: int = 8000
+    spm_model_type: str = "unigram"
+    spm_max_sentences: int = 200000
+    max_len: int = 128  # subword tokens per side, tag and EOS included
+    overlong: str = "drop"  # drop (and count) or fail
+    empty_lines: str = "drop"  # drop (and count) or fail
+    train_max_lines: int = 0  # 0 = all
+    src_row_len: int = 64  # packed row lengths (one jit shape)
+    tgt_row_len: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Pre-training (and, with FinetuneConfig's overrides, fine-tuning)."""
+
+    steps: int = 1000
+    tokens_per_batch: int = 4096  # target tokens (rows x tgt_row_len)
+    learning_rate: float = 5e-4
+    warmup_steps: int = 4000
+    warmup_init_lr: float = 1e-7
+    adam_b1: float = 0.9
+    adam_b2: float = 0.98
+    adam_eps: float = 1e-9
+    clip_norm: float = 0.0  # 0 = no clipping (fairseq default)
+    label_smoothing: float = 0.1
+    seed: int = 1
+    eval_every: int = 500
+    save_every: int = 500
+    log_every: int = 50
+    keep_checkpoints: int = 2
+    valid_max_lines: int = 0  # per pair, for validation loss; 0 = all
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Masked fine-tuning from the pre-trained model, with a fresh optimizer."""
+
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    warmup_steps: int = 4000
+    warmup_init_lr: float = 1e-7
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Importance scoring and neuron allocation."""
+
+    importance: str = "taylor"  # taylor | absolute
+    importance_max_lines: int = 0  # per pair from the validation split; 0 = all
+    importance_tokens_per_batch: int = 4096
+    rho: float = 0.9
+    k: float = 0.7
+    variant: str = "pair"  # pair | source | target | separate
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam_size: int = 4
+    length_penalty: float = 0.6
+    penalty_form: str = "fairseq"  # fairseq: /len^a ; gnmt: /((5+len)/6)^a
+    max_len_a: float = 1.2  # max output tokens = a * source tokens + b
+    max_len_b: int = 10
+    batch_sentences: int = 128
+    test_split: str = "test"
+    test_max_lines: int = 0  # per pair; 0 = all
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "config") -> "Config":
+        return _build(cls, data, where)
+
+    def override(self, assignments: list[str]) -> "Config":
+        """Apply ``section.field=value`` assignments (from ``--set``)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected section.field=value")
+            key, raw = item.split("=", 1)
+            parts = key.strip().split(".")
+            node = data
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"--set {item!r}: unknown config section {part!r}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(
+                    f"--set {item!r}: unknown config field {key!r}; "
+                    f"fields here: {', '.join(sorted(node))}"
+                )
+            node[parts[-1]] = _parse_value(raw)
+        return Config.from_dict(data, where="--set")
+
+    def validate(self) -> "Config":
+        checks = [
+            ("data.overlong", self.data.overlong, ("drop", "fail")),
+            ("data.empty_lines", self.data.empty_lines, ("drop", "fail")),
+            ("method.importance", self.method.importance, ("taylor", "absolute")),
+            ("method.variant", self.method.variant, ("pair", "source", "target", "separate")),
+            ("model.dtype", self.model.dtype, ("float32", "bfloat16")),
+            ("decode.penalty_form", self.decode.penalty_form, ("fairseq", "gnmt")),
+        ]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ConfigError(f"{name} = {value!r}: must be one of {', '.join(allowed)}")
+        if self.model.d_model % self.model.num_heads:
+            raise ConfigError("model.d_model must be divisible by model.num_heads")
+        if not 0.0 <= self.method.rho <= 1.0 or not 0.0 <= self.method.k <= 1.0:
+            raise ConfigError("method.rho and method.k must lie in [0, 1]")
+        if self.data.max_len > min(self.data.src_row_len, self.data.tgt_row_len):
+            raise ConfigError(
+                "data.max_len must not exceed data.src_row_len and data.tgt_row_len "
+                "(a sentence must fit in one packed row)"
+            )
+        if self.data.max_len > self.model.max_positions:
+            raise ConfigError("data.max_len must not exceed model.max_positions")
+        if self.model.vocab_size != self.data.vocab_size:
+            raise ConfigError("model.vocab_size must equal data.vocab_size")
+        return self
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw.strip()
+
+
+def _build(cls, data: Mapping[str, Any], where: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)} in {cls.__name__}; "
+            f"known fields: {', '.join(sorted(known))}"
+        )
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        path = f"{where}.{name}"
+        if dataclasses.is_dataclass(hint):
+            values[name] = value if isinstance(value, hint) else _build(hint, value, path)
+        else:
+            values[name] = _coerce(hint, value, path)
+    return cls(**values)
+
+
+def _coerce(hint, value, path: str):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {hint}")
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config: a ``configs/*.py`` file (or its bare name), or a JSON file.
+
+    With no path, ``configs/demo.py``.
+    """
+    if not path:
+        path = "demo"
+    candidate = Path(path)
+    if not candidate.exists() and (CONFIG_DIR / f"{path}.py").exists():
+        candidate = CONFIG_DIR / f"{path}.py"
+    if not candidate.exists():
+        raise ConfigError(f"config file {path!r} not found (looked in . and {CONFIG_DIR})")
+    if candidate.suffix == ".json":
+        try:
+            data = json.loads(candidate.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{candidate}:{err.lineno}: invalid JSON: {err.msg}") from None
+        config = Config.from_dict(data, where=str(candidate))
+    else:
+        spec = importlib.util.spec_from_file_location(f"_config_{candidate.stem}", candidate)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{candidate}: defines no get_config()")
+        config = module.get_config()
+        if not isinstance(config, Config):
+            raise ConfigError(f"{candidate}: get_config() must return a jax_namnmt.config.Config")
+    if overrides:
+        config = config.override(overrides)
+    return config.validate()

@@ -1,0 +1,128 @@
+"""Neuron importance per language pair, from gradients with respect to activations.
+
+Taylor expansion (TE): ``Theta_m(i) = 1/T_m sum_t |dL/dh_i(t) * h_i(t)|``;
+absolute value (AV): ``Theta_m(i) = 1/T_m sum_t |h_i(t)|``, over the non-padding tokens of
+pair m. ``dL/dh`` is ``jax.grad`` of the summed training loss with respect to Flax
+``perturb`` variables added to every masked projection output, so the parameters are never
+differentiated. The loss is a sum over tokens, so the gradient at a token is that token's
+example's own gradient, and all pairs are scored in ONE pass over mixed (packed) batches by
+a segment sum over each token's pair id.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_namnmt.config import ModelConfig
+from jax_namnmt.model.transformer import Transformer, module_sizes
+from jax_namnmt.training.loss import label_smoothed_nll
+
+METHODS = ("taylor", "absolute")
+
+
+def module_name(path: tuple[str, ...]) -> str:
+    """Flax path ('encoder_layer_0', 'self_attn', 'q') -> mask name 'encoder/layer_0/self_attn/q'."""
+    stack, layer = path[0].rsplit("_layer_", 1)
+    return "/".join((stack, f"layer_{layer}") + tuple(path[1:]))
+
+
+def reads_source_tokens(name: str) -> bool:
+    """Which tokens a module's activations live on: encoder modules and the cross-attention
+    keys/values read source positions; everything else in the decoder reads target positions."""
+    return name.startswith("encoder/") or name.endswith(("cross_attn/k", "cross_attn/v"))
+
+
+def _collect(tree, path=()):
+    """Leaves of a Flax collection keyed by module path, for the variable named 'h'."""
+    out = {}
+    for key, value in tree.items():
+        if key == "h":
+            out[path] = value[0] if isinstance(value, tuple) else value
+        else:
+            out.update(_collect(value, path + (key,)))
+    return out
+
+
+def _perturbation_tree(shapes_by_path):
+    tree: dict = {}
+    for path, shape in shapes_by_path.items():
+        node = tree
+        for key in path:
+            node = node.setdefault(key, {})
+        node["h"] = jnp.zeros(shape.shape, shape.dtype)
+    return tree
+
+
+@partial(jax.jit, static_argnames=("config", "num_pairs", "method", "label_smoothing"))
+def batch_importance(params, batch, masks, *, config: ModelConfig, num_pairs: int, method: str,
+                     label_smoothing: float = 0.1):
+    """Per-pair sums of the importance score over one batch, and token counts.
+
+    Returns ``(sums: {module name: [num_pairs, F]}, src_tokens: [num_pairs], tgt_tokens: [num_pairs])``.
+    """
+    model = Transformer(config)
+
+    def run(perturbations):
+        variables = {"params": params}
+        if perturbations is not None:
+            variables["perturbations"] = perturbations
+        logits, state = model.apply(variables, batch, masks, deterministic=True, mutable=["intermediates"])
+        loss, _, _ = label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)
+        return loss, _collect(state["intermediates"])
+
+    if method == "taylor":
+        shapes = jax.eval_shape(lambda: run(None)[1])
+        grads, activations = jax.grad(run, has_aux=True)(_perturbation_tree(shapes))
+        grads = _collect(grads)
+        scores = {p: jnp.abs(grads[p].astype(jnp.float32) * h.astype(jnp.float32)) for p, h in activations.items()}
+    elif method == "absolute":
+        _, activations = run(None)
+        scores = {p: jnp.abs(h.astype(jnp.float32)) for p, h in activations.items()}
+    else:
+        raise ValueError(f"importance method must be one of {METHODS}, got {method!r}")
+
+    def per_pair(score, side):
+        pairs = batch[f"{side}_pairs"].reshape(-1)
+        valid = (batch[f"{side}_segments"] > 0).reshape(-1, 1).astype(jnp.float32)
+        return jax.ops.segment_sum(score.reshape(-1, score.shape[-1]) * valid, pairs, num_segments=num_pairs)
+
+    sums = {}
+    for path, score in scores.items():
+        name = module_name(path)
+        sums[name] = per_pair(score, "src" if reads_source_tokens(name) else "tgt")
+    counts = {
+        side: jax.ops.segment_sum((batch[f"{side}_segments"] > 0).reshape(-1).astype(jnp.float32),
+                                  batch[f"{side}_pairs"].reshape(-1), num_segments=num_pairs)
+        for side in ("src", "tgt")
+    }
+    return sums, counts["src"], counts["tgt"]
+
+
+def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], masks, *, config: ModelConfig,
+                       num_pairs: int, method: str = "taylor", label_smoothing: float = 0.1,
+                       progress=None) -> dict[str, np.ndarray]:
+    """Theta[m, i] for every module: the mean score over pair m's non-padding tokens."""
+    totals = None
+    src_tokens = np.zeros(num_pairs)
+    tgt_tokens = np.zeros(num_pairs)
+    for batch in batches:
+        sums, src, tgt = batch_importance(params, batch, masks, config=config, num_pairs=num_pairs,
+                                          method=method, label_smoothing=label_smoothing)
+        sums = jax.device_get(sums)
+        totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
+        src_tokens += np.asarray(src)
+        tgt_tokens += np.asarray(tgt)
+        if progress is not None:
+            progress.update(1)
+    if totals is None:
+        raise ValueError("importance: no batches to score")
+    theta = {}
+    for name in module_sizes(config):
+        tokens = src_tokens if reads_source_tokens(name) else tgt_tokens
+        theta[name] = (np.asarray(totals[name], np.float64) / np.maximum(tokens, 1)[:, None]).astype(np.float32)
+    return theta

@@ -1,0 +1,212 @@
+"""Model-agnostic beam search and greedy search in JAX (one ``lax.while_loop`` each).
+
+The model is seen only through ``tokens_to_logits(ids int32 [N, 1], cache) -> (logits [N, V],
+new_cache)`` where ``N = batch * beam`` (``batch`` for greedy). ``cache`` is any pytree; its
+array leaves have leading dimension N (use :func:`expand_to_beams` on the per-sentence cache)
+and its 0-d leaves (e.g. a decoding step index) are passed through untouched.
+
+Conventions of the returned sequences: no BOS; the EOS token is kept where a hypothesis
+finished; positions after it are 0.
+
+Scores are ``sum log p / lp(len)`` where ``len`` counts generated tokens including EOS and
+``lp`` is the length penalty (:func:`length_penalty_divisor`). As in fairseq, an EOS candidate is
+finished only if it ranks among the ``beam`` best candidates of its step, so beam 1 with no
+length penalty is exactly greedy search. The loop stops when every batch row holds ``beam``
+finished hypotheses none of which an alive one can still beat, or after ``max_len`` steps.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jax_namnmt.errors import ConfigError
+
+PENALTY_FORMS = ("fairseq", "gnmt")
+NEG_INF = -jnp.inf
+
+
+def expand_to_beams(x, beam_size: int):
+    """Repeat each batch row ``beam_size`` times: ``[B, ...] -> [B * beam_size, ...]``.
+
+    Works on a pytree; 0-d leaves are returned unchanged.
+    """
+    return jax.tree_util.tree_map(
+        lambda a: a if jnp.ndim(a) == 0 else jnp.repeat(a, beam_size, axis=0), x
+    )
+
+
+def length_penalty_divisor(length, alpha, form: str = "fairseq"):
+    """Divisor of the summed log-probability of a hypothesis of ``length`` generated tokens.
+
+    ``fairseq``: ``length ** alpha``; ``gnmt``: ``((5 + length) / 6) ** alpha``.
+    """
+    length = jnp.asarray(length, jnp.float32)
+    if form == "fairseq":
+        return length**alpha
+    if form == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    raise ConfigError(f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {form!r}")
+
+
+def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int):
+    """Select beams ``beam_idx [B, K']`` from a pytree of ``[B * beam_size, ...]`` arrays,
+    giving ``[B * K', ...]``; 0-d leaves pass through."""
+    rows = jnp.arange(batch_size)[:, None]
+
+    def gather(a):
+        if jnp.ndim(a) == 0:
+            return a
+        a = a.reshape((batch_size, beam_size) + a.shape[1:])[rows, beam_idx]
+        return a.reshape((-1,) + a.shape[2:])
+
+    return jax.tree_util.tree_map(gather, tree)
+
+
+def beam_search(
+    tokens_to_logits,
+    cache,
+    batch_size: int,
+    beam_size: int,
+    max_len: int,
+    bos_id: int,
+    eos_id: int,
+    length_penalty: float = 0.6,
+    penalty_form: str = "fairseq",
+):
+    """Beam search; returns ``(sequences int32 [B, beam, max_len], scores float32 [B, beam])``,
+    best first.
+
+    Finished (EOS-terminated) hypotheses come first, best first; slots that no finished
+    hypothesis filled are taken by the best alive ones (penalised at their current length),
+    so when nothing finished by ``max_len`` the alive hypotheses are returned.
+    Impossible hypotheses (e.g. fewer than ``beam`` sequences exist) score ``-inf``.
+    """
+    if penalty_form not in PENALTY_FORMS:
+        raise ConfigError(
+            f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {penalty_form!r}"
+        )
+    if beam_size < 1 or max_len < 1 or batch_size < 1:
+        raise ValueError(f"batch_size, beam_size and max_len must be >= 1, got "
+                         f"{batch_size}, {beam_size}, {max_len}")
+    B, K = batch_size, beam_size
+    alpha = length_penalty
+
+    def lp(n):
+        return length_penalty_divisor(n, alpha, penalty_form)
+
+    rows = jnp.arange(B)[:, None]
+
+    # Sequences carry BOS at position 0 internally; position t+1 holds the t-th new token.
+    seqs0 = jnp.zeros((B, K, max_len + 1), jnp.int32).at[:, :, 0].set(bos_id)
+    state0 = dict(
+        step=jnp.array(0, jnp.int32),
+        alive_seqs=seqs0,
+        # Only beam 0 is live at the start: the K beams are identical copies.
+        alive_logp=jnp.full((B, K), NEG_INF, jnp.float32).at[:, 0].set(0.0),
+        fin_seqs=jnp.zeros_like(seqs0),
+        fin_scores=jnp.full((B, K), NEG_INF, jnp.float32),
+        fin_flags=jnp.zeros((B, K), bool),
+        cache=cache,
+    )
+
+    def cond(s):
+        # Best possible future score of an alive hypothesis: log probs only decrease, and
+        # lp is monotone in the length, so the bound is at the next or the final length.
+        best_alive = s["alive_logp"].max(axis=1)
+        bound = best_alive / jnp.maximum(lp(s["step"] + 1), lp(max_len))
+        worst_fin = jnp.where(s["fin_flags"], s["fin_scores"], NEG_INF).min(axis=1)
+        done = s["fin_flags"].all(axis=1) & (worst_fin >= bound)
+        return (s["step"] < max_len) & ~done.all()
+
+    def body(s):
+        step = s["step"]
+        ids = s["alive_seqs"][:, :, step].reshape(B * K, 1)
+        logits, new_cache = tokens_to_logits(ids, s["cache"])
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        V = logp.shape[-1]
+        if V < 2:
+            raise ValueError(f"beam search needs a vocabulary of at least 2 tokens, got {V}")
+        cand = (s["alive_logp"][:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)
+        # 2K candidates always contain >= K non-EOS ones (each beam has one EOS candidate).
+        n_cand = min(2 * K, K * V)
+        top_logp, top_idx = jax.lax.top_k(cand, n_cand)
+        top_beam, top_tok = top_idx // V, (top_idx % V).astype(jnp.int32)
+        is_eos = top_tok == eos_id
+        length = step + 1
+
+        def extend(beam_idx, tok):
+            seq = s["alive_seqs"][rows, beam_idx]
+            return seq.at[:, :, length].set(tok)
+
+        # Alive: the K best non-EOS candidates.
+        alive_rank = jnp.where(is_eos, NEG_INF, top_logp)
+        new_alive_logp, sel = jax.lax.top_k(alive_rank, K)
+        alive_beam = jnp.take_along_axis(top_beam, sel, axis=1)
+        alive_tok = jnp.take_along_axis(top_tok, sel, axis=1)
+
+        # Finished: EOS candidates among the K best of the step, merged with the old ones.
+        rank = jnp.arange(n_cand)[None, :]
+        newly = is_eos & (rank < K) & (top_logp > NEG_INF)
+        new_scores = jnp.where(newly, top_logp / lp(length), NEG_INF)
+        all_scores = jnp.concatenate([s["fin_scores"], new_scores], axis=1)
+        all_flags = jnp.concatenate([s["fin_flags"], newly], axis=1)
+        all_seqs = jnp.concatenate([s["fin_seqs"], extend(top_beam, top_tok)], axis=1)
+        # Rank valid entries above invalid ones, then by score (stable: older first on ties).
+        key = jnp.where(all_flags, all_scores, NEG_INF)
+        order = jnp.lexsort((-key, ~all_flags), axis=1)[:, :K]
+
+        return dict(
+            step=length,
+            alive_seqs=extend(alive_beam, alive_tok),
+            alive_logp=new_alive_logp,
+            fin_seqs=all_seqs[rows, order],
+            fin_scores=jnp.take_along_axis(all_scores, order, axis=1),
+            fin_flags=jnp.take_along_axis(all_flags, order, axis=1),
+            cache=_gather_beams(new_cache, alive_beam, B, K),
+        )
+
+    s = jax.lax.while_loop(cond, body, state0)
+
+    # Fill slots without a finished hypothesis with the best alive ones.
+    alive_scores = s["alive_logp"] / lp(s["step"])
+    scores = jnp.concatenate([s["fin_scores"], alive_scores], axis=1)
+    flags = jnp.concatenate([s["fin_flags"], jnp.zeros((B, K), bool)], axis=1)
+    seqs = jnp.concatenate([s["fin_seqs"], s["alive_seqs"]], axis=1)
+    order = jnp.lexsort((-scores, ~flags), axis=1)[:, :K]
+    return (
+        seqs[rows, order][:, :, 1:].astype(jnp.int32),
+        jnp.take_along_axis(scores, order, axis=1).astype(jnp.float32),
+    )
+
+
+def greedy_search(tokens_to_logits, cache, batch_size: int, max_len: int, bos_id: int, eos_id: int):
+    """Greedy decoding; returns int32 ``[B, max_len]`` (no BOS, EOS kept, 0 after it).
+
+    ``cache`` array leaves have leading dimension ``batch_size``.
+    """
+    B = batch_size
+    state0 = dict(
+        step=jnp.array(0, jnp.int32),
+        last=jnp.full((B, 1), bos_id, jnp.int32),
+        seqs=jnp.zeros((B, max_len), jnp.int32),
+        done=jnp.zeros((B,), bool),
+        cache=cache,
+    )
+
+    def cond(s):
+        return (s["step"] < max_len) & ~s["done"].all()
+
+    def body(s):
+        logits, new_cache = tokens_to_logits(s["last"], s["cache"])
+        tok = jnp.argmax(logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
+        tok = jnp.where(s["done"], 0, tok)
+        return dict(
+            step=s["step"] + 1,
+            last=tok[:, None],
+            seqs=s["seqs"].at[:, s["step"]].set(tok),
+            done=s["done"] | (tok == eos_id),
+            cache=new_cache,
+        )
+
+    return jax.lax.while_loop(cond, body, state0)["seqs"]

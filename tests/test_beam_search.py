@@ -1,0 +1,204 @@
+"""Beam search and greedy search on small synthetic "models" (no model code involved)."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_namnmt.model.beam_search import (
+    beam_search,
+    expand_to_beams,
+    greedy_search,
+    length_penalty_divisor,
+)
+
+BOS, EOS = 1, 2
+
+
+def make_t2l(A, S):
+    """logits = A[prev, last] + S[step] + row_bias, with the cache carrying ``prev``
+    (per hypothesis, so beam gathering matters), ``row_bias`` (per sentence) and a 0-d
+    ``step`` counter (passed through when beams are gathered)."""
+
+    def tokens_to_logits(ids, cache):
+        last = ids[:, 0]
+        logits = A[cache["prev"], last] + S[cache["step"]] + cache["row_bias"]
+        return logits, dict(prev=last, step=cache["step"] + 1, row_bias=cache["row_bias"])
+
+    return tokens_to_logits
+
+
+# The model's tables are jit arguments, so each shape configuration compiles once.
+@functools.partial(jax.jit, static_argnames=("beam", "max_len", "alpha", "form"))
+def run_beam(params, cache, beam, max_len, alpha=0.6, form="fairseq"):
+    return beam_search(make_t2l(*params), expand_to_beams(cache, beam),
+                       cache["row_bias"].shape[0], beam, max_len, BOS, EOS, alpha, form)
+
+
+@functools.partial(jax.jit, static_argnames=("max_len",))
+def run_greedy(params, cache, max_len):
+    return greedy_search(make_t2l(*params), cache, cache["row_bias"].shape[0], max_len, BOS, EOS)
+
+
+def second_order_model(vocab, max_len, seed, eos_bias=0.0):
+    """Random model tables, a float64 numpy scorer of the same model, and a cache builder."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(vocab, vocab, vocab)).astype(np.float32) * 2
+    S = rng.normal(size=(max_len + 1, vocab)).astype(np.float32)
+    S[:, EOS] += eos_bias
+
+    def logprob(row_bias, seq):
+        """Sum of log-probs of ``seq`` (no BOS) for a sentence with ``row_bias``."""
+        prev, last, total = BOS, BOS, 0.0
+        for t, tok in enumerate(seq):
+            z = A[prev, last].astype(np.float64) + S[t] + row_bias
+            z = z - z.max()
+            total += z[tok] - np.log(np.exp(z).sum())
+            prev, last = last, tok
+        return total
+
+    def init_cache(row_bias):
+        row_bias = jnp.asarray(row_bias, jnp.float32)
+        n = row_bias.shape[0]
+        return dict(prev=jnp.full((n,), BOS, jnp.int32), step=jnp.array(0, jnp.int32),
+                    row_bias=row_bias)
+
+    return (jnp.asarray(A), jnp.asarray(S)), logprob, init_cache
+
+
+def test_beam_one_equals_greedy():
+    V, L, B = 7, 8, 4
+    for seed in range(3):
+        params, logprob, init = second_order_model(V, L, seed, eos_bias=1.0)
+        bias = np.random.default_rng(100 + seed).normal(size=(B, V))
+        greedy = np.asarray(run_greedy(params, init(bias), max_len=L))
+        seqs, scores = map(np.asarray, run_beam(params, init(bias), beam=1, max_len=L, alpha=0.0))
+        np.testing.assert_array_equal(seqs[:, 0], greedy)
+        for r in range(B):
+            toks = list(greedy[r])
+            n = toks.index(EOS) + 1 if EOS in toks else L
+            np.testing.assert_allclose(scores[r, 0], logprob(bias[r], toks[:n]), atol=1e-4)
+
+
+def brute_force(logprob, row_bias, vocab, max_len, alpha, form):
+    """All EOS-terminated sequences of length <= max_len with their penalised scores."""
+    out = {}
+    others = [t for t in range(vocab) if t != EOS]
+    for n in range(1, max_len + 1):
+        for prefix in itertools.product(others, repeat=n - 1):
+            seq = prefix + (EOS,)
+            lp = float(length_penalty_divisor(n, alpha, form))
+            out[seq + (0,) * (max_len - n)] = logprob(row_bias, seq) / lp
+    return out
+
+
+@pytest.mark.parametrize("alpha,form", [(0.6, "fairseq"), (1.0, "gnmt"), (0.0, "fairseq")])
+def test_wide_beam_matches_brute_force(alpha, form):
+    V, L, B = 4, 4, 2
+    params, logprob, init = second_order_model(V, L, seed=7)
+    bias = np.random.default_rng(3).normal(size=(B, V))
+    # 27 alive prefixes x 4 tokens = 108 candidates at the last step: beam 128 is exhaustive.
+    seqs, scores = map(np.asarray, run_beam(params, init(bias), 128, L, alpha, form))
+    for r in range(B):
+        exact = brute_force(logprob, bias[r], V, L, alpha, form)
+        ranked = sorted(exact.items(), key=lambda kv: -kv[1])
+        n = len(ranked)  # 40 finished hypotheses, all found, best first
+        assert tuple(seqs[r, 0]) == ranked[0][0]
+        np.testing.assert_allclose(scores[r, :n], [s for _, s in ranked], atol=1e-4)
+        for seq, score in zip(seqs[r, :n], scores[r, :n]):
+            np.testing.assert_allclose(score, exact[tuple(seq)], atol=1e-4)
+
+
+def test_length_penalty_values():
+    np.testing.assert_allclose(length_penalty_divisor(3, 0.6, "fairseq"), 1.9331820, rtol=1e-6)
+    np.testing.assert_allclose(length_penalty_divisor(3, 0.6, "gnmt"), 1.1884016, rtol=1e-6)
+    np.testing.assert_allclose(length_penalty_divisor(3, 0.0, "gnmt"), 1.0)
+
+    # A model that emits token 3 then EOS, each with probability 0.7:
+    # score = 2 ln 0.7 / lp(2) = -0.7133499 / 2**0.6 (fairseq) or / (7/6)**0.6 (gnmt).
+    probs = jnp.log(jnp.array([[0.1, 0.1, 0.1, 0.7], [0.1, 0.1, 0.7, 0.1]]))
+
+    def t2l(ids, cache):
+        row = probs[jnp.minimum(cache["step"], 1)]
+        return jnp.broadcast_to(row, (ids.shape[0], 4)), dict(step=cache["step"] + 1)
+
+    for form, want in [("fairseq", -0.4706354), ("gnmt", -0.6503311)]:
+        seqs, scores = jax.jit(beam_search, static_argnums=(0, 2, 3, 4, 8))(
+            t2l, dict(step=jnp.array(0)), 1, 2, 5, BOS, EOS, 0.6, form)
+        assert seqs[0, 0].tolist() == [3, 2, 0, 0, 0]
+        np.testing.assert_allclose(scores[0, 0], want, rtol=1e-5)
+
+
+def test_batch_rows_are_independent():
+    V, L, K = 9, 10, 3
+    params, _, init = second_order_model(V, L, seed=11, eos_bias=0.5)
+    rng = np.random.default_rng(5)
+    bias = rng.normal(size=(3, V))
+    other = bias.copy()
+    other[1:] = rng.normal(size=(2, V)) * 3
+    seqs_a, scores_a = run_beam(params, init(bias), K, L)
+    seqs_b, scores_b = run_beam(params, init(other), K, L)
+    seqs_c, scores_c = run_beam(params, init(bias[:1]), K, L)
+    assert not np.array_equal(seqs_a[1:], seqs_b[1:])
+    for seqs, scores in [(seqs_b, scores_b), (seqs_c, scores_c)]:
+        np.testing.assert_array_equal(seqs[0], seqs_a[0])
+        np.testing.assert_allclose(scores[0], scores_a[0], rtol=1e-6)
+
+
+def test_finished_sequences_are_eos_terminated_and_zero_padded():
+    V, L, K, B = 8, 12, 4, 5
+    params, _, init = second_order_model(V, L, seed=2, eos_bias=1.5)
+    bias = np.random.default_rng(9).normal(size=(B, V))
+    seqs, scores = map(np.asarray, run_beam(params, init(bias), K, L))
+    assert seqs.shape == (B, K, L) and seqs.dtype == np.int32 and scores.dtype == np.float32
+    n_finished = 0
+    for row, row_scores in zip(seqs.tolist(), scores.tolist()):
+        # finished hypotheses first, best first; then alive ones (no EOS, full length)
+        finished = [EOS in seq for seq in row]
+        n = finished.index(False) if False in finished else K
+        assert not any(finished[n:])
+        n_finished += n
+        assert all(a >= b for a, b in zip(row_scores[:n], row_scores[1:n]))
+        for seq in row[:n]:
+            assert all(t == 0 for t in seq[seq.index(EOS) + 1:])
+        for seq in row[n:]:
+            assert 0 not in seq[-1:]  # alive hypotheses run to max_len
+    assert n_finished > B * K // 2
+    greedy = np.asarray(run_greedy(params, init(bias), max_len=L))
+    for seq in greedy.tolist():
+        if EOS in seq:
+            assert all(t == 0 for t in seq[seq.index(EOS) + 1:])
+
+
+def test_alive_returned_when_nothing_finishes():
+    # EOS never wins: logits -inf for EOS, so every hypothesis is alive at max_len.
+    def t2l(ids, cache):
+        logits = jnp.array([0.0, 1.0, -jnp.inf, 2.0])
+        return jnp.broadcast_to(logits, (ids.shape[0], 4)), cache
+
+    seqs, scores = jax.jit(beam_search, static_argnums=(0, 2, 3, 4))(
+        t2l, dict(dummy=jnp.zeros((2, 1))), 1, 2, 3, BOS, EOS, 0.6)
+    assert seqs[0, 0].tolist() == [3, 3, 3]
+    logp = jax.nn.log_softmax(jnp.array([0.0, 1.0, -jnp.inf, 2.0]))
+    np.testing.assert_allclose(scores[0, 0], 3 * logp[3] / 3**0.6, rtol=1e-5)
+    assert np.isfinite(scores).all()
+
+
+def test_stops_early_once_no_alive_hypothesis_can_win():
+    # EOS has probability 0.96 at every step: both beams finish within a few steps, after
+    # which (given lp(max_len)) no alive hypothesis can beat them; max_len is 50.
+    calls = []
+    logp = jnp.log(jnp.array([0.01, 0.01, 0.96, 0.02]))
+
+    def t2l(ids, cache):
+        jax.debug.callback(lambda: calls.append(1))
+        return jnp.broadcast_to(logp, (ids.shape[0], 4)), cache
+
+    seqs, _ = jax.jit(beam_search, static_argnums=(0, 2, 3, 4))(
+        t2l, dict(x=jnp.zeros((2,))), 1, 2, 50, BOS, EOS)
+    jax.effects_barrier()
+    assert seqs[0, :, :2].tolist() == [[EOS, 0], [3, EOS]]
+    assert 2 <= len(calls) < 10
