@@ -105,6 +105,7 @@ class DecodeConfig:
     beam_size: int = 4
     length_penalty: float = 0.6
     penalty_form: str = "fairseq"  # fairseq: /len^a ; gnmt: /((5+len)/6)^a
+    stop_early: str = "fairseq"  # fairseq: a sentence stops with beam finished hypotheses; exact: bound-based
     max_len_a: float = 1.2  # max output tokens = a * source tokens + b
     max_len_b: int = 10
     batch_sentences: int = 128
@@ -158,6 +159,7 @@ class Config:
             ("method.variant", self.method.variant, ("pair", "source", "target", "separate")),
             ("model.dtype", self.model.dtype, ("float32", "bfloat16")),
             ("decode.penalty_form", self.decode.penalty_form, ("fairseq", "gnmt")),
+            ("decode.stop_early", self.decode.stop_early, ("fairseq", "exact")),
         ]
         for name, value, allowed in checks:
             if value not in allowed:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax_namnmt.errors import ConfigError
 
 PENALTY_FORMS = ("fairseq", "gnmt")
+STOP_RULES = ("exact", "fairseq")
 NEG_INF = -jnp.inf
 
 
@@ -73,6 +74,7 @@ def beam_search(
     eos_id: int,
     length_penalty: float = 0.6,
     penalty_form: str = "fairseq",
+    stop_early: str = "exact",
 ):
     """Beam search; returns ``(sequences int32 [B, beam, max_len], scores float32 [B, beam])``,
     best first.
@@ -81,7 +83,14 @@ def beam_search(
     hypothesis filled are taken by the best alive ones (penalised at their current length),
     so when nothing finished by ``max_len`` the alive hypotheses are returned.
     Impossible hypotheses (e.g. fewer than ``beam`` sequences exist) score ``-inf``.
+
+    ``stop_early``: ``"exact"`` stops a sentence only when no alive hypothesis can still beat
+    its worst finished one (the search result is then exact for the beam); ``"fairseq"`` stops a
+    sentence as soon as it has ``beam`` finished hypotheses (fairseq's rule: much faster when
+    hypotheses finish early, and what fairseq/CTranslate2 do).
     """
+    if stop_early not in STOP_RULES:
+        raise ConfigError(f"stop_early must be one of {', '.join(STOP_RULES)}; got {stop_early!r}")
     if penalty_form not in PENALTY_FORMS:
         raise ConfigError(
             f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {penalty_form!r}"
@@ -116,7 +125,9 @@ def beam_search(
         best_alive = s["alive_logp"].max(axis=1)
         bound = best_alive / jnp.maximum(lp(s["step"] + 1), lp(max_len))
         worst_fin = jnp.where(s["fin_flags"], s["fin_scores"], NEG_INF).min(axis=1)
-        done = s["fin_flags"].all(axis=1) & (worst_fin >= bound)
+        done = s["fin_flags"].all(axis=1)
+        if stop_early == "exact":
+            done = done & (worst_fin >= bound)
         return (s["step"] < max_len) & ~done.all()
 
     def body(s):

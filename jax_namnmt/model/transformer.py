@@ -95,16 +95,17 @@ class Attention(nn.Module):
             return y.reshape(y.shape[:-1] + (heads, head_dim))
 
         q = project("q", x_q, pairs_q) * (head_dim**-0.5)
-        if decode and not self.causal_cache and self.has_variable("cache", "key"):
-            # cross-attention while decoding: keys/values of the source were cached once
-            k = self.get_variable("cache", "key")
-            v = self.get_variable("cache", "value")
+        if decode and not self.causal_cache and self.has_variable("source", "key"):
+            # Cross-attention while decoding: the source keys/values were computed once, in the
+            # 'source' collection (identical across a sentence's beams, so never reordered).
+            k = self.get_variable("source", "key")
+            v = self.get_variable("source", "value")
         else:
             k = project("k", x_kv, pairs_kv)
             v = project("v", x_kv, pairs_kv)
             if decode and not self.causal_cache:
-                self.put_variable("cache", "key", k)
-                self.put_variable("cache", "value", v)
+                self.put_variable("source", "key", k)
+                self.put_variable("source", "value", v)
 
         if decode and self.causal_cache:
             k, v, bias = self._extend_cache(k, v)
@@ -207,7 +208,7 @@ class DecoderLayer(nn.Module):
         cross = Attention(cfg, name="cross_attn")
         y = Residual(cfg, name="cross_attn_res")(
             y,
-            lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), pairs, src_pairs, deterministic),
+            lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), pairs, src_pairs, deterministic, decode),
             deterministic,
         )
         ffn = FeedForward(cfg, name="ffn")

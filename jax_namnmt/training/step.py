@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import jax
@@ -13,16 +14,25 @@ from jax_namnmt.model.transformer import Transformer
 from jax_namnmt.training.loss import label_smoothed_nll
 
 
-def inverse_sqrt_schedule(peak_lr: float, warmup_steps: int, warmup_init_lr: float = 1e-7) -> optax.Schedule:
-    """fairseq ``inverse_sqrt``: linear warm-up to ``peak_lr``, then ``peak_lr * sqrt(warmup / step)``."""
-    warmup_steps = max(1, warmup_steps)
-    warmup = optax.linear_schedule(warmup_init_lr, peak_lr, warmup_steps)
-    decay = lambda count: peak_lr * jnp.sqrt(warmup_steps / (count + warmup_steps))  # noqa: E731
-    return optax.join_schedules([warmup, decay], [warmup_steps])
+def inverse_sqrt_lr(step, peak_lr, warmup_steps, warmup_init_lr):
+    """fairseq ``inverse_sqrt``: linear warm-up from ``warmup_init_lr`` to ``peak_lr`` over
+    ``warmup_steps`` updates, then ``peak_lr * sqrt(warmup_steps / step)``. ``step`` counts from 0
+    (the first update uses ``step = 0``). Works on traced values."""
+    step = jnp.asarray(step, jnp.float32) + 1.0
+    warmup_steps = jnp.maximum(jnp.asarray(warmup_steps, jnp.float32), 1.0)
+    warm = warmup_init_lr + (peak_lr - warmup_init_lr) * step / warmup_steps
+    decay = peak_lr * jnp.sqrt(warmup_steps / step)
+    return jnp.where(step < warmup_steps, warm, decay)
 
 
-def make_optimizer(peak_lr, warmup_steps, warmup_init_lr, b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0):
-    adam = optax.adam(inverse_sqrt_schedule(peak_lr, warmup_steps, warmup_init_lr), b1=b1, b2=b2, eps=eps)
+def schedule_args(peak_lr: float, warmup_steps: int, warmup_init_lr: float) -> jnp.ndarray:
+    """The learning-rate schedule as data, so pre-training and fine-tuning share one compiled step."""
+    return jnp.array([peak_lr, warmup_steps, warmup_init_lr], jnp.float32)
+
+
+def make_optimizer(b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0) -> optax.GradientTransformation:
+    """Adam's direction (optax); the learning rate is applied by the step from ``schedule_args``."""
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
 
 
@@ -30,15 +40,18 @@ def init_state(params, optimizer) -> dict:
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.array(0, jnp.int32)}
 
 
-def make_train_step(config: ModelConfig, optimizer, label_smoothing: float):
-    """``step(state, batch, masks, key) -> (state, metrics)``; the state buffers are donated.
+@functools.lru_cache(maxsize=None)
+def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0):
+    """``step(state, batch, masks, key, schedule) -> (state, metrics)``; state buffers are donated.
 
-    The dropout key is ``fold_in(key, step)``, so a resumed run draws the same dropout.
+    Cached per (model shape, loss, optimizer), so every phase of a run reuses one compilation
+    (per mask-ness). The dropout key is ``fold_in(key, step)``: a resumed run draws the same dropout.
     """
     model = Transformer(config)
+    optimizer = make_optimizer(b1, b2, eps, clip_norm)
 
     @partial(jax.jit, donate_argnums=(0,))
-    def train_step(state, batch, masks, key):
+    def train_step(state, batch, masks, key, schedule):
         dropout_key = jax.random.fold_in(key, state["step"])
 
         def loss_fn(params):
@@ -50,14 +63,16 @@ def make_train_step(config: ModelConfig, optimizer, label_smoothing: float):
             return loss / ntokens, (nll / ntokens, ntokens)
 
         (loss, (nll, ntokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "nll": nll, "tokens": ntokens, "grad_norm": optax.global_norm(grads)}
+        direction, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        lr = inverse_sqrt_lr(state["step"], schedule[0], schedule[1], schedule[2])
+        params = jax.tree.map(lambda p, d: p - lr * d, state["params"], direction)
+        metrics = {"loss": loss, "nll": nll, "tokens": ntokens, "grad_norm": optax.global_norm(grads), "lr": lr}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return train_step
 
 
+@functools.lru_cache(maxsize=None)
 def make_eval_step(config: ModelConfig, label_smoothing: float):
     """``eval(params, batch, masks) -> (loss_sum, nll_sum, tokens)``, no dropout."""
     model = Transformer(config)

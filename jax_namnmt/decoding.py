@@ -1,0 +1,92 @@
+"""Batched beam-search translation: each example under its own pair's masks.
+
+All batches of one call share one shape (the longest source, rounded up), so the whole
+search compiles once per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_namnmt.config import DecodeConfig, ModelConfig
+from jax_namnmt.data.batching import padded_batches
+from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from jax_namnmt.model.beam_search import beam_search, expand_to_beams
+from jax_namnmt.model.transformer import Transformer
+
+
+def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> int:
+    return int(min(max_positions - 1, decode.max_len_a * src_len + decode.max_len_b))
+
+
+@functools.lru_cache(maxsize=None)
+def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_penalty: float, penalty_form: str,
+                      stop_early: str = "fairseq"):
+    """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
+    config = dataclasses.replace(config, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+    @jax.jit
+    def decode(params, src, pair_ids, masks):
+        batch, src_len = src.shape
+        # max_positions sizes both the self-attention cache and the sinusoid table, which must
+        # also cover the source positions (an out-of-range gather would clamp them silently).
+        model = Transformer(dataclasses.replace(config, max_positions=max(max_len + 1, src_len)))
+        segments = (src != PAD_ID).astype(jnp.int32)
+        positions = jnp.broadcast_to(jnp.arange(src_len, dtype=jnp.int32), src.shape)
+        src_pairs = jnp.broadcast_to(pair_ids[:, None], src.shape)
+        encoded = model.apply({"params": params}, src, segments, positions, src_pairs, masks, method=Transformer.encode)
+        encoded, segments, src_pairs, tgt_pairs = expand_to_beams(
+            (encoded, segments, src_pairs, pair_ids[:, None]), beam_size)
+        rows = batch * beam_size
+        ones = jnp.ones((rows, 1), jnp.int32)
+
+        def step(variables, ids, position, mutable):
+            logits, state = model.apply(
+                {"params": params, **variables}, encoded, segments, src_pairs, ids, ones, position * ones,
+                tgt_pairs, masks, decode=True, mutable=mutable, method=Transformer.decode)
+            return logits[:, 0, :], state
+
+        # Prefill: creates the self-attention caches ('cache', reordered with the beams) and the
+        # source keys/values of every cross-attention ('source', constant during the search).
+        _, state = step({}, jnp.full((rows, 1), BOS_ID, jnp.int32), 0, ["cache", "source"])
+        source = state["source"]
+
+        def tokens_to_logits(ids, cache):
+            index = cache["decoder_layer_0"]["self_attn"]["index"]
+            logits, new = step({"cache": cache, "source": source}, ids, index, ["cache"])
+            return logits, new["cache"]
+
+        sequences, _ = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
+                                   length_penalty, penalty_form, stop_early=stop_early)
+        return sequences[:, 0, :]
+
+    return decode
+
+
+def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarray], pair_ids: np.ndarray,
+                  decode: DecodeConfig, progress=None) -> list[np.ndarray]:
+    """Token ids of the best hypothesis for every source (same order), pairs mixed freely."""
+    if len(sources) == 0:
+        return []
+    batches = padded_batches(sources, pair_ids, decode.batch_sentences)
+    width = max(src.shape[1] for _, src, _ in batches)
+    max_len = max_output_len(width, decode, 1024)
+    decoder = make_beam_decoder(config, decode.beam_size, max_len, decode.length_penalty, decode.penalty_form,
+                                decode.stop_early)
+    outputs: list[np.ndarray | None] = [None] * len(sources)
+    for indices, src, pairs in batches:
+        padded = np.full((src.shape[0], width), PAD_ID, np.int32)
+        padded[:, : src.shape[1]] = src
+        tokens = np.asarray(decoder(params, padded, pairs, masks))
+        for row, index in enumerate(indices):
+            if index >= 0:
+                outputs[index] = tokens[row]
+        if progress is not None:
+            progress.update(int((indices >= 0).sum()))
+    return outputs

@@ -1,0 +1,28 @@
+"""Score every neuron for every pair (Taylor expansion or absolute value) on the validation split.
+
+    python -m jax_namnmt.importance --checkpoint DIR [--method taylor|absolute] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jax_namnmt import cli, workflow
+
+
+def main() -> int:
+    p = cli.parser("Neuron importance per language pair")
+    p.add_argument("--checkpoint", required=True, help="a run directory (e.g. WORKDIR/pretrain)")
+    p.add_argument("--workdir", default=None, help="work directory holding data/ (default: the checkpoint's parent)")
+    p.add_argument("--method", choices=("taylor", "absolute"), default=None)
+    args = p.parse_args()
+    config = cli.config_from_args(args)
+    run_dir = Path(args.checkpoint)
+    workdir = Path(args.workdir) if args.workdir else run_dir.parent
+    path = workflow.run_importance(run_dir, config, workdir, args.method or config.method.importance, args.quiet)
+    print(f"importance: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

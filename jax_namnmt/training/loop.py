@@ -1,0 +1,155 @@
+"""One loop for pre-training and masked fine-tuning: steps, validation, checkpoints, resume.
+
+A run directory holds everything ``translate`` needs: ``config.json``, ``spm.model``,
+``masks.npz`` (fine-tuned runs) and ``checkpoints/<step>/`` (params, optimizer state, step,
+data position). Re-running the same command resumes from the latest checkpoint and, on the
+same machine, ends with the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jax_namnmt.config import Config
+from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
+from jax_namnmt.errors import CheckpointError
+from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
+from jax_namnmt.training.metrics_log import MetricsLogger
+from jax_namnmt.training.step import init_state, make_eval_step, make_optimizer, make_train_step, schedule_args
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    warmup_init_lr: float
+
+
+def pretrain_schedule(config: Config) -> Schedule:
+    t = config.train
+    return Schedule(t.steps, t.learning_rate, t.warmup_steps, t.warmup_init_lr)
+
+
+def finetune_schedule(config: Config) -> Schedule:
+    f = config.finetune
+    return Schedule(f.steps, f.learning_rate, f.warmup_steps, f.warmup_init_lr)
+
+
+def write_run_files(run_dir: Path, config: Config, vocab_path: Path, extra: dict | None = None) -> None:
+    """Make a run directory self-contained: its config and vocabulary next to the checkpoints."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_json(run_dir / "config.json", config.to_dict())
+    target = run_dir / "spm.model"
+    if Path(vocab_path).resolve() != target.resolve():
+        shutil.copyfile(vocab_path, target)
+    if extra:
+        save_json(run_dir / "run.json", extra)
+
+
+def check_resumable(run_dir: Path, config: Config) -> None:
+    saved = run_dir / "config.json"
+    if saved.exists() and (run_dir / "checkpoints").exists():
+        old = load_json(saved)
+        if old.get("model") != config.to_dict()["model"]:
+            raise CheckpointError(
+                f"{saved}: this run directory holds a model of another shape; "
+                "use a new --workdir or delete it to start over")
+
+
+def validation_loss(params, batches, masks, config: Config) -> dict:
+    eval_step = make_eval_step(config.model, config.train.label_smoothing)
+    loss = nll = tokens = 0.0
+    for batch in batches:
+        l, n, t = eval_step(params, batch, masks)
+        loss, nll, tokens = loss + l, nll + n, tokens + t
+    loss, nll, tokens = (float(x) for x in jax.device_get((loss, nll, tokens)))
+    tokens = max(tokens, 1.0)
+    return {"loss": loss / tokens, "nll": nll / tokens, "ppl": math.exp(min(nll / tokens, 50.0))}
+
+
+def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Examples,
+          valid_examples: Examples | None, init_params, masks=None, phase: str = "train",
+          quiet: bool = False):
+    """Train from ``init_params`` (or resume from ``run_dir``) for ``schedule.steps`` updates.
+
+    ``masks`` (nested ``[num_pairs, F]`` arrays) gate every projection per example; ``None``
+    trains the plain model. Returns the final parameters.
+    """
+    run_dir = Path(run_dir)
+    tc = config.train
+    mc = config.model
+    train_step = make_train_step(mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
+    optimizer = make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
+    sched = schedule_args(schedule.learning_rate, schedule.warmup_steps, schedule.warmup_init_lr)
+    key = jax.random.key(tc.seed)
+    rows = rows_for_budget(tc.tokens_per_batch, config.data.tgt_row_len)
+    batcher = PackedBatcher(train_examples, rows, config.data.src_row_len, config.data.tgt_row_len, seed=tc.seed)
+    valid_batches = []
+    if valid_examples is not None and len(valid_examples):
+        valid_batches = list(PackedBatcher(valid_examples, rows, config.data.src_row_len, config.data.tgt_row_len,
+                                           seed=0, shuffle=False).epoch(0))
+
+    ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
+    state = init_state(init_params, optimizer)
+    epoch, index = 0, 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        epoch, index = meta["data"]["epoch"], meta["data"]["index"]
+        if not quiet:
+            print(f"[{phase}] resuming from {ckpt.directory}/{ckpt.latest_step()} (epoch {epoch}, batch {index})")
+    # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
+    # ones are not, and jit compiles once per placement, so without this a resumed run, and every
+    # fine-tuning (committed params, fresh step counter), compiled the train step again.
+    state = jax.device_put(state, jax.local_devices()[0])
+    step = int(state["step"])
+    logger = MetricsLogger(run_dir, phase)
+    masks = None if masks is None else jax.tree.map(np.asarray, masks)
+
+    def save(step_now, position):
+        ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1]}, "step": step_now,
+                                    "phase": phase})
+
+    bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet, dynamic_ncols=True)
+    window_step, window_start = step, time.perf_counter()
+    stream = batcher.iterate(epoch, index)
+    metrics = None
+    position = (epoch, index)
+    try:
+        while step < schedule.steps:
+            epoch, index, batch = next(stream)
+            state, metrics = train_step(state, batch, masks, key, sched)
+            step += 1
+            position = (epoch, index + 1)
+            bar.update(1)
+            if step % tc.log_every == 0 or step == schedule.steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                # tokens of the last step times the steps since the last log: an estimate without a sync per step
+                m["tokens_per_s"] = m["tokens"] * (step - window_step) / max(now - window_start, 1e-9)
+                window_step, window_start = step, now
+                logger.log(step, m, phase)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}")
+            if valid_batches and (step % tc.eval_every == 0 or step == schedule.steps):
+                v = validation_loss(state["params"], valid_batches, masks, config)
+                logger.log(step, v, f"{phase}_valid")
+                if not quiet:
+                    bar.write(f"[{phase}] step {step}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
+            if step % tc.save_every == 0 and step < schedule.steps:
+                save(step, position)
+        if ckpt.latest_step() != step:
+            save(step, position)
+        ckpt.wait()
+    finally:
+        bar.close()
+        logger.close()
+        ckpt.close()
+    return state["params"]

@@ -1,0 +1,320 @@
+"""The steps of the method as functions over run directories; the doors and the pipeline call these.
+
+Layout of a work directory::
+
+    WORKDIR/data/            fairseq layout (built from the embedded Multi30k unless --data)
+    WORKDIR/spm.model        joint SentencePiece model with <2xx> tags
+    WORKDIR/prepare.json     corpus statistics
+    WORKDIR/<run>/           a self-contained model: config.json, spm.model, checkpoints/,
+                             masks.npz (masked runs), importance_<method>.npz, metrics.jsonl, tb/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jax_namnmt.config import Config
+from jax_namnmt.data.batching import Examples, PackedBatcher, encode_parallel, rows_for_budget
+from jax_namnmt.data.corpus import Pair, parse_pairs, read_parallel
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
+from jax_namnmt.decoding import translate_ids
+from jax_namnmt.errors import CheckpointError, ConfigError, DataError
+from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
+from jax_namnmt.method.importance import compute_importance
+from jax_namnmt.method.masks import to_model_masks
+from jax_namnmt.metrics import score_by_pair
+from jax_namnmt.model.transformer import count_params, init_params, module_sizes
+from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
+from jax_namnmt.training.loop import (check_resumable, finetune_schedule, pretrain_schedule, train,
+                                     write_run_files)
+
+SPLITS = ("train", "valid", "test")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data_dir_for(config: Config, workdir: Path) -> Path:
+    return Path(config.data.data_dir) if config.data.data_dir else Path(workdir) / "data"
+
+
+def prepare(config: Config, workdir: Path, quiet: bool = False) -> dict:
+    """Build (if needed) and validate the corpus, and train the joint vocabulary."""
+    workdir = Path(workdir)
+    pairs = parse_pairs(config.data.pairs)
+    data_dir = data_dir_for(config, workdir)
+    if not config.data.data_dir:
+        build_from_multiway(multi30k_dir(), data_dir, pairs, MULTI30K_SPLITS)
+    stats = {}
+    texts = {}
+    for split in SPLITS:
+        texts[split] = read_parallel(data_dir, split, pairs, empty_lines=config.data.empty_lines)
+        stats[split] = {name: text.stats for name, text in texts[split].items()}
+    langs = sorted({lang for p in pairs for lang in (p.src, p.tgt)})
+    vocab_path = workdir / "spm.model"
+    if not vocab_path.exists():
+        per_lang: dict[str, dict[str, None]] = {lang: {} for lang in langs}
+        for text in texts["train"].values():
+            per_lang[text.pair.src].update(dict.fromkeys(text.src))
+            per_lang[text.pair.tgt].update(dict.fromkeys(text.tgt))
+        sentences = [line for lang in langs for line in per_lang[lang]]
+        train_vocab(sentences, langs, workdir / "spm", config.data.vocab_size, config.data.spm_model_type,
+                    config.data.spm_max_sentences, seed=config.train.seed)
+    summary = {"data_dir": str(data_dir), "pairs": [p.name for p in pairs], "vocab": str(vocab_path),
+               "stats": stats}
+    save_json(workdir / "prepare.json", summary)
+    if not quiet:
+        for split in SPLITS:
+            kept = sum(s["kept"] for s in stats[split].values())
+            dropped = sum(s["dropped_empty"] for s in stats[split].values())
+            print(f"[prepare] {split}: {kept} examples over {len(pairs)} pairs ({dropped} empty dropped)")
+    return summary
+
+
+_EXAMPLES_CACHE: dict = {}
+
+
+def load_examples(config: Config, data_dir: Path, vocab: Vocab, split: str, max_lines: int = 0,
+                  quiet: bool = True) -> tuple[Examples, dict]:
+    """Read, validate and encode one split (memoized per process: the pipeline's phases share it)."""
+    key = (str(Path(data_dir).resolve()), split, str(Path(vocab.path).resolve()), max_lines, config.data)
+    if key not in _EXAMPLES_CACHE:
+        _EXAMPLES_CACHE[key] = _load_examples(config, data_dir, vocab, split, max_lines, quiet)
+    return _EXAMPLES_CACHE[key]
+
+
+def _load_examples(config, data_dir, vocab, split, max_lines, quiet):
+    pairs = parse_pairs(config.data.pairs)
+    texts = read_parallel(data_dir, split, pairs, empty_lines=config.data.empty_lines)
+    if max_lines:
+        for text in texts.values():
+            text.src, text.tgt = text.src[:max_lines], text.tgt[:max_lines]
+            text.line_numbers = text.line_numbers[:max_lines]
+    index = {p.name: i for i, p in enumerate(pairs)}
+    examples, stats = encode_parallel(texts, vocab, index, config.data.max_len, config.data.overlong)
+    if not quiet:
+        dropped = sum(s["dropped_overlong"] for s in stats.values())
+        print(f"[data] {split}: {len(examples)} examples ({dropped} over {config.data.max_len} tokens dropped)")
+    return examples, stats
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained model loaded from its run directory alone."""
+
+    directory: Path
+    config: Config
+    vocab: Vocab
+    params: dict
+    masks: dict | None  # flat boolean masks, or None for the plain model
+    step: int
+
+    @property
+    def pairs(self) -> list[str]:
+        return list(self.config.data.pairs)
+
+    def model_masks(self):
+        return None if self.masks is None else to_model_masks(self.masks)
+
+
+def load_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass a directory written by "
+                              "train, finetune or pipeline")
+    config = Config.from_dict(load_json(run_dir / "config.json"), where=str(run_dir / "config.json")).validate()
+    vocab_path = run_dir / "spm.model"
+    if not vocab_path.exists():
+        raise CheckpointError(f"{vocab_path} is missing: the run directory must hold its vocabulary")
+    vocab = Vocab.load(vocab_path)
+    if vocab.size != config.model.vocab_size:
+        raise CheckpointError(f"{vocab_path} has {vocab.size} pieces but the model in {run_dir} expects "
+                              f"{config.model.vocab_size}: the vocabulary belongs to another model")
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          jax.eval_shape(lambda: init_params(config.model)))
+    params, meta = Checkpointer(run_dir).restore_params(target=target)
+    masks = None
+    if (run_dir / "masks.npz").exists():
+        masks, mask_pairs, _ = load_masks(run_dir / "masks.npz", expected=module_sizes(config.model),
+                                          num_pairs=len(config.data.pairs))
+        if list(mask_pairs) != list(config.data.pairs):
+            raise CheckpointError(f"{run_dir / 'masks.npz'} was allocated for pairs {mask_pairs}, the model "
+                                  f"was trained on {list(config.data.pairs)}")
+    return Run(run_dir, config, vocab, params, masks, int(meta.get("step", 0)))
+
+
+def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) -> Path:
+    """Pre-train the plain multilingual model (resumes if ``out`` holds checkpoints)."""
+    workdir, out = Path(workdir), Path(out)
+    data_dir = data_dir_for(config, workdir)
+    vocab = _workdir_vocab(workdir)
+    train_ex, _ = load_examples(config, data_dir, vocab, "train", config.data.train_max_lines, quiet)
+    valid_ex, _ = load_examples(config, data_dir, vocab, "valid", config.train.valid_max_lines, quiet)
+    check_resumable(out, config)  # before write_run_files: a refused resume must not overwrite config.json
+    write_run_files(out, config, vocab.path, {"kind": "pretrain"})
+    params = init_params(config.model, config.train.seed)
+    train(out, config, pretrain_schedule(config), train_ex, valid_ex, params, None, phase="pretrain", quiet=quiet)
+    return out
+
+
+def run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_path: Path | None,
+                 quiet: bool = False) -> Path:
+    """Fine-tune from ``source``'s parameters with a fresh optimizer, each example under its pair's mask
+    (``masks_path=None``: continue the plain model with the same schedule: the equal-steps baseline)."""
+    workdir, out = Path(workdir), Path(out)
+    base = load_run(source)
+    _check_same_model(base.config, config, source)
+    flat = None
+    if masks_path is not None:  # checked before anything is written to ``out``
+        flat, pairs, meta = load_masks(masks_path, expected=module_sizes(config.model),
+                                       num_pairs=len(config.data.pairs))
+        if list(pairs) != list(config.data.pairs):
+            raise CheckpointError(f"{masks_path}: allocated for pairs {pairs}, the config trains {list(config.data.pairs)}")
+    data_dir = data_dir_for(config, workdir)
+    train_ex, _ = load_examples(config, data_dir, base.vocab, "train", config.data.train_max_lines, quiet)
+    valid_ex, _ = load_examples(config, data_dir, base.vocab, "valid", config.train.valid_max_lines, quiet)
+    check_resumable(out, config)  # before write_run_files: a refused resume must not overwrite config.json
+    write_run_files(out, config, base.vocab.path, {"kind": "finetune", "from": str(source),
+                                                   "masks": str(masks_path) if masks_path else None})
+    model_masks = None
+    if flat is not None:
+        if Path(masks_path).resolve() != (out / "masks.npz").resolve():
+            save_masks(out / "masks.npz", flat, pairs, meta)
+        model_masks = to_model_masks(flat)
+    train(out, config, finetune_schedule(config), train_ex, valid_ex, base.params, model_masks,
+          phase="finetune" if masks_path else "continue", quiet=quiet)
+    return out
+
+
+def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: str, quiet: bool = False) -> Path:
+    """Score every neuron for every pair on the validation split (one pass over mixed batches)."""
+    run = load_run(run_dir)
+    data_dir = data_dir_for(config, workdir or run_dir)
+    examples, _ = load_examples(run.config, data_dir, run.vocab, "valid", config.method.importance_max_lines)
+    rows = rows_for_budget(config.method.importance_tokens_per_batch, run.config.data.tgt_row_len)
+    batcher = PackedBatcher(examples, rows, run.config.data.src_row_len, run.config.data.tgt_row_len, seed=0,
+                            shuffle=False)
+    with tqdm(total=batcher.num_batches(0), desc=f"importance ({method})", disable=quiet) as bar:
+        theta = compute_importance(run.params, batcher.epoch(0), run.model_masks(), config=run.config.model,
+                                   num_pairs=len(run.pairs), method=method,
+                                   label_smoothing=run.config.train.label_smoothing, progress=bar)
+    path = Path(run_dir) / f"importance_{method}.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)
+    tmp.replace(path)
+    return path
+
+
+def load_importance(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"importance file {path} does not exist; run `python -m jax_namnmt.importance` first")
+    with np.load(path) as data:
+        pairs = json.loads(str(data["__pairs__"]))
+        return {k: data[k] for k in data.files if k != "__pairs__"}, pairs
+
+
+def run_allocate(importance_path: Path, out: Path, rho: float, k: float, variant: str, quiet: bool = False) -> Path:
+    theta, pairs = load_importance(importance_path)
+    masks = allocate(theta, pairs, rho, k, variant)
+    save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "importance": str(importance_path)})
+    if not quiet:
+        print(summarize(masks, pairs))
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------- translate / evaluate
+
+
+def pair_id(run: Run, src: str, tgt: str) -> int:
+    name = f"{src}-{tgt}"
+    run.vocab.tag_id(tgt)  # unknown language code -> a clear DataError
+    if name in run.pairs:
+        return run.pairs.index(name)
+    if run.masks is not None:
+        raise DataError(f"pair {name} has no mask in {run.directory}: this model was allocated for "
+                        f"{', '.join(run.pairs)}")
+    return 0  # the plain model translates any direction whose target tag it knows (zero-shot)
+
+
+def translate_lines(run: Run, lines: Sequence[str], src: str, tgt: str, progress: bool = False) -> list[str]:
+    """One output line per input line, in order; an empty input line gives an empty output line."""
+    pid = pair_id(run, src, tgt)
+    tag = run.vocab.tag_id(tgt)
+    limit = run.config.data.max_len
+    sources, keep = [], []
+    for i, line in enumerate(lines):
+        if line.strip():
+            ids = [tag] + run.vocab.encode(line)[: limit - 2] + [EOS_ID]  # over-long input is truncated
+            sources.append(np.asarray(ids, np.int32))
+            keep.append(i)
+    with tqdm(total=len(sources), desc=f"translate {src}-{tgt}", disable=not progress) as bar:
+        ids = translate_ids(run.params, run.config.model, run.model_masks(), sources,
+                            np.full(len(sources), pid, np.int32), run.config.decode, bar)
+    outputs = [""] * len(lines)
+    for i, hyp in zip(keep, run.vocab.decode_batch(ids) if ids else []):
+        outputs[i] = hyp
+    return outputs
+
+
+def evaluate_run(run: Run, data_dir: Path, split: str, max_lines: int, quiet: bool = False) -> dict:
+    """BLEU/chrF per pair on ``split`` (first ``max_lines`` per pair), decoding all pairs in mixed batches."""
+    pairs = parse_pairs(run.pairs)
+    texts = read_parallel(data_dir, split, pairs, empty_lines="drop")
+    sources, pair_ids, refs = [], [], {}
+    for i, p in enumerate(pairs):
+        text = texts[p.name]
+        src, ref = (text.src[:max_lines], text.tgt[:max_lines]) if max_lines else (text.src, text.tgt)
+        tag = run.vocab.tag_id(p.tgt)
+        for line in run.vocab.encode_batch(src):
+            sources.append(np.asarray([tag] + line[: run.config.data.max_len - 2] + [EOS_ID], np.int32))
+            pair_ids.append(i)
+        refs[p.name] = ref
+    start = time.perf_counter()
+    with tqdm(total=len(sources), desc=f"beam search ({run.directory.name})", disable=quiet) as bar:
+        ids = translate_ids(run.params, run.config.model, run.model_masks(), sources,
+                            np.asarray(pair_ids, np.int32), run.config.decode, bar)
+    seconds = time.perf_counter() - start
+    hyps = run.vocab.decode_batch(ids)
+    outputs, offset = {}, 0
+    for p in pairs:
+        n = len(refs[p.name])
+        outputs[p.name] = (hyps[offset: offset + n], refs[p.name])
+        offset += n
+    scores = score_by_pair(outputs)
+    scores["decode_seconds"] = seconds
+    scores["sentences"] = len(sources)
+    scores["hypotheses"] = {name: h for name, (h, _) in outputs.items()}
+    return scores
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _workdir_vocab(workdir: Path) -> Vocab:
+    path = Path(workdir) / "spm.model"
+    if not path.exists():
+        raise DataError(f"{path} does not exist: run `python -m jax_namnmt.prepare --workdir {workdir}` first")
+    return Vocab.load(path)
+
+
+def _check_same_model(saved: Config, config: Config, source: Path) -> None:
+    if saved.model != config.model or list(saved.data.pairs) != list(config.data.pairs):
+        raise ConfigError(f"the config's model shape or pair list differs from the checkpoint in {source}; "
+                          "fine-tune with the config the model was trained with")
+
+
+def param_count(config: Config) -> int:
+    return count_params(jax.eval_shape(lambda: init_params(config.model)))

@@ -1,0 +1,171 @@
+"""Shared fixtures for the model, importance, decoding and loss tests: a tiny float32 model,
+random neuron masks and a packer for the packed-row batch layout of ``data/batching.py``."""
+
+from __future__ import annotations
+
+import os
+
+# These tests compile many tiny programs and run each a few times: XLA's CPU backend
+# optimizations cost more (2-3x compile time) than they save. Set before JAX starts its backend.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+from functools import partial
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+from jax_namnmt.config import ModelConfig
+from jax_namnmt.data.vocab import BOS_ID
+from jax_namnmt.method.masks import nest
+from jax_namnmt.model.transformer import Transformer, init_params, module_sizes
+from jax_namnmt.training.loss import label_smoothed_nll
+
+TINY = ModelConfig(vocab_size=50, d_model=16, num_heads=2, ffn_dim=32, enc_layers=1, dec_layers=1,
+                   dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, pre_norm=False,
+                   max_positions=64, dtype="float32")
+NUM_PAIRS = 3
+
+
+def pack_rows(rows, src_len: int, tgt_len: int) -> dict[str, np.ndarray]:
+    """Pack ``rows`` (a list of rows, each a list of ``(src ids, tgt ids, pair id)``) into the
+    layout of ``PackedBatches``: segments 1..n per row (0 = padding), positions restarting
+    per example, the pair id on every token, ``tgt_inputs = [BOS] + tgt[:-1]``."""
+    out = {k: np.zeros((len(rows), n), np.int32) for k, n in (
+        ("src_tokens", src_len), ("src_segments", src_len), ("src_positions", src_len), ("src_pairs", src_len),
+        ("tgt_inputs", tgt_len), ("tgt_labels", tgt_len), ("tgt_segments", tgt_len),
+        ("tgt_positions", tgt_len), ("tgt_pairs", tgt_len))}
+    for r, row in enumerate(rows):
+        s_at = t_at = 0
+        for seg, (src, tgt, pair) in enumerate(row, start=1):
+            src, tgt = np.asarray(src, np.int32), np.asarray(tgt, np.int32)
+            s, t = slice(s_at, s_at + len(src)), slice(t_at, t_at + len(tgt))
+            assert s.stop <= src_len and t.stop <= tgt_len, "example does not fit the row"
+            out["src_tokens"][r, s] = src
+            out["src_segments"][r, s] = seg
+            out["src_positions"][r, s] = np.arange(len(src))
+            out["src_pairs"][r, s] = pair
+            out["tgt_labels"][r, t] = tgt
+            out["tgt_inputs"][r, t] = np.concatenate([[BOS_ID], tgt[:-1]])
+            out["tgt_segments"][r, t] = seg
+            out["tgt_positions"][r, t] = np.arange(len(tgt))
+            out["tgt_pairs"][r, t] = pair
+            s_at, t_at = s.stop, t.stop
+    return out
+
+
+def random_example(rng, src_len: int, tgt_len: int, pair: int, vocab: int = TINY.vocab_size):
+    """Ordinary token ids (>= 4, no specials except the final EOS=3 on the target)."""
+    src = rng.integers(4, vocab, src_len)
+    tgt = np.concatenate([rng.integers(4, vocab, tgt_len - 1), [3]])
+    return src, tgt, pair
+
+
+def random_masks(config: ModelConfig, num_pairs: int, seed: int, keep: float = 0.7) -> dict:
+    """Random 0/1 float32 masks, nested like the model expects, different for every pair."""
+    rng = np.random.default_rng(seed)
+    return nest({name: (rng.random((num_pairs, n)) < keep).astype(np.float32)
+                 for name, n in module_sizes(config).items()})
+
+
+def noisy_params(config: ModelConfig, seed: int = 0, scale: float = 0.1):
+    """Random parameters with the model's tree (from ``jax.eval_shape`` of ``init_params``, so
+    nothing is compiled): kernels and the embedding at their init scale, biases and layer-norm
+    parameters away from their special init values (zeros / ones)."""
+    shapes = jax.eval_shape(lambda: init_params(config, 0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = path[-1].key
+        noise = rng.standard_normal(s.shape)
+        if name == "kernel":
+            value = noise / np.sqrt(s.shape[0])
+        elif name == "embedding":
+            value = noise * config.d_model**-0.5
+        elif name == "scale":
+            value = 1.0 + scale * noise
+        else:  # biases
+            value = scale * noise
+        return value.astype(s.dtype)  # float32, like the model's parameters
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _mask_name(path) -> str:
+    """('encoder_layer_0', 'ffn', 'fc1') -> 'encoder/layer_0/ffn/fc1'."""
+    stack, layer = path[0].split("_layer_")
+    return "/".join((stack, f"layer_{layer}") + tuple(path[1:]))
+
+
+# Jitted (config static) so every test compiles each shape once; eager Flax is slow on CPU.
+# Keep batches at 3 rows x 16 tokens where possible: the compiled programs are then shared
+# by all test files.
+@partial(jax.jit, static_argnames=("config",))
+def forward_h(params, batch, masks, *, config):
+    """Logits and ``{mask name: h [B, L, F]}``, every masked projection's sown output."""
+    logits, state = Transformer(config).apply({"params": params}, batch, masks, deterministic=True,
+                                              mutable=["intermediates"])
+    acts = {}
+
+    def walk(tree, path):
+        for key, value in tree.items():
+            if key == "h":
+                acts[_mask_name(path)] = value[0]
+            else:
+                walk(value, path + (key,))
+
+    walk(state["intermediates"], ())
+    return logits, acts
+
+
+def summed_loss(params, batch, masks, config, label_smoothing=0.1):
+    logits = Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
+    return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)[0]
+
+
+@partial(jax.jit, static_argnames=("config",))
+def loss_grad(params, batch, masks, *, config):
+    """d(summed label-smoothed loss)/d(params)."""
+    return jax.grad(summed_loss)(params, batch, masks, config)
+
+
+def forward(params, batch, masks, *, config):
+    """Logits [B, Lt, V] (the same compiled program as ``forward_h``)."""
+    return forward_h(params, batch, masks, config=config)[0]
+
+
+@pytest.fixture(scope="session")
+def fns():
+    return SimpleNamespace(forward=forward, forward_h=forward_h, loss_grad=loss_grad, summed_loss=summed_loss)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    return noisy_params(TINY, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return pack_rows
+
+
+@pytest.fixture(scope="session")
+def example():
+    return random_example
+
+
+@pytest.fixture(scope="session")
+def make_masks():
+    return random_masks
+
+
+@pytest.fixture(scope="session")
+def make_params():
+    return noisy_params

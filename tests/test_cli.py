@@ -1,0 +1,189 @@
+"""The command-line doors on bad input: exit status 2, one ``error:`` line naming the file, line or
+field at fault, and no traceback unless ``--debug``. Every door runs in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jax_namnmt import workflow
+from jax_namnmt.config import load_config
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+from jax_namnmt.method.allocation import save_masks
+from jax_namnmt.model.transformer import module_sizes
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_LINES = {"train": 300, "valid": 40, "test": 20}
+
+
+def door(name: str, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m jax_namnmt.<name> ARGS`` from the repository root."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", f"jax_namnmt.{name}", *map(str, args)], cwd=REPO, env=env,
+                          input=stdin if stdin is not None else "", capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles, debug: bool = False) -> str:
+    """Exit 2, exactly one ``error:`` line holding every needle, a traceback only with --debug."""
+    report = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 2, report
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, report
+    for needle in needles:
+        assert str(needle) in errors[0], f"{needle!r} not in {errors[0]!r}"
+    assert ("Traceback" in proc.stderr) == debug, report
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A tiny corpus, a work directory prepared on it, and a briefly trained run in that work directory."""
+    root = tmp_path_factory.mktemp("cli")
+    base = load_config("tiny")
+    data = build_from_multiway(multi30k_dir(), root / "tinydata", base.data.pairs, MULTI30K_SPLITS,
+                               max_lines=TINY_LINES).resolve()
+    config = load_config("tiny", [f"data.data_dir={data}", "train.steps=2"])
+    workdir = root / "work"
+    workflow.prepare(config, workdir, quiet=True)
+    run = workflow.run_pretrain(config, workdir, workdir / "pretrain", quiet=True)
+    return {"data": data, "workdir": workdir, "run": run, "config": config}
+
+
+@pytest.fixture
+def bad_data(tiny, tmp_path) -> Path:
+    """A private copy of the tiny corpus, for a test to corrupt."""
+    return Path(shutil.copytree(tiny["data"], tmp_path / "data"))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_field_typo(tmp_path):
+    proc = door("train", "--config", "tiny", "--workdir", tmp_path, "--set", "train.stepz=3", "--quiet")
+    line = assert_user_error(proc, "train.stepz")
+    assert "steps" in line  # lists the fields that do exist
+
+
+def test_config_wrong_type(tmp_path):
+    proc = door("train", "--config", "tiny", "--workdir", tmp_path, "--set", "train.steps=abc", "--quiet")
+    assert_user_error(proc, "train.steps", "integer", "'abc'")
+
+
+def test_unknown_config_file(tmp_path):
+    proc = door("train", "--config", "no_such_config", "--workdir", tmp_path, "--quiet")
+    assert_user_error(proc, "no_such_config", "not found")
+
+
+def test_debug_shows_traceback(tmp_path):
+    proc = door("train", "--config", "tiny", "--workdir", tmp_path, "--set", "train.stepz=3", "--debug")
+    assert_user_error(proc, "train.stepz", debug=True)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def test_mismatched_line_counts(tiny, bad_data, tmp_path):
+    src, tgt = bad_data / "train.de-en.de", bad_data / "train.de-en.en"
+    lines = tgt.read_text(encoding="utf-8").splitlines(keepends=True)
+    tgt.write_text("".join(lines[:-1]), encoding="utf-8")
+    proc = door("train", "--config", "tiny", "--workdir", tiny["workdir"], "--data", bad_data,
+                "--out", tmp_path / "run", "--set", "train.steps=1", "--quiet")
+    assert_user_error(proc, src, tgt, len(lines), len(lines) - 1)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_invalid_utf8_names_file_and_line(bad_data, tmp_path):
+    path = bad_data / "valid.fr-en.fr"
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2][:4] + b"\xff" + lines[2][4:]
+    path.write_bytes(b"\n".join(lines))
+    proc = door("prepare", "--config", "tiny", "--workdir", tmp_path / "work", "--data", bad_data, "--quiet")
+    assert_user_error(proc, f"{path}:3:", "UTF-8", "0xff")
+
+
+def test_empty_line_fails_when_asked(bad_data, tmp_path):
+    path = bad_data / "train.en-fr.en"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[4] = "   "
+    path.write_text("\n".join(lines), encoding="utf-8")
+    proc = door("prepare", "--config", "tiny", "--workdir", tmp_path / "work", "--data", bad_data,
+                "--set", "data.empty_lines=fail", "--quiet")
+    assert_user_error(proc, f"{path}:5:", "empty line")
+
+
+def test_missing_split_file(bad_data, tmp_path):
+    missing = bad_data / "test.en-fr.fr"
+    missing.unlink()
+    proc = door("prepare", "--config", "tiny", "--workdir", tmp_path / "work", "--data", bad_data, "--quiet")
+    assert_user_error(proc, missing, "'test'", "en-fr")
+
+
+def test_pair_without_files(tiny, tmp_path):
+    proc = door("prepare", "--config", "tiny", "--workdir", tmp_path / "work", "--data", tiny["data"],
+                "--pairs", "de-en,cs-en", "--quiet")
+    assert_user_error(proc, "cs-en", tiny["data"] / "train.cs-en.cs", tiny["data"] / "train.cs-en.en")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_translate_unknown_language(tiny):
+    proc = door("translate", "--checkpoint", tiny["run"], "--src", "de", "--tgt", "xx", "--quiet",
+                stdin="Zwei Hunde spielen im Schnee.\n")
+    assert_user_error(proc, "'xx'", tiny["run"] / "spm.model")
+    assert proc.stdout == ""
+
+
+def test_finetune_masks_that_do_not_fit(tiny, tmp_path):
+    config = tiny["config"]
+    pairs = list(config.data.pairs)
+    sizes = module_sizes(config.model)
+    masks = {name: np.ones((len(pairs), width // 2), bool) for name, width in sizes.items()}
+    bad = tmp_path / "narrow_masks.npz"
+    save_masks(bad, masks, pairs, {})
+    first = next(iter(sizes))
+    proc = door("finetune", "--from", tiny["run"], "--masks", bad, "--out", tmp_path / "ft", "--quiet")
+    assert_user_error(proc, bad, first, str((len(pairs), sizes[first])))
+    assert not (tmp_path / "ft" / "config.json").exists()  # nothing that looks like a run is left behind
+
+
+def test_resume_with_another_model_shape_keeps_the_run(tiny, tmp_path):
+    run = Path(shutil.copytree(tiny["run"], tmp_path / "run"))
+    before = (run / "config.json").read_bytes()
+    proc = door("train", "--config", "tiny", "--workdir", tiny["workdir"], "--data", tiny["data"], "--out", run,
+                "--set", "model.ffn_dim=128", "--set", "train.steps=4", "--quiet")
+    assert_user_error(proc, run / "config.json")
+    assert (run / "config.json").read_bytes() == before  # the refused run still describes its checkpoints
+
+
+def _broken_copy(run: Path, dest: Path, damage: str) -> Path:
+    shutil.copytree(run, dest)
+    if damage == "no_config":
+        (dest / "config.json").unlink()
+    elif damage == "bad_json":
+        (dest / "config.json").write_text('{"name": "tiny",\n  "model": {oops}\n}\n', encoding="utf-8")
+    elif damage == "no_checkpoints":
+        shutil.rmtree(dest / "checkpoints")
+    elif damage == "no_vocab":
+        (dest / "spm.model").unlink()
+    return dest
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("no_config", ["config.json"]),
+    ("bad_json", ["config.json:2:", "invalid JSON"]),
+    ("no_checkpoints", ["checkpoint"]),
+    ("no_vocab", ["spm.model"]),
+])
+def test_translate_from_corrupted_run_dir(tiny, tmp_path, damage, needles):
+    broken = _broken_copy(tiny["run"], tmp_path / "broken", damage)
+    proc = door("translate", "--checkpoint", broken, "--src", "de", "--tgt", "en", "--quiet",
+                stdin="Zwei Hunde spielen im Schnee.\n")
+    assert_user_error(proc, broken, *needles)
+    assert proc.stdout == ""

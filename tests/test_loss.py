@@ -1,0 +1,136 @@
+"""Label-smoothed loss and the learning-rate schedule by hand; the jitted train step."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from jax_namnmt.method.masks import flatten, nest
+from jax_namnmt.training.loss import label_smoothed_nll
+from jax_namnmt.training.step import init_state, inverse_sqrt_lr, make_optimizer, make_train_step, schedule_args
+
+NUM_PAIRS = 3
+
+
+def test_label_smoothed_nll_by_hand():
+    # V = 4, epsilon = 0.1, eps_i = 0.1 / 3; loss = (1 - 0.1 - 0.1/3) * nll + 0.1/3 * sum_v -log p_v
+    # token 1: p = [0.1, 0.2, 0.3, 0.4] (logits = log p + 5), label 3:
+    #   -log p = [2.302585, 1.609438, 1.203973, 0.916291], sum 6.032287
+    #   nll = 0.916291, loss = 0.866667 * 0.916291 + 0.033333 * 6.032287 = 0.995195
+    # token 2: uniform logits, label 1: nll = log 4 = 1.386294, loss = log 4 too
+    # token 3: padding (weight 0), far-off logits that would dominate if counted
+    logits = np.array([[np.log([0.1, 0.2, 0.3, 0.4]) + 5.0, [0.0, 0.0, 0.0, 0.0], [10.0, -10.0, 3.0, 0.0]]],
+                      np.float32)
+    labels = np.array([[3, 1, 1]], np.int32)
+    weights = np.array([[1, 1, 0]], np.int32)
+    loss, nll, tokens = label_smoothed_nll(logits, labels, weights, 0.1)
+    assert float(tokens) == 2.0
+    np.testing.assert_allclose(float(nll), 0.916291 + 1.386294, rtol=1e-5)   # = log 10
+    np.testing.assert_allclose(float(loss), 0.995195 + 1.386294, rtol=1e-5)  # 2.381489
+    # fairseq's other spelling: (1 - eps) * nll + eps_i * sum_{v != y} -log p_v
+    np.testing.assert_allclose(0.9 * 0.916291 + 0.1 / 3 * (6.032287 - 0.916291), 0.995195, rtol=1e-5)
+    # epsilon 0: plain cross entropy
+    loss0, nll0, _ = label_smoothed_nll(logits, labels, weights, 0.0)
+    np.testing.assert_allclose(float(loss0), math.log(10.0), rtol=1e-6)
+    np.testing.assert_allclose(float(nll0), math.log(10.0), rtol=1e-6)
+    # boolean weights (what the train step passes) give the same
+    loss_b, _, _ = label_smoothed_nll(logits, labels, weights > 0, 0.1)
+    assert float(loss_b) == float(loss)
+
+
+def test_inverse_sqrt_lr_by_hand():
+    lr = lambda step: float(inverse_sqrt_lr(step, 1e-3, 4, 1e-7))  # noqa: E731
+    # warm-up: 1e-7 + (1e-3 - 1e-7) * (step + 1) / 4
+    np.testing.assert_allclose(lr(0), 2.50075e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(1), 5.0005e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(2), 7.50025e-4, rtol=1e-6)
+    # the peak at the 4th update, then 1e-3 * sqrt(4 / (step + 1))
+    np.testing.assert_allclose(lr(3), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(lr(7), 7.0710678e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(15), 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(99), 2e-4, rtol=1e-6)
+    # schedule given as data, traced in the step
+    args = schedule_args(1e-3, 4, 1e-7)
+    np.testing.assert_allclose(float(jax.jit(inverse_sqrt_lr)(15, args[0], args[1], args[2])), 5e-4, rtol=1e-6)
+    # no warm-up: decay from the first update
+    np.testing.assert_allclose(float(inverse_sqrt_lr(0, 1e-3, 0, 1e-7)), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(inverse_sqrt_lr(3, 1e-3, 0, 1e-7)), 5e-4, rtol=1e-6)
+
+
+def _batch(pack, example):
+    rng = np.random.default_rng(0)
+    rows = [
+        [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
+        [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
+        [example(rng, 7, 6, 1)],
+    ]
+    return pack(rows, 16, 16)
+
+
+def _run(config, params, batch, masks, key, steps, schedule, start_step=0):
+    step_fn = make_train_step(config, 0.1)
+    state = init_state(jax.tree.map(np.array, params), make_optimizer())  # fresh buffers: the step donates them
+    state["step"] = state["step"] + start_step
+    metrics = []
+    for _ in range(steps):
+        state, m = step_fn(state, batch, masks, key, schedule)
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+@pytest.fixture(scope="module")
+def train_setup(tiny_config, tiny_params, pack, example, make_masks):
+    masks = flatten(make_masks(tiny_config, NUM_PAIRS, seed=1))
+    # neuron 3 of decoder fc1 is dropped by every pair: it must never be updated
+    masks["decoder/layer_0/ffn/fc1"][:, 3] = 0.0
+    return tiny_config, tiny_params, _batch(pack, example), nest(masks)
+
+
+def test_train_steps_lower_the_loss_and_skip_masked_neurons(train_setup, fns):
+    config, params, batch, masks = train_setup
+
+    def loss(p):  # per-token label-smoothed loss, no dropout
+        logits = fns.forward(p, batch, masks, config=config)
+        total, _, tokens = label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, 0.1)
+        return float(total / tokens)
+
+    state, metrics = _run(config, params, batch, masks, jax.random.key(0), 10, schedule_args(1e-2, 1, 0.0))
+    assert int(state["step"]) == 10
+    assert [int(m["tokens"]) for m in metrics] == [int((batch["tgt_segments"] > 0).sum())] * 10
+    before, after = loss(params), loss(state["params"])
+    assert after < 0.7 * before, (before, after)
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    np.testing.assert_allclose([m["lr"] for m in metrics], [1e-2 / math.sqrt(s + 1) for s in range(10)], rtol=1e-6)
+    # The dropped neuron's weights are bitwise unchanged (zero gradient -> zero Adam update);
+    # the kept ones moved.
+    old = params["decoder_layer_0"]["ffn"]["fc1"]["dense"]
+    new = state["params"]["decoder_layer_0"]["ffn"]["fc1"]["dense"]
+    np.testing.assert_array_equal(new["kernel"][:, 3], old["kernel"][:, 3])
+    assert new["bias"][3] == old["bias"][3]
+    moved = np.abs(new["kernel"] - old["kernel"]).sum(axis=0) > 0
+    assert moved.sum() >= moved.size // 2
+
+
+def test_train_runs_are_reproducible_and_dropout_follows_the_step(train_setup):
+    config, params, batch, masks = train_setup
+    assert config.dropout > 0
+    schedule = schedule_args(3e-3, 1, 0.0)
+    a, metrics_a = _run(config, params, batch, masks, jax.random.key(0), 3, schedule)
+    b, metrics_b = _run(config, params, batch, masks, jax.random.key(0), 3, schedule)
+    c, _ = _run(config, params, batch, masks, jax.random.key(1), 3, schedule)
+    assert jax.tree.all(jax.tree.map(np.array_equal, a["params"], b["params"]))
+    assert [float(m["loss"]) for m in metrics_a] == [float(m["loss"]) for m in metrics_b]
+    assert not jax.tree.all(jax.tree.map(np.array_equal, a["params"], c["params"]))
+
+    # With lr 0 the parameters never change, yet consecutive steps draw different dropout
+    # (fold_in(key, step)); a run started at step 1 draws exactly step 1's dropout.
+    frozen = schedule_args(0.0, 1, 0.0)
+    d, metrics_d = _run(config, params, batch, masks, jax.random.key(0), 2, frozen)
+    assert jax.tree.all(jax.tree.map(np.array_equal, d["params"], params))
+    assert metrics_d[0]["loss"] != metrics_d[1]["loss"]
+    _, resumed = _run(config, params, batch, masks, jax.random.key(0), 1, frozen, start_step=1)
+    assert resumed[0]["loss"] == metrics_d[1]["loss"]
+    assert metrics_a[0]["loss"] == metrics_d[0]["loss"]  # same params, same step-0 dropout

@@ -1,0 +1,234 @@
+"""The masked Transformer: masks gate neurons exactly, per token, per pair; packing and
+mixed-pair batches isolate examples; parameter and neuron counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jax_namnmt.method.importance import module_name, reads_source_tokens
+from jax_namnmt.method.masks import all_ones, flatten, nest
+from jax_namnmt.model.transformer import count_params, init_params, module_sizes
+
+NUM_PAIRS = 3
+
+
+def _mixed_batch(pack, example, seed=0):
+    """Three rows of 16: row 0 packs pairs 0, 1, 2; row 1 packs pairs 2, 0; row 2 pair 1."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
+        [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
+        [example(rng, 7, 6, 1)],
+    ]
+    return pack(rows, 16, 16)
+
+
+def test_all_ones_masks_equal_no_masks(tiny_config, tiny_params, pack, example, fns):
+    batch = _mixed_batch(pack, example)
+    plain = np.asarray(fns.forward(tiny_params, batch, None, config=tiny_config))
+    ones = np.asarray(fns.forward(tiny_params, batch, all_ones(tiny_config, NUM_PAIRS), config=tiny_config))
+    assert np.isfinite(plain).all()
+    # y * 1.0 == y exactly, and op by op (eager) the logits are bitwise equal; but the two jitted
+    # programs differ (a multiply more), XLA fuses them differently and the decoder rounds
+    # differently by ~1 ulp. So: equal to float32 rounding.
+    np.testing.assert_allclose(ones, plain, rtol=1e-6, atol=2e-6)
+
+
+def test_masked_neurons_are_exactly_zero_per_pair(tiny_config, tiny_params, pack, example, make_masks, fns):
+    batch = _mixed_batch(pack, example)
+    masks = make_masks(tiny_config, NUM_PAIRS, seed=1)
+    flat = flatten(masks)
+    _, acts = fns.forward_h(tiny_params, batch, masks, config=tiny_config)
+    assert set(acts) == set(module_sizes(tiny_config))
+    for name, h in acts.items():
+        h = np.asarray(h)
+        side = "src" if reads_source_tokens(name) else "tgt"
+        pairs, valid = batch[f"{side}_pairs"], batch[f"{side}_segments"] > 0
+        token_mask = flat[name][pairs]  # [B, L, F]: the mask of each token's pair
+        # Outside its pair's mask, a neuron is exactly zero at every token of that pair.
+        assert (h[token_mask == 0] == 0).all(), name
+        # Inside the mask (random weights), it is nonzero at every real token.
+        kept = (token_mask == 1) & valid[..., None]
+        assert (h[kept] != 0).all(), name
+
+    # One neuron spelled out: encoder fc1, dropped by pair 0, kept by pair 1.
+    name = "encoder/layer_0/ffn/fc1"
+    i = int(np.flatnonzero((flat[name][0] == 0) & (flat[name][1] == 1))[0])
+    h = np.asarray(acts[name])[..., i]
+    valid = batch["src_segments"] > 0
+    assert (h[valid & (batch["src_pairs"] == 0)] == 0).all()
+    assert (h[valid & (batch["src_pairs"] == 1)] != 0).all()
+
+
+# (mask name, params path of its Dense)
+GATED = [
+    ("encoder/layer_0/ffn/fc1", ("encoder_layer_0", "ffn", "fc1", "dense")),
+    ("decoder/layer_0/cross_attn/q", ("decoder_layer_0", "cross_attn", "q", "dense")),
+    ("decoder/layer_0/self_attn/v", ("decoder_layer_0", "self_attn", "v", "dense")),
+]
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return np.asarray(tree)
+
+
+def test_dropped_neuron_weights_get_no_gradient_from_the_pair(tiny_config, tiny_params, pack, example, fns):
+    m, n, i = 1, 2, 5
+    flat = flatten(all_ones(tiny_config, NUM_PAIRS))
+    for name, _ in GATED:
+        flat[name][m, i] = 0.0  # pair m drops neuron i; pair n keeps it
+    masks = nest(flat)
+    rng = np.random.default_rng(3)
+    ex_m = [example(rng, 5, 4, m), example(rng, 3, 6, m), example(rng, 4, 4, m)]
+    ex_n = [example(rng, 4, 5, n), example(rng, 6, 3, n)]
+
+    only_m = pack([[ex_m[0], ex_m[1]], [ex_m[2]], []], 16, 16)
+    grads = fns.loss_grad(tiny_params, only_m, masks, config=tiny_config)
+    for _, path in GATED:
+        kernel, bias = _get(grads, path + ("kernel",)), _get(grads, path + ("bias",))
+        assert (kernel[:, i] == 0).all() and bias[i] == 0, path
+        # ... while the kept neurons of the same projection do learn from pair m (most of
+        # them: an fc1 unit whose ReLU is off at every token gets no gradient either)
+        assert (np.abs(kernel).sum(axis=0) > 0).sum() >= kernel.shape[1] // 2, path
+
+    # Mixed batch (pairs m and n in separate rows and packed in one row): neuron i's
+    # gradient is pair n's alone. n-only = the same layout with pair m's examples made padding
+    # (ex_n[0] sits after ex_m[0] in row 0 and keeps its place).
+    mixed = pack([[ex_m[0], ex_n[0]], [ex_n[1], ex_m[1]], [ex_m[2]]], 16, 16)
+    n_only = pack([[ex_m[0], ex_n[0]], [ex_n[1]], []], 16, 16)
+    for key in ("src_segments", "tgt_segments"):
+        n_only[key][0] = np.where(n_only[key][0] == 1, 0, n_only[key][0])
+    g_mixed = fns.loss_grad(tiny_params, mixed, masks, config=tiny_config)
+    g_n = fns.loss_grad(tiny_params, n_only, masks, config=tiny_config)
+    for _, path in GATED:
+        k_mixed, k_n = _get(g_mixed, path + ("kernel",)), _get(g_n, path + ("kernel",))
+        assert np.abs(k_n[:, i]).sum() > 0
+        np.testing.assert_allclose(k_mixed[:, i], k_n[:, i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(_get(g_mixed, path + ("bias",))[i], _get(g_n, path + ("bias",))[i],
+                                   rtol=1e-5, atol=1e-7)
+        # sanity: the neurons pair m keeps do see pair m's examples
+        others = np.abs(k_mixed - k_n).sum(axis=0)
+        assert others[i] < 1e-6 and (others > 1e-4).sum() >= kernel.shape[1] // 2
+
+
+def test_changing_one_pairs_masks_leaves_other_pairs_logits_unchanged(
+        tiny_config, tiny_params, pack, example, make_masks, fns):
+    batch = _mixed_batch(pack, example)
+    masks = flatten(make_masks(tiny_config, NUM_PAIRS, seed=1))
+    other = flatten(make_masks(tiny_config, NUM_PAIRS, seed=2))
+    b = 1
+    changed = {k: np.where(np.arange(NUM_PAIRS)[:, None] == b, other[k], v) for k, v in masks.items()}
+    before = np.asarray(fns.forward(tiny_params, batch, nest(masks), config=tiny_config))
+    after = np.asarray(fns.forward(tiny_params, batch, nest(changed), config=tiny_config))
+    real = batch["tgt_segments"] > 0
+    is_b = real & (batch["tgt_pairs"] == b)
+    assert is_b.any() and (real & ~is_b).any()
+    np.testing.assert_array_equal(after[real & ~is_b], before[real & ~is_b])
+    assert np.abs(after[is_b] - before[is_b]).max() > 1e-3  # pair b itself did change
+
+
+def test_packed_example_equals_example_alone(tiny_config, tiny_params, pack, example, make_masks, fns):
+    masks = make_masks(tiny_config, NUM_PAIRS, seed=1)
+    rng = np.random.default_rng(7)
+    a, b, c = example(rng, 5, 4, 0), example(rng, 3, 6, 1), example(rng, 4, 3, 2)
+    packed = pack([[a, b, c], [], []], 16, 16)
+    for m in (masks, None):
+        logits_packed = np.asarray(fns.forward(tiny_params, packed, m, config=tiny_config))
+        # b sits at target positions 4..9, c at 10..12 of row 0
+        alone_b = np.asarray(fns.forward(tiny_params, pack([[b], [], []], 16, 16), m, config=tiny_config))
+        alone_c = np.asarray(fns.forward(tiny_params, pack([[], [c], []], 16, 16), m, config=tiny_config))
+        np.testing.assert_allclose(logits_packed[0, 4:10], alone_b[0, :6], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits_packed[0, 10:13], alone_c[1, :3], rtol=1e-5, atol=1e-5)
+        assert np.abs(logits_packed[0, 4:10] - logits_packed[0, 10:16].mean()).max() > 1e-2
+
+
+def test_post_norm_and_pre_norm(tiny_config, pack, example, make_masks, make_params, fns):
+    batch = _mixed_batch(pack, example)
+    masks = make_masks(tiny_config, NUM_PAIRS, seed=1)
+    pre_config = dataclasses.replace(tiny_config, pre_norm=True)
+    post, pre = make_params(tiny_config, 0), make_params(pre_config, 0)
+    assert "encoder_norm" not in post and "decoder_norm" not in post
+    assert set(pre["encoder_norm"]) == {"scale", "bias"} and set(pre["decoder_norm"]) == {"scale", "bias"}
+    assert count_params(pre) - count_params(post) == 4 * tiny_config.d_model
+    shared = {k: v for k, v in pre.items() if k in post}
+    assert jax.tree.structure(shared) == jax.tree.structure(post)
+
+    def logits(config, params):
+        return np.asarray(fns.forward(params, batch, masks, config=config))
+
+    def doubled(params, *path):  # scale and bias of one LayerNorm times 2
+        params = jax.tree.map(lambda x: x, params)
+        node = params
+        for key in path:
+            node = node[key]
+        node["scale"], node["bias"] = 2 * node["scale"], 2 * node["bias"]
+        return params
+
+    out_post, out_pre = logits(tiny_config, post), logits(pre_config, pre)
+    assert np.isfinite(out_post).all() and np.isfinite(out_pre).all()
+    assert np.abs(logits(pre_config, shared | {"encoder_norm": pre["encoder_norm"],
+                                               "decoder_norm": pre["decoder_norm"]}) - out_post).max() > 1e-2
+    last = f"decoder_layer_{tiny_config.dec_layers - 1}"
+    # Post-norm: the decoder ends with its last layer's LayerNorm, LN(x + ffn(x)); the tied
+    # output projection is linear, so doubling that norm's affine map doubles the logits.
+    np.testing.assert_allclose(logits(tiny_config, doubled(post, last, "ffn_res", "norm")), 2 * out_post,
+                               rtol=1e-5, atol=1e-5)
+    # Pre-norm: the decoder ends with the final decoder_norm instead ...
+    np.testing.assert_allclose(logits(pre_config, doubled(pre, "decoder_norm")), 2 * out_pre,
+                               rtol=1e-5, atol=1e-5)
+    # ... and the layer's own norm only normalizes the FFN input, x + ffn(LN(x)).
+    changed = logits(pre_config, doubled(pre, last, "ffn_res", "norm"))
+    assert np.abs(changed - 2 * out_pre).max() > 1e-1 and np.abs(changed - out_pre).max() > 1e-3
+
+
+def test_module_sizes_hand_count(tiny_config):
+    config = dataclasses.replace(tiny_config, enc_layers=1, dec_layers=2)
+    sizes = module_sizes(config)
+    d, f = 16, 32
+    expected = {
+        "encoder/layer_0/self_attn/q": d, "encoder/layer_0/self_attn/k": d,
+        "encoder/layer_0/self_attn/v": d, "encoder/layer_0/self_attn/out": d,
+        "encoder/layer_0/ffn/fc1": f, "encoder/layer_0/ffn/fc2": d,
+    }
+    for layer in (0, 1):
+        for block in ("self_attn", "cross_attn"):
+            for proj in ("q", "k", "v", "out"):
+                expected[f"decoder/layer_{layer}/{block}/{proj}"] = d
+        expected[f"decoder/layer_{layer}/ffn/fc1"] = f
+        expected[f"decoder/layer_{layer}/ffn/fc2"] = d
+    assert sizes == expected
+    # 6 + 2 * 10 = 26 modules; 16*5 + 32 = 112 encoder neurons, 2 * (16*9 + 32) = 352 decoder
+    assert len(sizes) == 26 and sum(sizes.values()) == 112 + 352
+    # Every masked projection of the model has a mask entry and vice versa.
+    params = jax.eval_shape(lambda: init_params(config, 0))  # shapes only: nothing to compute
+    dense_paths = set()
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = tuple(p.key for p in path)
+        if keys[-2] == "dense" and keys[-1] == "kernel":
+            dense_paths.add(module_name(keys[:-2]))
+    assert dense_paths == set(sizes)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_count_params_hand_count(tiny_config, pre_norm):
+    config = dataclasses.replace(tiny_config, enc_layers=1, dec_layers=1, pre_norm=pre_norm)
+    V, d, f = 50, 16, 32
+    embed = V * d                               # 800: one table, tied src/tgt/output
+    attn = 4 * (d * d + d)                      # 1088: q, k, v, out with biases
+    ffn = (d * f + f) + (f * d + d)             # 544 + 528
+    ln = 2 * d                                  # 32: scale + bias
+    encoder = attn + ffn + 2 * ln               # 2224
+    decoder = 2 * attn + ffn + 3 * ln           # 3344
+    final = 2 * ln if pre_norm else 0           # encoder_norm + decoder_norm
+    expected = embed + encoder + decoder + final
+    assert expected == (6432 if pre_norm else 6368)
+    params = jax.eval_shape(lambda: init_params(config, 0))  # shapes only: nothing to compute
+    assert count_params(params) == expected
+    assert params["embed"]["embedding"].shape == (V, d)
+    assert sum("embed" in k for k in params) == 1  # no separate output projection

@@ -1,0 +1,183 @@
+"""Integration tests of the training loop on the tiny config: exact resume, masked fine-tuning,
+validation loss, metrics files.
+
+Everything runs in this process on one small prepared work directory (a few hundred lines per
+pair cut from the embedded Multi30k), so the jit-compiled steps are shared between tests.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jax_namnmt import workflow
+from jax_namnmt.config import load_config
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+from jax_namnmt.method.allocation import load_masks, save_masks
+from jax_namnmt.model.transformer import init_params, module_sizes
+from jax_namnmt.training.checkpoint import Checkpointer
+from jax_namnmt.training.step import init_state, make_optimizer
+
+TINY_LINES = {"train": 300, "valid": 40, "test": 20}
+STEPS = 12  # the uninterrupted run; the interrupted one stops at STEPS // 2 first
+RUN_OVERRIDES = [
+    "data.train_max_lines=40",  # ~6 batches per epoch: the runs cross epoch boundaries
+    "train.eval_every=4",
+    "train.log_every=4",
+    "train.save_every=100",  # no intermediate checkpoint: a leg saves at its end only
+]
+
+
+def _leaves(tree) -> dict[str, np.ndarray]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def _records(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _tb_tags(path: Path) -> set[str]:
+    """The scalar tags of a TensorBoard event file (TFRecord framing, parsed by hand)."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    data = path.read_bytes()
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        record = data[offset + 12: offset + 12 + length]
+        offset += 12 + length + 4
+        event = event_pb2.Event.FromString(record)
+        tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> tuple[Path, object]:
+    """A prepared tiny work directory and its config (data.data_dir points at the tiny corpus)."""
+    root = tmp_path_factory.mktemp("training")
+    base = load_config("tiny")
+    data = build_from_multiway(multi30k_dir(), root / "tinydata", base.data.pairs, MULTI30K_SPLITS,
+                               max_lines=TINY_LINES)
+    config = load_config("tiny", [f"data.data_dir={data.resolve()}"] + RUN_OVERRIDES)
+    workflow.prepare(config, root, quiet=True)
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def full_run(workdir) -> Path:
+    """STEPS updates in one call."""
+    root, config = workdir
+    return workflow.run_pretrain(config.override([f"train.steps={STEPS}"]).validate(), root, root / "full",
+                                 quiet=True)
+
+
+def test_resumed_run_equals_uninterrupted_run(workdir, full_run):
+    root, config = workdir
+    out = root / "resumed"
+    half = config.override([f"train.steps={STEPS // 2}"]).validate()
+    workflow.run_pretrain(half, root, out, quiet=True)
+    assert Checkpointer(out).latest_step() == STEPS // 2
+    halfway = workflow.load_run(out)
+    assert halfway.step == STEPS // 2
+
+    # the same command with more steps resumes from the checkpoint of the first leg
+    workflow.run_pretrain(config.override([f"train.steps={STEPS}"]).validate(), root, out, quiet=True)
+    resumed, uninterrupted = workflow.load_run(out), workflow.load_run(full_run)
+    assert resumed.step == uninterrupted.step == STEPS
+
+    got, want = _leaves(resumed.params), _leaves(uninterrupted.params)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # and the check is not vacuous: the second leg did change the parameters
+    mid = _leaves(halfway.params)
+    assert any(not np.array_equal(mid[name], want[name]) for name in want)
+
+    # the whole training state (optimizer moments, step) and the data position resumed too
+    tc = config.train
+    target = init_state(init_params(config.model), make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps,
+                                                                  tc.clip_norm))
+    with Checkpointer(out) as ckpt_a, Checkpointer(full_run) as ckpt_b:
+        state_a, meta_a = ckpt_a.restore(target)
+        state_b, meta_b = ckpt_b.restore(target)
+    assert meta_a["data"] == meta_b["data"]
+    flat_a, flat_b = _leaves(state_a), _leaves(state_b)
+    assert flat_a.keys() == flat_b.keys()
+    for name in flat_b:
+        np.testing.assert_array_equal(flat_a[name], flat_b[name], err_msg=name)
+
+    # the resumed run's metrics continue the same file, each step logged once
+    steps = [r["step"] for r in _records(out) if r["phase"] == "pretrain"]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS
+
+
+def test_validation_loss_decreases(full_run):
+    valid = [r for r in _records(full_run) if r["phase"] == "pretrain_valid"]
+    assert [r["step"] for r in valid] == list(range(4, STEPS + 1, 4))
+    losses = [r["loss"] for r in valid]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0], losses
+    train = [r for r in _records(full_run) if r["phase"] == "pretrain"]
+    assert train and all({"loss", "nll", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in train)
+
+
+def test_metrics_jsonl_and_tensorboard_events(full_run):
+    assert (full_run / "metrics.jsonl").stat().st_size > 0
+    events = sorted((full_run / "tb").rglob("events*"))
+    assert events, f"no TensorBoard event file under {full_run / 'tb'}"
+    tags = set().union(*(_tb_tags(path) for path in events))
+    assert {"pretrain/loss", "pretrain_valid/loss"} <= tags, tags
+
+
+def test_finetune_leaves_unallocated_neurons_unchanged(workdir, full_run):
+    root, config = workdir
+    pairs = list(config.data.pairs)
+    sizes = module_sizes(config.model)
+    masks = {name: np.ones((len(pairs), width), bool) for name, width in sizes.items()}
+    # neuron 5 of the encoder's fc1 and neuron 3 of the decoder's cross-attention query belong to no pair
+    masks["encoder/layer_0/ffn/fc1"][:, 5] = False
+    masks["decoder/layer_0/cross_attn/q"][:, 3] = False
+    # neuron 7 of fc1 is lacked by pair 0 only: the other pairs still train it
+    masks["encoder/layer_0/ffn/fc1"][0, 7] = False
+    mask_file = root / "hand_masks.npz"
+    save_masks(mask_file, masks, pairs, {"by": "hand"})
+
+    out = workflow.run_finetune(config, root, full_run, root / "masked", mask_file, quiet=True)
+    assert Checkpointer(out).latest_step() == config.finetune.steps
+    saved, saved_pairs, _ = load_masks(out / "masks.npz")
+    assert saved_pairs == pairs
+    for name in masks:
+        np.testing.assert_array_equal(saved[name], masks[name])
+
+    before, after = workflow.load_run(full_run).params, workflow.load_run(out).params
+    fc1 = ("encoder_layer_0", "ffn", "fc1", "dense")
+    q = ("decoder_layer_0", "cross_attn", "q", "dense")
+
+    def get(params, path, leaf):
+        node = params
+        for key in path + (leaf,):
+            node = node[key]
+        return np.asarray(node)
+
+    for path, unused in ((fc1, 5), (q, 3)):
+        k0, k1 = get(before, path, "kernel"), get(after, path, "kernel")
+        b0, b1 = get(before, path, "bias"), get(after, path, "bias")
+        np.testing.assert_array_equal(k1[:, unused], k0[:, unused], err_msg="/".join(path))
+        np.testing.assert_array_equal(b1[unused], b0[unused], err_msg="/".join(path))
+        others = [j for j in range(k0.shape[1]) if j != unused]
+        changed = [j for j in others if not np.array_equal(k1[:, j], k0[:, j])]
+        if path == q:  # a linear projection: every used neuron gets a gradient
+            assert changed == others
+        else:  # fc1 feeds a ReLU: allow a dead neuron or two
+            assert len(changed) >= len(others) - 2
+            assert 7 in changed
+    # parameters outside the masked projections were trained as usual
+    assert not np.array_equal(get(before, ("embed",), "embedding"), get(after, ("embed",), "embedding"))
