@@ -3,13 +3,6 @@ random neuron masks and a packer for the packed-row batch layout of ``data/batch
 
 from __future__ import annotations
 
-import os
-
-# These tests compile many tiny programs and run each a few times: XLA's CPU backend
-# optimizations cost more (2-3x compile time) than they save. Set before JAX starts its backend.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-
 from functools import partial
 from types import SimpleNamespace
 
@@ -99,10 +92,16 @@ def _mask_name(path) -> str:
     return "/".join((stack, f"layer_{layer}") + tuple(path[1:]))
 
 
-# Jitted (config static) so every test compiles each shape once; eager Flax is slow on CPU.
-# Keep batches at 3 rows x 16 tokens where possible: the compiled programs are then shared
-# by all test files.
-@partial(jax.jit, static_argnames=("config",))
+# The tests' own helpers are jitted (config static) so every shape compiles once (eager Flax is
+# slow on CPU), with XLA's backend optimizations off: they run a few times each on tiny inputs,
+# so compiling them costs more than it saves. Set per function, never for the process, so
+# nothing else is affected. Keep batches at 3 rows x 16 tokens where possible: the compiled
+# programs are then shared by all test files.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+test_jit = partial(jax.jit, compiler_options=FAST_COMPILE)
+
+
+@partial(test_jit, static_argnames=("config",))
 def forward_h(params, batch, masks, *, config):
     """Logits and ``{mask name: h [B, L, F]}``, every masked projection's sown output."""
     logits, state = Transformer(config).apply({"params": params}, batch, masks, deterministic=True,
@@ -125,7 +124,7 @@ def summed_loss(params, batch, masks, config, label_smoothing=0.1):
     return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)[0]
 
 
-@partial(jax.jit, static_argnames=("config",))
+@partial(test_jit, static_argnames=("config",))
 def loss_grad(params, batch, masks, *, config):
     """d(summed label-smoothed loss)/d(params)."""
     return jax.grad(summed_loss)(params, batch, masks, config)

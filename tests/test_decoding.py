@@ -22,7 +22,8 @@ MAX_LEN = 8  # output tokens: max_len_a = 0, max_len_b = 8
 GREEDY = DecodeConfig(beam_size=1, length_penalty=0.0, max_len_a=0.0, max_len_b=MAX_LEN, batch_sentences=4)
 
 
-@partial(jax.jit, static_argnames=("config",))
+# backend optimizations off, as for conftest.py's helpers: compiled for two calls
+@partial(jax.jit, static_argnames=("config",), compiler_options={"xla_backend_optimization_level": 0})
 def _incremental_logits(params, batch, pair_ids, masks, *, config):
     """Teacher-forced logits of ``batch["tgt_inputs"]`` one token at a time with the 'cache'
     collection, the way ``decoding.make_beam_decoder`` drives the model (one example a row)."""
@@ -34,20 +35,23 @@ def _incremental_logits(params, batch, pair_ids, masks, *, config):
     ones = jnp.ones((rows, 1), jnp.int32)
     tgt_pairs = pair_ids[:, None]
 
-    def step(ids, cache, position):
-        variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-        logits, state = model.apply(variables, encoded, segments, batch["src_pairs"], ids, ones, position * ones,
-                                    tgt_pairs, masks, decode=True, mutable=["cache"], method=Transformer.decode)
-        return logits[:, 0], state["cache"]
+    def step(variables, ids, position, mutable):
+        logits, state = model.apply({"params": params, **variables}, encoded, segments, batch["src_pairs"], ids,
+                                    ones, position * ones, tgt_pairs, masks, decode=True, mutable=mutable,
+                                    method=Transformer.decode)
+        return logits[:, 0], state
 
-    _, cache = step(jnp.full((rows, 1), BOS_ID, jnp.int32), None, 0)  # prefill, as decoding.py does
+    # Prefill, as decoding.py does: creates the self-attention caches ('cache') and the source
+    # keys/values of the cross-attentions ('source'); its logits are not used.
+    _, state = step({}, jnp.full((rows, 1), BOS_ID, jnp.int32), 0, ["cache", "source"])
+    source = state["source"]
 
     def body(cache, t):
         ids = jax.lax.dynamic_slice_in_dim(batch["tgt_inputs"], t, 1, axis=1)
-        logits, cache = step(ids, cache, t)
-        return cache, logits
+        logits, new = step({"cache": cache, "source": source}, ids, t, ["cache"])
+        return new["cache"], logits
 
-    _, logits = jax.lax.scan(body, cache, jnp.arange(batch["tgt_inputs"].shape[1] // 2))
+    _, logits = jax.lax.scan(body, state["cache"], jnp.arange(batch["tgt_inputs"].shape[1] // 2))
     return jnp.swapaxes(logits, 0, 1)
 
 

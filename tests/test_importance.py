@@ -11,7 +11,8 @@ import pytest
 
 from jax_namnmt.method.importance import batch_importance, compute_importance
 from jax_namnmt.method.masks import all_ones, flatten, nest
-from jax_namnmt.model.transformer import module_sizes
+from jax_namnmt.model.transformer import Transformer, module_sizes
+from jax_namnmt.training.loss import label_smoothed_nll
 
 NUM_PAIRS = 3
 RTOL, ATOL = 1e-5, 1e-8
@@ -53,12 +54,18 @@ def _reference_absolute(acts, batch):
     return theta
 
 
-@partial(jax.jit, static_argnames=("config", "summed_loss"))
-def _grad_wrt_masks(params, batch, masks, *, config, summed_loss):
-    return jax.grad(summed_loss, argnums=2)(params, batch, masks, config)
+def _summed_loss(params, batch, masks, config):
+    logits = Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
+    return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, 0.1)[0]
 
 
-def _reference_taylor(params, batch, config, summed_loss):
+# backend optimizations off, as for conftest.py's helpers: compiled for one call
+@partial(jax.jit, static_argnames=("config",), compiler_options={"xla_backend_optimization_level": 0})
+def _grad_wrt_masks(params, batch, masks, *, config):
+    return jax.grad(_summed_loss, argnums=2)(params, batch, masks, config)
+
+
+def _reference_taylor(params, batch, config):
     """Theta_TE by an independent route (no perturbations): give every token its own "pair"
     id with an all-ones mask row, so M[id(t), i] scales neuron i at token t only. Then
     dL/dM[id(t), i] = dL/dh_i(t) * dense_i(t) = g_i(t) * h_i(t) at M = 1, and
@@ -69,8 +76,7 @@ def _reference_taylor(params, batch, config, summed_loss):
     per_token = dict(batch, src_pairs=ids, tgt_pairs=ids + rows * width)
     n_ids = 1 + 2 * rows * width
     masks = nest({name: np.ones((n_ids, n), np.float32) for name, n in module_sizes(config).items()})
-    grads = flatten(jax.device_get(_grad_wrt_masks(params, per_token, masks, config=config,
-                                                   summed_loss=summed_loss)))
+    grads = flatten(jax.device_get(_grad_wrt_masks(params, per_token, masks, config=config)))
     theta = {}
     for name, g in grads.items():
         side = "src" if source_side(name) else "tgt"
@@ -105,10 +111,10 @@ def test_one_pass_over_mixed_batch_equals_per_pair_passes(
         assert dropped.any() and (theta[dropped] == 0).all(), name
 
 
-def test_taylor_matches_independent_per_token_gradients(tiny_config, tiny_params, pack, example, fns):
+def test_taylor_matches_independent_per_token_gradients(tiny_config, tiny_params, pack, example):
     batch, _ = _asymmetric_batch(pack, example, seed=1)
     theta = _importance(tiny_params, batch, all_ones(tiny_config, NUM_PAIRS), tiny_config, "taylor")
-    reference = _reference_taylor(tiny_params, batch, tiny_config, fns.summed_loss)
+    reference = _reference_taylor(tiny_params, batch, tiny_config)
     for name in module_sizes(tiny_config):
         assert (reference[name] > 0).any(), name
         np.testing.assert_allclose(theta[name], reference[name], rtol=RTOL, atol=ATOL, err_msg=name)
@@ -172,7 +178,7 @@ def test_token_counts_and_cross_attention_sides(tiny_config, tiny_params, pack, 
     # a factor of 3 between the sides for pairs 0 and 1, so the wrong side would be far off.
     _, acts = fns.forward_h(tiny_params, batch, masks, config=tiny_config)
     references = {"absolute": _reference_absolute(acts, batch),
-                  "taylor": _reference_taylor(tiny_params, batch, tiny_config, fns.summed_loss)}
+                  "taylor": _reference_taylor(tiny_params, batch, tiny_config)}
     ratio = np.array(src_len, float) / np.array(tgt_len, float)
     for method, reference in references.items():
         theta = _importance(tiny_params, batch, masks, tiny_config, method)
