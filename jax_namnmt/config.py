@@ -108,6 +108,7 @@ class DecodeConfig:
     stop_early: str = "fairseq"  # fairseq: a sentence stops with beam finished hypotheses; exact: bound-based
     max_len_a: float = 1.2  # max output tokens = a * source tokens + b
     max_len_b: int = 10
+    min_len: int = 1  # EOS is banned before this many tokens (fairseq: 1, so no empty output)
     batch_sentences: int = 128
     test_split: str = "test"
     test_max_lines: int = 0  # per pair; 0 = all

@@ -27,7 +27,8 @@ def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> in
 
 @functools.lru_cache(maxsize=None)
 def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_penalty: float, penalty_form: str,
-                      stop_early: str = "fairseq"):
+                      stop_early: str = "fairseq", max_len_a: float = 1.2, max_len_b: int = 10,
+                      min_len: int = 1):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
     config = dataclasses.replace(config, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 
@@ -62,8 +63,11 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
             logits, new = step({"cache": cache, "source": source}, ids, index, ["cache"])
             return logits, new["cache"]
 
+        lengths = segments.reshape(batch, beam_size, src_len)[:, 0].sum(axis=1)
+        limits = jnp.clip(jnp.ceil(max_len_a * lengths + max_len_b).astype(jnp.int32), 1, max_len)
         sequences, _ = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
-                                   length_penalty, penalty_form, stop_early=stop_early)
+                                   length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,
+                                   max_lens=limits)
         return sequences[:, 0, :]
 
     return decode
@@ -78,7 +82,7 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
     width = max(src.shape[1] for _, src, _ in batches)
     max_len = max_output_len(width, decode, 1024)
     decoder = make_beam_decoder(config, decode.beam_size, max_len, decode.length_penalty, decode.penalty_form,
-                                decode.stop_early)
+                                decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len)
     outputs: list[np.ndarray | None] = [None] * len(sources)
     for indices, src, pairs in batches:
         padded = np.full((src.shape[0], width), PAD_ID, np.int32)

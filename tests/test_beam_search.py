@@ -202,3 +202,39 @@ def test_stops_early_once_no_alive_hypothesis_can_win():
     jax.effects_barrier()
     assert seqs[0, :, :2].tolist() == [[EOS, 0], [3, EOS]]
     assert 2 <= len(calls) < 10
+
+
+def _fixed_scorer(table):
+    """tokens_to_logits whose logits depend only on the decoding step (carried in the cache)."""
+    table = jnp.asarray(table, jnp.float32)
+
+    def tokens_to_logits(ids, cache):
+        step = cache["step"]
+        return jnp.broadcast_to(table[step], (ids.shape[0], table.shape[1])), {"step": step + 1}
+
+    return tokens_to_logits
+
+
+def test_min_len_bans_eos_at_the_first_step():
+    # EOS (id 1) is by far the best first token; with min_len=1 it may not come first.
+    V, eos = 4, 1
+    table = np.log(np.array([[0.01, 0.90, 0.08, 0.01]] + [[0.01, 0.97, 0.01, 0.01]] * 5))
+    fn = _fixed_scorer(table)
+    seqs, _ = beam_search(fn, {"step": jnp.array(0)}, 1, 2, 5, 0, eos, length_penalty=0.0)
+    assert list(np.asarray(seqs[0, 0])) == [eos, 0, 0, 0, 0]  # without min_len: the empty translation
+    seqs, _ = beam_search(fn, {"step": jnp.array(0)}, 1, 2, 5, 0, eos, length_penalty=0.0, min_len=1)
+    assert list(np.asarray(seqs[0, 0])) == [2, eos, 0, 0, 0]
+
+
+def test_max_lens_force_eos_per_sentence():
+    # A scorer that never wants EOS: each sentence must end exactly at its own limit.
+    V, eos = 4, 1
+    table = np.log(np.array([[0.02, 0.0001, 0.9, 0.0799]] * 8))
+    fn = _fixed_scorer(table)
+    limits = jnp.array([2, 5], jnp.int32)
+    seqs, scores = beam_search(fn, {"step": jnp.array(0)}, 2, 2, 8, 0, eos, length_penalty=0.6,
+                               stop_early="fairseq", max_lens=limits)
+    best = np.asarray(seqs[:, 0])
+    assert list(best[0]) == [2, eos, 0, 0, 0, 0, 0, 0]
+    assert list(best[1]) == [2, 2, 2, 2, eos, 0, 0, 0]
+    assert np.all(np.isfinite(np.asarray(scores)))

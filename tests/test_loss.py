@@ -43,18 +43,18 @@ def test_label_smoothed_nll_by_hand():
 
 def test_inverse_sqrt_lr_by_hand():
     lr = lambda step: float(inverse_sqrt_lr(step, 1e-3, 4, 1e-7))  # noqa: E731
-    # warm-up: 1e-7 + (1e-3 - 1e-7) * (step + 1) / 4
-    np.testing.assert_allclose(lr(0), 2.50075e-4, rtol=1e-6)
-    np.testing.assert_allclose(lr(1), 5.0005e-4, rtol=1e-6)
-    np.testing.assert_allclose(lr(2), 7.50025e-4, rtol=1e-6)
-    # the peak at the 4th update, then 1e-3 * sqrt(4 / (step + 1))
-    np.testing.assert_allclose(lr(3), 1e-3, rtol=1e-6)
-    np.testing.assert_allclose(lr(7), 7.0710678e-4, rtol=1e-6)
-    np.testing.assert_allclose(lr(15), 5e-4, rtol=1e-6)
-    np.testing.assert_allclose(lr(99), 2e-4, rtol=1e-6)
+    # fairseq: the first update uses warmup_init_lr; warm-up 1e-7 + (1e-3 - 1e-7) * step / 4
+    np.testing.assert_allclose(lr(0), 1e-7, rtol=1e-6)
+    np.testing.assert_allclose(lr(1), 2.50075e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(3), 7.50025e-4, rtol=1e-6)
+    # the peak after 4 updates, then 1e-3 * sqrt(4 / step)
+    np.testing.assert_allclose(lr(4), 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(lr(8), 7.0710678e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(16), 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(lr(100), 2e-4, rtol=1e-6)
     # schedule given as data, traced in the step
     args = schedule_args(1e-3, 4, 1e-7)
-    np.testing.assert_allclose(float(jax.jit(inverse_sqrt_lr)(15, args[0], args[1], args[2])), 5e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(jax.jit(inverse_sqrt_lr)(16, args[0], args[1], args[2])), 5e-4, rtol=1e-6)
     # no warm-up: decay from the first update
     np.testing.assert_allclose(float(inverse_sqrt_lr(0, 1e-3, 0, 1e-7)), 1e-3, rtol=1e-6)
     np.testing.assert_allclose(float(inverse_sqrt_lr(3, 1e-3, 0, 1e-7)), 5e-4, rtol=1e-6)

@@ -75,6 +75,8 @@ def beam_search(
     length_penalty: float = 0.6,
     penalty_form: str = "fairseq",
     stop_early: str = "exact",
+    min_len: int = 0,
+    max_lens=None,
 ):
     """Beam search; returns ``(sequences int32 [B, beam, max_len], scores float32 [B, beam])``,
     best first.
@@ -88,6 +90,10 @@ def beam_search(
     its worst finished one (the search result is then exact for the beam); ``"fairseq"`` stops a
     sentence as soon as it has ``beam`` finished hypotheses (fairseq's rule: much faster when
     hypotheses finish early, and what fairseq/CTranslate2 do).
+
+    ``min_len``: EOS is banned before this many tokens (fairseq uses 1: no empty output).
+    ``max_lens``: optional int array ``[B]``, a per-sentence limit (e.g. ``a * src_len + b``):
+    at that length only EOS is allowed, so the sentence finishes there (fairseq's rule).
     """
     if stop_early not in STOP_RULES:
         raise ConfigError(f"stop_early must be one of {', '.join(STOP_RULES)}; got {stop_early!r}")
@@ -136,6 +142,12 @@ def beam_search(
         logits, new_cache = tokens_to_logits(ids, s["cache"])
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         V = logp.shape[-1]
+        is_eos_tok = jnp.arange(V)[None, :] == eos_id
+        if min_len > 0:
+            logp = jnp.where(is_eos_tok & (step < min_len), NEG_INF, logp)
+        if max_lens is not None:
+            force = jnp.repeat(step + 1 >= max_lens, K)[:, None]
+            logp = jnp.where(force & ~is_eos_tok, NEG_INF, logp)
         if V < 2:
             raise ValueError(f"beam search needs a vocabulary of at least 2 tokens, got {V}")
         cand = (s["alive_logp"][:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)

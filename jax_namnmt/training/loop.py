@@ -62,7 +62,7 @@ def check_resumable(run_dir: Path, config: Config) -> None:
         if old.get("model") != config.to_dict()["model"]:
             raise CheckpointError(
                 f"{saved}: this run directory holds a model of another shape; "
-                "use a new --workdir or delete it to start over")
+                "write to another directory (--out or --workdir) or delete this one to start over")
 
 
 def validation_loss(params, batches, masks, config: Config) -> dict:

@@ -15,14 +15,15 @@ from jax_namnmt.training.loss import label_smoothed_nll
 
 
 def inverse_sqrt_lr(step, peak_lr, warmup_steps, warmup_init_lr):
-    """fairseq ``inverse_sqrt``: linear warm-up from ``warmup_init_lr`` to ``peak_lr`` over
-    ``warmup_steps`` updates, then ``peak_lr * sqrt(warmup_steps / step)``. ``step`` counts from 0
-    (the first update uses ``step = 0``). Works on traced values."""
-    step = jnp.asarray(step, jnp.float32) + 1.0
-    warmup_steps = jnp.maximum(jnp.asarray(warmup_steps, jnp.float32), 1.0)
-    warm = warmup_init_lr + (peak_lr - warmup_init_lr) * step / warmup_steps
-    decay = peak_lr * jnp.sqrt(warmup_steps / step)
-    return jnp.where(step < warmup_steps, warm, decay)
+    """fairseq ``inverse_sqrt`` for the update after ``step`` completed updates: linear warm-up
+    ``warmup_init_lr + step * (peak_lr - warmup_init_lr) / warmup_steps`` (so the first update uses
+    ``warmup_init_lr``), then ``peak_lr * sqrt(warmup_steps / step)``; no warm-up (0) decays from
+    ``peak_lr``. Works on traced values."""
+    step = jnp.asarray(step, jnp.float32)
+    warmup = jnp.asarray(warmup_steps, jnp.float32)
+    warm = warmup_init_lr + (peak_lr - warmup_init_lr) * step / jnp.maximum(warmup, 1.0)
+    decay = peak_lr * jnp.sqrt(jnp.maximum(warmup, 1.0) / jnp.maximum(step, 1.0))
+    return jnp.where(step < warmup, warm, decay)
 
 
 def schedule_args(peak_lr: float, warmup_steps: int, warmup_init_lr: float) -> jnp.ndarray:
@@ -66,7 +67,7 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
         direction, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         lr = inverse_sqrt_lr(state["step"], schedule[0], schedule[1], schedule[2])
         params = jax.tree.map(lambda p, d: p - lr * d, state["params"], direction)
-        metrics = {"loss": loss, "nll": nll, "tokens": ntokens, "grad_norm": optax.global_norm(grads), "lr": lr}
+        metrics = {"loss": loss, "nll": nll, "tokens": ntokens, "grad_norm": optax.tree.norm(grads), "lr": lr}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return train_step
