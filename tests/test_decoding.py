@@ -73,7 +73,8 @@ def test_incremental_decoding_matches_teacher_forcing(tiny_config, tiny_params, 
 
 def _greedy_reference(params, config, masks, sources, pair_ids, forward, pack):
     """Greedy search by repeated full forward passes (no cache): argmax at step t of the
-    teacher-forced logits of the prefix; EOS kept, 0 after it."""
+    teacher-forced logits of the prefix, EOS banned at the first step (min_len 1) and forced at
+    the length limit (fairseq's rules); EOS kept, 0 after it."""
     out = []
     for start in range(0, len(sources), 3):  # 3 rows of 16, the shape the other tests compile
         chunk = list(range(start, min(start + 3, len(sources))))
@@ -84,7 +85,13 @@ def _greedy_reference(params, config, masks, sources, pair_ids, forward, pack):
         for t in range(MAX_LEN):
             batch["tgt_inputs"][:, 1:t + 1] = tokens[:, :t]
             logits = np.asarray(forward(params, batch, masks, config=config))
-            tok = np.where(done, 0, logits[:, t].argmax(-1))
+            step_logits = logits[:, t].copy()
+            if t == 0:  # min_len = 1: no empty translation
+                step_logits[:, EOS_ID] = -np.inf
+            tok = step_logits.argmax(-1)
+            if t == MAX_LEN - 1:  # the per-sentence length limit: only EOS is allowed there
+                tok = np.full_like(tok, EOS_ID)
+            tok = np.where(done, 0, tok)
             tokens[:, t] = tok
             done |= tok == EOS_ID
         out.extend(tokens[:len(chunk)])
@@ -112,7 +119,7 @@ def setup(tiny_config, tiny_params, make_masks, fns, pack):
 def test_setup_outputs_have_mixed_lengths(setup):
     *_, reference = setup
     finished = [int(np.flatnonzero(r == EOS_ID)[0]) + 1 if (r == EOS_ID).any() else None for r in reference]
-    assert None in finished and any(f is not None and f < MAX_LEN for f in finished)
+    assert MAX_LEN in finished and any(f < MAX_LEN for f in finished)  # some hit the limit, some stop
     assert any(f is not None and f > 1 for f in finished)  # EOS after some tokens
     assert len({tuple(r) for r in reference}) >= 8
 
@@ -154,9 +161,12 @@ def test_each_example_uses_its_own_pairs_masks(setup):
 
 def test_sources_longer_than_the_output_limit(setup):
     """The decoder's position table must cover the source, not only the output length:
-    greedy output capped at 3 tokens is the first 3 tokens of the uncapped one."""
+    greedy output capped at 3 tokens is the first 2 tokens of the uncapped one, then EOS."""
     config, params, masks, sources, pair_ids, reference = setup
     assert max(len(s) for s in sources) > 3 + 1
     capped = translate_ids(params, config, masks, sources, pair_ids, dataclasses.replace(GREEDY, max_len_b=3))
     for i, (got, want) in enumerate(zip(capped, reference)):
-        np.testing.assert_array_equal(got, want[:3], err_msg=f"source {i}")
+        expected = want[:3].copy()
+        if EOS_ID not in expected[:2]:
+            expected[2] = EOS_ID  # the limit forces EOS at the third token
+        np.testing.assert_array_equal(got, expected, err_msg=f"source {i}")
