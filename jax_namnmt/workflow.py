@@ -249,17 +249,18 @@ def pair_id(run: Run, src: str, tgt: str) -> int:
     return 0  # the plain model translates any direction whose target tag it knows (zero-shot)
 
 
+def encode_sources(run: Run, lines: Sequence[str], tgt: str) -> list[np.ndarray]:
+    """``<2tgt> pieces EOS`` for each line; input longer than ``data.max_len`` is truncated."""
+    tag = run.vocab.tag_id(tgt)
+    limit = run.config.data.max_len - 2
+    return [np.asarray([tag] + ids[:limit] + [EOS_ID], np.int32) for ids in run.vocab.encode_batch(list(lines))]
+
+
 def translate_lines(run: Run, lines: Sequence[str], src: str, tgt: str, progress: bool = False) -> list[str]:
     """One output line per input line, in order; an empty input line gives an empty output line."""
     pid = pair_id(run, src, tgt)
-    tag = run.vocab.tag_id(tgt)
-    limit = run.config.data.max_len
-    sources, keep = [], []
-    for i, line in enumerate(lines):
-        if line.strip():
-            ids = [tag] + run.vocab.encode(line)[: limit - 2] + [EOS_ID]  # over-long input is truncated
-            sources.append(np.asarray(ids, np.int32))
-            keep.append(i)
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    sources = encode_sources(run, [lines[i] for i in keep], tgt)
     with tqdm(total=len(sources), desc=f"translate {src}-{tgt}", disable=not progress) as bar:
         ids = translate_ids(run.params, run.config.model, run.model_masks(), sources,
                             np.full(len(sources), pid, np.int32), run.config.decode, bar)
@@ -277,10 +278,8 @@ def evaluate_run(run: Run, data_dir: Path, split: str, max_lines: int, quiet: bo
     for i, p in enumerate(pairs):
         text = texts[p.name]
         src, ref = (text.src[:max_lines], text.tgt[:max_lines]) if max_lines else (text.src, text.tgt)
-        tag = run.vocab.tag_id(p.tgt)
-        for line in run.vocab.encode_batch(src):
-            sources.append(np.asarray([tag] + line[: run.config.data.max_len - 2] + [EOS_ID], np.int32))
-            pair_ids.append(i)
+        sources.extend(encode_sources(run, src, p.tgt))
+        pair_ids.extend([i] * len(src))
         refs[p.name] = ref
     start = time.perf_counter()
     with tqdm(total=len(sources), desc=f"beam search ({run.directory.name})", disable=quiet) as bar:
