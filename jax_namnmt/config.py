@@ -76,6 +76,7 @@ class TrainConfig:
     log_every: int = 50
     keep_checkpoints: int = 2
     valid_max_lines: int = 0  # per pair, for validation loss; 0 = all
+    max_bad_steps: int = 5  # consecutive skipped (non-finite loss/gradient) updates before training stops
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,8 @@ class Config:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"{name} = {value!r}: must be one of {', '.join(allowed)}")
+        if self.train.max_bad_steps < 1:
+            raise ConfigError("train.max_bad_steps must be at least 1")
         if self.model.d_model % self.model.num_heads:
             raise ConfigError("model.d_model must be divisible by model.num_heads")
         if not 0.0 <= self.method.rho <= 1.0 or not 0.0 <= self.method.k <= 1.0:

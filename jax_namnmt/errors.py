@@ -19,3 +19,7 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, incomplete, corrupted or does not fit the model."""
+
+
+class TrainingDiverged(UserError):
+    """Too many consecutive updates had a non-finite loss or gradient; the last good checkpoint is kept."""

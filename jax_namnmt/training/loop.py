@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
-from jax_namnmt.errors import CheckpointError
+from jax_namnmt.errors import CheckpointError, TrainingDiverged
 from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
 from jax_namnmt.training.metrics_log import MetricsLogger
 from jax_namnmt.training.step import init_state, make_eval_step, make_optimizer, make_train_step, schedule_args
@@ -114,7 +114,22 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     logger = MetricsLogger(run_dir, phase)
     masks = None if masks is None else jax.tree.map(np.asarray, masks)
 
+    def check_diverged(step_now):
+        """Raises TrainingDiverged (before anything is saved) once ``max_bad_steps`` consecutive
+        updates were skipped; reads one scalar, so it runs at log and save points only."""
+        bad = int(jax.device_get(state["bad_steps"]))
+        if bad >= tc.max_bad_steps:
+            last = ckpt.latest_step()
+            kept = (f"the last good checkpoint {ckpt.directory / str(last)} is kept" if last is not None
+                    else f"no checkpoint was saved in {ckpt.directory}")
+            raise TrainingDiverged(
+                f"[{phase}] training diverged at step {step_now}: the loss or gradient was not finite for "
+                f"{bad} consecutive steps (train.max_bad_steps={tc.max_bad_steps}); the bad state was not "
+                f"saved and {kept}; lower the learning rate, set train.clip_norm or check the data, then run "
+                "the same command again to resume")
+
     def save(step_now, position):
+        check_diverged(step_now)
         ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1]}, "step": step_now,
                                     "phase": phase})
 
@@ -132,12 +147,15 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             bar.update(1)
             if step % tc.log_every == 0 or step == schedule.steps:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                counts = jax.device_get({"bad_steps": state["bad_steps"], "skipped_steps": state["skipped_steps"]})
+                m.update({k: float(v) for k, v in counts.items()})
                 now = time.perf_counter()
                 # tokens of the last step times the steps since the last log: an estimate without a sync per step
                 m["tokens_per_s"] = m["tokens"] * (step - window_step) / max(now - window_start, 1e-9)
                 window_step, window_start = step, now
                 logger.log(step, m, phase)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}")
+                check_diverged(step)
             if valid_batches and (step % tc.eval_every == 0 or step == schedule.steps):
                 v = validation_loss(state["params"], valid_batches, masks, config)
                 logger.log(step, v, f"{phase}_valid")
@@ -145,6 +163,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                     bar.write(f"[{phase}] step {step}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
             if step % tc.save_every == 0 and step < schedule.steps:
                 save(step, position)
+        check_diverged(step)
         if ckpt.latest_step() != step:
             save(step, position)
         ckpt.wait()

@@ -38,7 +38,10 @@ def make_optimizer(b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0) -> optax.GradientTr
 
 
 def init_state(params, optimizer) -> dict:
-    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.array(0, jnp.int32)}
+    """``bad_steps``: consecutive updates skipped for a non-finite loss or gradient (0 after a good one);
+    ``skipped_steps``: all updates skipped so far. Both live on the device, so no step syncs the host."""
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.array(0, jnp.int32),
+            "bad_steps": jnp.array(0, jnp.int32), "skipped_steps": jnp.array(0, jnp.int32)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,6 +50,11 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
 
     Cached per (model shape, loss, optimizer), so every phase of a run reuses one compilation
     (per mask-ness). The dropout key is ``fold_in(key, step)``: a resumed run draws the same dropout.
+
+    A step whose loss or gradient norm is not finite is skipped inside the step: params and
+    optimizer state come back unchanged (selected, bit for bit), the step counter still advances
+    (the data position and the dropout key move on), ``bad_steps`` counts it and the metrics carry
+    ``skipped`` = 1.0; the loop decides when too many consecutive skips mean divergence.
     """
     model = Transformer(config)
     optimizer = make_optimizer(b1, b2, eps, clip_norm)
@@ -67,8 +75,17 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
         direction, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         lr = inverse_sqrt_lr(state["step"], schedule[0], schedule[1], schedule[2])
         params = jax.tree.map(lambda p, d: p - lr * d, state["params"], direction)
-        metrics = {"loss": loss, "nll": nll, "tokens": ntokens, "grad_norm": optax.tree.norm(grads), "lr": lr}
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+        grad_norm = optax.tree.norm(grads)
+        bad = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
+        params = jax.tree.map(keep, params, state["params"])
+        opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+        bad_i = bad.astype(jnp.int32)
+        metrics = {"loss": loss, "nll": nll, "tokens": ntokens, "grad_norm": grad_norm, "lr": lr,
+                   "skipped": bad.astype(jnp.float32)}
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+                "bad_steps": (state["bad_steps"] + 1) * bad_i,
+                "skipped_steps": state["skipped_steps"] + bad_i}, metrics
 
     return train_step
 
