@@ -131,7 +131,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     def save(step_now, position):
         check_diverged(step_now)
         ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1]}, "step": step_now,
-                                    "phase": phase})
+                                    "phase": phase, "config": config.to_dict(),
+                                    "vocabulary": str((run_dir / "spm.model").resolve())})
 
     bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet, dynamic_ncols=True)
     window_step, window_start = step, time.perf_counter()
