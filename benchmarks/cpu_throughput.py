@@ -11,7 +11,12 @@ at most ``tokens_per_batch`` padded target tokens). Throughput is counted in tar
     python benchmarks/cpu_throughput.py                # full benchmark (needs torch + transformers)
     python benchmarks/cpu_throughput.py --quick        # tiny shapes, 2 steps, JAX only if no torch
 
-Run torch from a separate venv (benchmark-only dependencies), e.g. /tmp/benchvenv.
+Run torch from a separate venv (benchmark-only dependencies, never runtime ones):
+
+    python3 -m venv /tmp/benchvenv
+    /tmp/benchvenv/bin/pip install torch==2.13.0          # the CPU build on this machine's disk
+    /tmp/benchvenv/bin/pip install transformers -r requirements.txt && /tmp/benchvenv/bin/pip install --no-deps -e .
+    /tmp/benchvenv/bin/python benchmarks/cpu_throughput.py
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def run_jax(args, config, warm_batches, timed_batches):
     import jax.numpy as jnp
     import numpy as np
 
-    from jax_namnmt.model.transformer import init_params
+    from jax_namnmt.model.transformer import count_params, init_params
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
@@ -135,7 +140,7 @@ def run_jax(args, config, warm_batches, timed_batches):
         "framework": f"jax {jax.__version__} (jit, packed rows)",
         "layout": f"packed: {timed_batches[0]['tgt_segments'].shape[0]} rows x {args.row_len} tokens",
         "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
-        "seconds": secs, "warmup_seconds": warm_s, "final_loss": float(metrics["loss"]),
+        "seconds": secs, "warmup_seconds": warm_s, "final_loss": float(metrics["loss"]), "params": count_params(state["params"]),
         "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
     }
 
@@ -252,7 +257,9 @@ def run_marian(args, config, src, tgt, warm_ids, timed_ids):
                      f"MarianMTModel ({attn})",
         "layout": "padded, length-bucketed (<= tokens_per_batch padded target tokens)",
         "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
-        "seconds": secs, "warmup_seconds": warm_s, "final_loss": float(loss),
+        "seconds": secs, "warmup_seconds": warm_s, "final_loss": loss.item(),
+        "params": sum(q.numel() for q in model.parameters()),
+        "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
         "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
         "torch_threads": torch.get_num_threads(),
     }
