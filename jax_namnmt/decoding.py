@@ -18,7 +18,7 @@ from jax_namnmt.config import DecodeConfig, ModelConfig
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from jax_namnmt.model.beam_search import beam_search, expand_to_beams
-from jax_namnmt.model.transformer import Transformer
+from jax_namnmt.model.transformer import Transformer, with_decoding
 
 
 def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> int:
@@ -30,7 +30,7 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                       stop_early: str = "fairseq", max_len_a: float = 1.2, max_len_b: int = 10,
                       min_len: int = 1):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
-    config = dataclasses.replace(config, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    config = with_decoding(config)
 
     @jax.jit
     def decode(params, src, pair_ids, masks):

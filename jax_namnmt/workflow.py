@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, PackedBatcher, encode_parallel, rows_for_budget
-from jax_namnmt.data.corpus import Pair, parse_pairs, read_parallel
+from jax_namnmt.data.corpus import parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
@@ -145,13 +145,7 @@ def load_run(run_dir: Path) -> Run:
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           jax.eval_shape(lambda: init_params(config.model)))
     params, meta = Checkpointer(run_dir).restore_params(target=target)
-    masks = None
-    if (run_dir / "masks.npz").exists():
-        masks, mask_pairs, _ = load_masks(run_dir / "masks.npz", expected=module_sizes(config.model),
-                                          num_pairs=len(config.data.pairs))
-        if list(mask_pairs) != list(config.data.pairs):
-            raise CheckpointError(f"{run_dir / 'masks.npz'} was allocated for pairs {mask_pairs}, the model "
-                                  f"was trained on {list(config.data.pairs)}")
+    masks = _load_mask_file(run_dir / "masks.npz", config)[0] if (run_dir / "masks.npz").exists() else None
     return Run(run_dir, config, vocab, params, masks, int(meta.get("step", 0)))
 
 
@@ -160,8 +154,7 @@ def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) 
     workdir, out = Path(workdir), Path(out)
     data_dir = data_dir_for(config, workdir)
     vocab = _workdir_vocab(workdir)
-    train_ex, _ = load_examples(config, data_dir, vocab, "train", config.data.train_max_lines, quiet)
-    valid_ex, _ = load_examples(config, data_dir, vocab, "valid", config.train.valid_max_lines, quiet)
+    train_ex, valid_ex = _train_and_valid(config, data_dir, vocab, quiet)
     check_resumable(out, config)  # before write_run_files: a refused resume must not overwrite config.json
     write_run_files(out, config, vocab.path, {"kind": "pretrain"})
     params = init_params(config.model, config.train.seed)
@@ -178,13 +171,8 @@ def run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_p
     _check_same_model(base.config, config, source)
     flat = None
     if masks_path is not None:  # checked before anything is written to ``out``
-        flat, pairs, meta = load_masks(masks_path, expected=module_sizes(config.model),
-                                       num_pairs=len(config.data.pairs))
-        if list(pairs) != list(config.data.pairs):
-            raise CheckpointError(f"{masks_path}: allocated for pairs {pairs}, the config trains {list(config.data.pairs)}")
-    data_dir = data_dir_for(config, workdir)
-    train_ex, _ = load_examples(config, data_dir, base.vocab, "train", config.data.train_max_lines, quiet)
-    valid_ex, _ = load_examples(config, data_dir, base.vocab, "valid", config.train.valid_max_lines, quiet)
+        flat, pairs, meta = _load_mask_file(masks_path, config)
+    train_ex, valid_ex = _train_and_valid(config, data_dir_for(config, workdir), base.vocab, quiet)
     check_resumable(out, config)  # before write_run_files: a refused resume must not overwrite config.json
     write_run_files(out, config, base.vocab.path, {"kind": "finetune", "from": str(source),
                                                    "masks": str(masks_path) if masks_path else None})
@@ -300,6 +288,21 @@ def evaluate_run(run: Run, data_dir: Path, split: str, max_lines: int, quiet: bo
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _train_and_valid(config: Config, data_dir: Path, vocab: Vocab, quiet: bool) -> tuple[Examples, Examples]:
+    train_ex, _ = load_examples(config, data_dir, vocab, "train", config.data.train_max_lines, quiet)
+    valid_ex, _ = load_examples(config, data_dir, vocab, "valid", config.train.valid_max_lines, quiet)
+    return train_ex, valid_ex
+
+
+def _load_mask_file(path: Path, config: Config) -> tuple[dict, list[str], dict]:
+    """A mask file checked against the model shape and the pair list of ``config``."""
+    flat, pairs, meta = load_masks(path, expected=module_sizes(config.model), num_pairs=len(config.data.pairs))
+    if list(pairs) != list(config.data.pairs):
+        raise CheckpointError(f"{path} was allocated for pairs {list(pairs)}, the model is trained on "
+                              f"{list(config.data.pairs)}")
+    return flat, pairs, meta
 
 
 def _workdir_vocab(workdir: Path) -> Vocab:

@@ -137,7 +137,6 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet, dynamic_ncols=True)
     window_step, window_start = step, time.perf_counter()
     stream = batcher.iterate(epoch, index)
-    metrics = None
     position = (epoch, index)
     try:
         while step < schedule.steps:
@@ -147,9 +146,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             position = (epoch, index + 1)
             bar.update(1)
             if step % tc.log_every == 0 or step == schedule.steps:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                counts = jax.device_get({"bad_steps": state["bad_steps"], "skipped_steps": state["skipped_steps"]})
-                m.update({k: float(v) for k, v in counts.items()})
+                counts = {"bad_steps": state["bad_steps"], "skipped_steps": state["skipped_steps"]}
+                m = {k: float(v) for k, v in jax.device_get({**metrics, **counts}).items()}
                 now = time.perf_counter()
                 # tokens of the last step times the steps since the last log: an estimate without a sync per step
                 m["tokens_per_s"] = m["tokens"] * (step - window_step) / max(now - window_start, 1e-9)
