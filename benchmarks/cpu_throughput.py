@@ -1,5 +1,7 @@
-"""CPU training throughput: our jit train step (JAX/Flax) against HuggingFace MarianMTModel
-(PyTorch eager, float32, AdamW) on the same sentences, same shapes, same thread count.
+"""CPU throughput, training and beam decoding: ours (JAX/Flax) against HuggingFace MarianMTModel
+(PyTorch eager, float32) on the same sentences, same shapes, same thread count.
+
+Training: our jit train step against Marian with AdamW.
 
 Both sides train on one identical set of random token sentences with Multi30k-like lengths
 (12-25 tokens a side, tag and EOS included). JAX gets them as the packed fixed-shape batches
@@ -8,8 +10,19 @@ same sentences as padded, length-bucketed batches (sorted by length, cut so each
 at most ``tokens_per_batch`` padded target tokens). Throughput is counted in target
 (non-padding) tokens per second, EOS included, for both.
 
+Decoding: beam 4 (length penalty 0.6, fairseq form on both sides), both models randomly
+initialised (quality is irrelevant), on one identical set of random source sentences with the
+same lengths as above, cut into the same batches (``padded_batches``: sorted by length,
+``--decode-batch`` sentences a batch). Ours is ``decoding.translate_ids`` (one compiled
+``lax.while_loop`` a batch); Marian is ``generate(num_beams=4)`` (KV cache, eager). Both are
+forced to write exactly ``--decode-len`` tokens a sentence, EOS included, so the work is equal:
+ours with ``DecodeConfig(max_len_a=0, max_len_b=N, min_len=N-1)`` (EOS banned for the first
+N-1 tokens, only EOS allowed at the N-th), Marian with ``min_new_tokens=N-1, max_new_tokens=N,
+forced_eos_token_id=EOS``. The lengths are checked on both sides. Counted: sentences/s and
+output tokens/s (N per sentence), after an untimed warm-up (compilation) on the first batch.
+
     python benchmarks/cpu_throughput.py                # full benchmark (needs torch + transformers)
-    python benchmarks/cpu_throughput.py --quick        # tiny shapes, 2 steps, JAX only if no torch
+    python benchmarks/cpu_throughput.py --quick        # tiny shapes, 2 steps, 2 decode batches, JAX only if no torch
 
 Run torch from a separate venv (benchmark-only dependencies, never runtime ones):
 
@@ -22,6 +35,7 @@ Run torch from a separate venv (benchmark-only dependencies, never runtime ones)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -44,12 +58,19 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="JAX only")
+    p.add_argument("--decode-sentences", type=int, default=512, help="timed decoding sentences each side")
+    p.add_argument("--decode-batch", type=int, default=128, help="sentences a decoding batch")
+    p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
+    p.add_argument("--beam", type=int, default=4)
     p.add_argument("--out", default="benchmarks/results/cpu_throughput.json")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 2, 1
         args.tokens_per_batch, args.row_len = 256, 32
         args.min_len, args.max_len = 4, 10
+        args.decode_sentences, args.decode_batch, args.decode_len = 8, 4, 6
+    if args.decode_len < 2:
+        p.error("--decode-len must be >= 2 (at least one word, then EOS)")
     return args
 
 
@@ -265,12 +286,129 @@ def run_marian(args, config, src, tgt, warm_ids, timed_ids):
     }
 
 
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_setup(args, config):
+    """The source sentences and their batches, shared by both sides: ``(src, pairs, batches)``."""
+    from jax_namnmt.data.batching import padded_batches
+
+    src, _, pairs = make_sentences(args.decode_sentences, config.vocab_size, args.min_len, args.max_len, 8,
+                                   args.seed + 1)
+    batches = padded_batches(src, pairs, args.decode_batch)
+    return src, pairs, batches
+
+
+def forced_lengths(tokens, eos: int) -> list[int]:
+    """Output length of each row: tokens up to and including the first EOS. A row without EOS,
+    or with padding (0) before its EOS, gets a negative length (never equal to the forced one)."""
+    import numpy as np
+
+    lengths = []
+    for row in tokens:
+        row = np.asarray(row)
+        hits = np.flatnonzero(row == eos)
+        n = int(hits[0]) + 1 if len(hits) else -len(row)
+        if n > 0 and (row[:n - 1] == 0).any():
+            n = -n
+        lengths.append(n)
+    return lengths
+
+
+def decode_result(framework, sentences, n_tokens, secs, warm_s, lengths, args, extra=None):
+    out = {
+        "framework": framework, "sentences": sentences, "output_tokens": n_tokens, "seconds": secs,
+        "warmup_seconds": warm_s, "sentences_per_s": sentences / secs, "output_tokens_per_s": n_tokens / secs,
+        "output_lengths": sorted(set(lengths)),
+        "all_lengths_forced": all(n == args.decode_len for n in lengths),
+    }
+    out.update(extra or {})
+    return out
+
+
+def run_jax_decode(args, config, src, pairs, batches):
+    import jax
+
+    from jax_namnmt.config import DecodeConfig
+    from jax_namnmt.data.vocab import EOS_ID
+    from jax_namnmt.decoding import translate_ids
+    from jax_namnmt.model.transformer import init_params
+
+    n = args.decode_len
+    # max output = 0 * src_len + n; EOS banned for the first n - 1 tokens: exactly n tokens.
+    decode = DecodeConfig(beam_size=args.beam, length_penalty=0.6, penalty_form="fairseq", stop_early="fairseq",
+                          max_len_a=0.0, max_len_b=n, min_len=n - 1, batch_sentences=args.decode_batch)
+    params = init_params(config, seed=args.seed)
+    jax.block_until_ready(params)
+
+    # Warm-up: the first (longest) batch alone pads to the same width, so the same compiled shape.
+    first = [int(i) for i in batches[0][0] if i >= 0]
+    t0 = time.perf_counter()
+    translate_ids(params, config, None, [src[i] for i in first], pairs[first], decode)
+    warm_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    outputs = translate_ids(params, config, None, src, pairs, decode)
+    secs = time.perf_counter() - t0
+
+    lengths = forced_lengths(outputs, EOS_ID)
+    return decode_result(f"jax {jax.__version__} (decoding.translate_ids, jit lax.while_loop)",
+                         len(src), len(src) * n, secs, warm_s, lengths, args,
+                         {"batches": len(batches), "batch_shape": [int(batches[0][1].shape[0]),
+                                                                   int(max(b[1].shape[1] for b in batches))],
+                          "decode_config": dataclasses.asdict(decode)})
+
+
+def run_marian_decode(args, config, src, pairs, batches):
+    import numpy as np
+    import torch
+    import transformers
+
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+    torch.set_num_threads(args.threads)
+    model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed)
+    model.eval()
+    n = args.decode_len
+    gen = dict(num_beams=args.beam, do_sample=False, length_penalty=0.6, early_stopping=False,
+               min_new_tokens=n - 1, max_new_tokens=n, forced_eos_token_id=EOS_ID, eos_token_id=EOS_ID,
+               pad_token_id=PAD_ID, decoder_start_token_id=BOS_ID, num_return_sequences=1)
+
+    def tensors(indices):
+        idx = [int(i) for i in indices if i >= 0]  # the same rows as ours, minus dummy rows
+        width = max(len(src[i]) for i in idx)
+        s = np.full((len(idx), width), PAD_ID, np.int64)
+        for r, i in enumerate(idx):
+            s[r, :len(src[i])] = src[i]
+        s = torch.from_numpy(s)
+        return {"input_ids": s, "attention_mask": (s != PAD_ID).long()}
+
+    inputs = [tensors(b[0]) for b in batches]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model.generate(**inputs[0], **gen)
+        warm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outputs = [model.generate(**b, **gen) for b in inputs]
+        secs = time.perf_counter() - t0
+
+    # Marian's output starts with the decoder start token; rows are padded to the batch's longest.
+    lengths = [n_ for out in outputs for n_ in forced_lengths(out[:, 1:].numpy(), EOS_ID)]
+    attn = getattr(model.config, "_attn_implementation", "?")
+    sentences = sum(int(b["input_ids"].shape[0]) for b in inputs)
+    return decode_result(f"torch {torch.__version__} eager + transformers {transformers.__version__} "
+                         f"MarianMTModel.generate ({attn}, KV cache)", sentences, sentences * n, secs, warm_s,
+                         lengths, args, {"batches": len(inputs), "torch_threads": torch.get_num_threads(),
+                                         "generate_kwargs": gen})
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
+    load_start = list(os.getloadavg())  # other work on the machine skews both sides (torch's more)
     import jax
 
     from jax_namnmt.config import ModelConfig
@@ -307,6 +445,20 @@ def main(argv=None) -> dict:
         report["ratio_jax_over_marian"] = (results["jax"]["target_tokens_per_s"]
                                            / results["marian"]["target_tokens_per_s"])
 
+    dsrc, dpairs, dbatches = decode_setup(args, config)
+    dres = {"jax": run_jax_decode(args, config, dsrc, dpairs, dbatches)}
+    if use_torch:
+        dres["marian"] = run_marian_decode(args, config, dsrc, dpairs, dbatches)
+    report["decode"] = {
+        "beam": args.beam, "length_penalty": 0.6, "forced_output_len": args.decode_len,
+        "sentences": args.decode_sentences, "batch_sentences": args.decode_batch,
+        "source_lengths": [args.min_len, args.max_len], "same_sentences": True, "same_batches": True,
+        "params": "random init (seed), no masks", "results": dres,
+    }
+    if use_torch:
+        report["decode"]["ratio_jax_over_marian"] = (dres["jax"]["sentences_per_s"]
+                                                     / dres["marian"]["sentences_per_s"])
+
     print(f"\nCPU training throughput ({args.threads} threads, {os.cpu_count()} cores), "
           f"same {results['jax']['sentences']} sentences each side")
     print(f"| side | layout | steps | sentences | target tokens | pad share | seconds | target tok/s |")
@@ -318,6 +470,32 @@ def main(argv=None) -> dict:
     if use_torch:
         print(f"\nJAX / Marian ratio (target tokens/s): {report['ratio_jax_over_marian']:.3f}")
 
+    print(f"\nCPU beam-{args.beam} decoding ({args.threads} threads), same {args.decode_sentences} source "
+          f"sentences and batches of {args.decode_batch} each side, every output forced to "
+          f"{args.decode_len} tokens (EOS included)")
+    print("| side | batches | sentences | output lengths | warm-up s | seconds | sentences/s | output tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in dres.items():
+        print(f"| {name}: {r['framework']} | {r['batches']} | {r['sentences']} | {r['output_lengths']} | "
+              f"{r['warmup_seconds']:.1f} | {r['seconds']:.2f} | {r['sentences_per_s']:,.1f} | "
+              f"{r['output_tokens_per_s']:,.0f} |")
+
+    print("\nSummary (higher is better; ratio = ours / Marian)")
+    print("| measure | ours (JAX) | Marian (PyTorch) | ratio |")
+    print("| --- | --- | --- | --- |")
+    rows_ = [("train: target tokens/s", results, "target_tokens_per_s", "{:,.0f}"),
+             (f"decode beam {args.beam}: sentences/s", dres, "sentences_per_s", "{:,.1f}"),
+             (f"decode beam {args.beam}: output tokens/s", dres, "output_tokens_per_s", "{:,.0f}")]
+    for label, res, key, fmt in rows_:
+        ours = fmt.format(res["jax"][key])
+        theirs = fmt.format(res["marian"][key]) if "marian" in res else "-"
+        ratio = f"{res['jax'][key] / res['marian'][key]:.3f}" if "marian" in res else "-"
+        print(f"| {label} | {ours} | {theirs} | {ratio} |")
+
+    report["load_average_start"], report["load_average_end"] = load_start, list(os.getloadavg())
+    print(f"load average (1, 5, 15 min) at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}, "
+          f"at end {report['load_average_end'][0]:.2f} {report['load_average_end'][1]:.2f} "
+          f"{report['load_average_end'][2]:.2f} on {os.cpu_count()} cores")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

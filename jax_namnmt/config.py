@@ -37,6 +37,38 @@ class ModelConfig:
     pre_norm: bool = False  # post-norm like fairseq's transformer base by default
     max_positions: int = 256
     dtype: str = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+    # +TS (Blackwood et al. 2018): target-language-specific decoder attention. Entry i is the
+    # target-language id of pair i (data.pairs order); () = off. Every decoder layer then holds
+    # max+1 copies of its cross-attention q/k/v/out projections, one per target language, and
+    # each token uses its example's copy (pairs mix freely within a batch).
+    ts_target_of_pair: tuple[int, ...] = ()
+    ts_self_attn: bool = False  # +TS also for the decoder self-attention
+    # +Adapter (Bapna & Firat 2019): one residual bottleneck adapter per pair after every encoder
+    # and decoder layer (LN, down to adapter_dim, ReLU, up, add), each token using its pair's.
+    adapter_pairs: int = 0  # number of pairs (= len(data.pairs)); 0 = off
+    adapter_dim: int = 128
+
+    @property
+    def ts_languages(self) -> int:
+        """Number of target-language-specific attention copies (0: +TS off)."""
+        return max(self.ts_target_of_pair) + 1 if self.ts_target_of_pair else 0
+
+    def validate(self, where: str = "model") -> "ModelConfig":
+        """Field checks of the model alone (``Config.validate`` adds those across sections)."""
+        sizes = ("vocab_size", "d_model", "num_heads", "ffn_dim", "max_positions", "adapter_dim")
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must be at least 1")
+        for name in ("enc_layers", "dec_layers", "adapter_pairs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must not be negative")
+        bad = [t for t in self.ts_target_of_pair if isinstance(t, bool) or not isinstance(t, int) or t < 0]
+        if bad:
+            raise ConfigError(f"{where}.ts_target_of_pair = {list(self.ts_target_of_pair)!r}: entries must be "
+                              "target-language ids >= 0 (one per pair)")
+        if self.ts_self_attn and not self.ts_target_of_pair:
+            raise ConfigError(f"{where}.ts_self_attn needs {where}.ts_target_of_pair (+TS is off without it)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -116,6 +148,16 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class SystemsConfig:
+    """The paper's comparison systems (``pipeline --systems``)."""
+
+    individual_steps: int = 0  # steps of each bilingual model; 0 = (train.steps + finetune.steps) / pairs
+    expansion_ffn_dim: int = 0  # +Expansion's FFN size; 0 = model.ffn_dim * 3000 / 2048 (the paper's 2048 -> 3000)
+    adapter_dim: int = 128  # +Adapter bottleneck (Bapna and Firat 2019)
+    ts_self_attn: bool = False  # +TS: also a self-attention per target language (cross-attention always)
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -124,6 +166,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    systems: SystemsConfig = field(default_factory=SystemsConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -166,8 +209,21 @@ class Config:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"{name} = {value!r}: must be one of {', '.join(allowed)}")
+        for name in ("individual_steps", "expansion_ffn_dim"):
+            if getattr(self.systems, name) < 0:
+                raise ConfigError(f"systems.{name} must be >= 0 (0 = the default)")
+        if self.systems.adapter_dim < 1:
+            raise ConfigError("systems.adapter_dim must be at least 1")
         if self.train.max_bad_steps < 1:
             raise ConfigError("train.max_bad_steps must be at least 1")
+        self.model.validate("model")
+        num_pairs = len(self.data.pairs)
+        if self.model.ts_target_of_pair and len(self.model.ts_target_of_pair) != num_pairs:
+            raise ConfigError(f"model.ts_target_of_pair has {len(self.model.ts_target_of_pair)} entries: "
+                              f"needs one per pair of data.pairs ({num_pairs})")
+        if self.model.adapter_pairs and self.model.adapter_pairs != num_pairs:
+            raise ConfigError(f"model.adapter_pairs = {self.model.adapter_pairs}: must equal the number of "
+                              f"pairs in data.pairs ({num_pairs}), or 0 for no adapters")
         if self.model.d_model % self.model.num_heads:
             raise ConfigError("model.d_model must be divisible by model.num_heads")
         if not 0.0 <= self.method.rho <= 1.0 or not 0.0 <= self.method.k <= 1.0:
@@ -216,6 +272,16 @@ def _build(cls, data: Mapping[str, Any], where: str):
 def _coerce(hint, value, path: str):
     origin = typing.get_origin(hint)
     if origin is tuple:
+        if int in typing.get_args(hint):  # tuple[int, ...]: a JSON list, or "1,0,1" from --set
+            if isinstance(value, str):
+                try:
+                    value = [int(v) for v in value.split(",") if v.strip()]
+                except ValueError:
+                    raise ConfigError(f"{path}: expected a list of integers, got {value!r}") from None
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{path}: expected a list of integers, got {value!r}")
+            return tuple(value)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):

@@ -1,5 +1,6 @@
 """Translate text with a trained model: one output line per input line, in order.
 
+    echo "Zwei Hunde spielen im Schnee." | python -m jax_namnmt.translate --src de --tgt en   # the shipped model
     echo "Zwei Hunde spielen im Schnee." | python -m jax_namnmt.translate --checkpoint DIR --src de --tgt en
     python -m jax_namnmt.translate --checkpoint DIR --src de --tgt en --input FILE [--output FILE]
 """
@@ -10,13 +11,16 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from jax_namnmt import cli, workflow
+from jax_namnmt import cli, packaged, workflow
 from jax_namnmt.data.corpus import read_lines
+from jax_namnmt.errors import CheckpointError
 
 
 def main() -> int:
     p = cli.parser("Translate with beam search", config=False)
-    p.add_argument("--checkpoint", required=True, help="a run directory (config, vocabulary, masks are in it)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a run directory or package (config, vocabulary, masks are in it); default: the shipped "
+                        "Multi30k model (de, en, fr, cs)")
     p.add_argument("--src", required=True)
     p.add_argument("--tgt", required=True)
     p.add_argument("--input", default=None, help="input file (plain or .gz; default: stdin)")
@@ -24,6 +28,12 @@ def main() -> int:
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the config's, 4)")
     p.add_argument("--lenpen", type=float, default=None, help="length penalty (default: the config's, 0.6)")
     args = p.parse_args()
+    if args.checkpoint is None:
+        shipped = packaged.shipped_model_dir()
+        if not packaged.is_package(shipped):
+            raise CheckpointError(f"no --checkpoint given and the shipped model {shipped} is missing from this "
+                                  "installation; pass --checkpoint RUN")
+        args.checkpoint = shipped
     run = workflow.load_run(Path(args.checkpoint))
     decode = run.config.decode
     if args.beam is not None:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jax_namnmt import packaged
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, PackedBatcher, encode_parallel, rows_for_budget
 from jax_namnmt.data.corpus import parse_pairs, read_parallel
@@ -47,8 +50,9 @@ def data_dir_for(config: Config, workdir: Path) -> Path:
     return Path(config.data.data_dir) if config.data.data_dir else Path(workdir) / "data"
 
 
-def prepare(config: Config, workdir: Path, quiet: bool = False) -> dict:
-    """Build (if needed) and validate the corpus, and train the joint vocabulary."""
+def prepare(config: Config, workdir: Path, quiet: bool = False, vocab_from: Path | None = None) -> dict:
+    """Build (if needed) and validate the corpus, and train the joint vocabulary (or, with ``vocab_from``,
+    use that SentencePiece model: the vocabulary of a pre-trained model the work starts from)."""
     workdir = Path(workdir)
     pairs = parse_pairs(config.data.pairs)
     data_dir = data_dir_for(config, workdir)
@@ -61,6 +65,11 @@ def prepare(config: Config, workdir: Path, quiet: bool = False) -> dict:
         stats[split] = {name: text.stats for name, text in texts[split].items()}
     langs = sorted({lang for p in pairs for lang in (p.src, p.tgt)})
     vocab_path = workdir / "spm.model"
+    if vocab_from is not None:
+        if vocab_path.exists() and vocab_path.read_bytes() != Path(vocab_from).read_bytes():
+            raise DataError(f"{vocab_path} is another vocabulary than {vocab_from}: use another --workdir")
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vocab_from, vocab_path)
     if not vocab_path.exists():
         per_lang: dict[str, dict[str, None]] = {lang: {} for lang in langs}
         for text in texts["train"].values():
@@ -144,9 +153,23 @@ def load_run(run_dir: Path) -> Run:
                               f"{config.model.vocab_size}: the vocabulary belongs to another model")
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           jax.eval_shape(lambda: init_params(config.model)))
-    params, meta = Checkpointer(run_dir).restore_params(target=target)
+    if packaged.is_package(run_dir):
+        params = jax.tree.map(jnp.asarray, packaged.load_package_params(run_dir, target))
+        meta = packaged.read_package_info(run_dir)
+    else:
+        params, meta = Checkpointer(run_dir).restore_params(target=target)
     masks = _load_mask_file(run_dir / "masks.npz", config)[0] if (run_dir / "masks.npz").exists() else None
     return Run(run_dir, config, vocab, params, masks, int(meta.get("step", 0)))
+
+
+def export_run(run_dir: Path, out: Path, dtype: str = "bfloat16", info: dict | None = None) -> Path:
+    """Write ``run_dir``'s latest parameters, config and vocabulary as a package (see ``packaged``)."""
+    run = load_run(run_dir)
+    if run.masks is not None:
+        raise CheckpointError(f"{run_dir} is a masked run; packages hold plain models only")
+    details = {"step": run.step, "from": str(Path(run_dir).resolve()), **(info or {})}
+    return packaged.save_package(out, jax.device_get(run.params), run.config.to_dict(), run.vocab.path, dtype,
+                                 details)
 
 
 def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) -> Path:
@@ -186,8 +209,10 @@ def run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_p
     return out
 
 
-def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: str, quiet: bool = False) -> Path:
-    """Score every neuron for every pair on the validation split (one pass over mixed batches)."""
+def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: str, quiet: bool = False,
+                   out: Path | None = None) -> Path:
+    """Score every neuron for every pair on the validation split (one pass over mixed batches); written to
+    ``out`` (default ``run_dir/importance_<method>.npz``) through a temporary file, so never half-written."""
     run = load_run(run_dir)
     data_dir = data_dir_for(config, workdir or run_dir)
     examples, _ = load_examples(run.config, data_dir, run.vocab, "valid", config.method.importance_max_lines)
@@ -198,7 +223,7 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
         theta = compute_importance(run.params, batcher.epoch(0), run.model_masks(), config=run.config.model,
                                    num_pairs=len(run.pairs), method=method,
                                    label_smoothing=run.config.train.label_smoothing, progress=bar)
-    path = Path(run_dir) / f"importance_{method}.npz"
+    path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)
     tmp.replace(path)

@@ -13,6 +13,21 @@ get dL/dh for every neuron at every token.
 
 Inputs use the packed layout: ``tokens [B, L]``, ``segments [B, L]`` (0 = padding, examples
 numbered from 1 within a row), ``positions [B, L]``, ``pairs [B, L]``.
+
+Two baseline systems of the paper, both chosen per token (so per example, inside mixed batches):
+
+- +TS (Blackwood et al. 2018, ``ModelConfig.ts_target_of_pair``): every decoder cross-attention
+  (and with ``ts_self_attn`` the self-attention) has one q/k/v/out projection per target
+  language: ``.../q/dense/kernel [R, in, out]``, ``bias [R, out]``, R = target languages.
+  Each token uses the copy of its pair's target language. Masks, perturbations and sown
+  activations are unchanged (same module names, same neurons).
+- +Adapter (Bapna & Firat 2019, ``ModelConfig.adapter_pairs``): after every encoder and decoder
+  layer, ``x + up(relu(down(LN(x))))`` with the adapter of the token's pair:
+  ``<layer>/adapter/{norm/{scale,bias} [P, d], down/{kernel [P, d, a], bias [P, a]},
+  up/{kernel [P, a, d], bias [P, d]}}``. Adapters are not masked and sow nothing.
+
+With both off (the defaults) the model, its parameter tree and its outputs are exactly those of
+the plain model.
 """
 
 from __future__ import annotations
@@ -53,21 +68,54 @@ def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype) -> jnp.ndarr
     return jax.nn.one_hot(pairs, table.shape[0], dtype=dtype) @ table
 
 
+def route_weights(route: jnp.ndarray, routes: int, dtype) -> jnp.ndarray:
+    """``[..., routes]`` one-hot rows selecting each token's route (its pair or target language)."""
+    return jax.nn.one_hot(route, routes, dtype=dtype)
+
+
+class RoutedDense(nn.Module):
+    """``routes`` linear projections side by side (kernel ``[R, in, out]``, bias ``[R, out]``);
+    each token gets the output of its own route. All R outputs are computed (R is small) and
+    contracted with the token's one-hot row: exactly route r's output (every other term is an
+    exact zero), so a route's parameters never touch another route's tokens, and the gradient
+    of a route's parameters comes from its own tokens only."""
+
+    features: int
+    routes: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.xavier_uniform(batch_axis=(0,))  # per route, as nn.Dense
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x, route):
+        kernel = self.param("kernel", self.kernel_init, (self.routes, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.routes, self.features), jnp.float32)
+        y = jnp.einsum("...i,rio->...ro", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return jnp.einsum("...ro,...r->...o", y, route_weights(route, self.routes, self.dtype))
+
+
 class MaskedDense(nn.Module):
-    """A linear projection whose outputs (the paper's neurons) are gated per token."""
+    """A linear projection whose outputs (the paper's neurons) are gated per token.
+
+    With ``routes > 0`` (+TS) it holds one projection per route and each token uses ``route``'s.
+    """
 
     features: int
     dtype: Any = jnp.float32
+    routes: int = 0
 
     @nn.compact
-    def __call__(self, x, mask):
-        y = nn.Dense(
-            self.features,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.initializers.xavier_uniform(),
-            name="dense",
-        )(x)
+    def __call__(self, x, mask, route=None):
+        if self.routes:
+            y = RoutedDense(self.features, self.routes, dtype=self.dtype, name="dense")(x, route)
+        else:
+            y = nn.Dense(
+                self.features,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nn.initializers.xavier_uniform(),
+                name="dense",
+            )(x)
         if mask is not None:
             y = y * mask
         y = self.perturb("h", y)
@@ -76,31 +124,37 @@ class MaskedDense(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with masked q/k/v/out projections and an optional decode cache."""
+    """Multi-head attention with masked q/k/v/out projections and an optional decode cache.
+
+    With ``routes > 0`` (+TS) every projection has one copy per route; query-side tokens use
+    ``route_q``, key/value-side tokens ``route_kv``.
+    """
 
     config: ModelConfig
     causal_cache: bool = False  # self-attention in incremental decoding
+    routes: int = 0
 
     @nn.compact
-    def __call__(self, x_q, x_kv, bias, masks, pairs_q, pairs_kv, deterministic, decode=False):
+    def __call__(self, x_q, x_kv, bias, masks, pairs_q, pairs_kv, deterministic, decode=False,
+                 route_q=None, route_kv=None):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         heads, head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
 
-        def project(name, x, pairs):
+        def project(name, x, pairs, route):
             mask = lookup_mask(masks, name, pairs, dtype)
-            y = MaskedDense(cfg.d_model, dtype=dtype, name=name)(x, mask)
+            y = MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, name=name)(x, mask, route)
             return y.reshape(y.shape[:-1] + (heads, head_dim))
 
-        q = project("q", x_q, pairs_q) * (head_dim**-0.5)
+        q = project("q", x_q, pairs_q, route_q) * (head_dim**-0.5)
         if decode and not self.causal_cache and self.has_variable("source", "key"):
             # Cross-attention while decoding: the source keys/values were computed once, in the
             # 'source' collection (identical across a sentence's beams, so never reordered).
             k = self.get_variable("source", "key")
             v = self.get_variable("source", "value")
         else:
-            k = project("k", x_kv, pairs_kv)
-            v = project("v", x_kv, pairs_kv)
+            k = project("k", x_kv, pairs_kv, route_kv)
+            v = project("v", x_kv, pairs_kv, route_kv)
             if decode and not self.causal_cache:
                 self.put_variable("source", "key", k)
                 self.put_variable("source", "value", v)
@@ -117,7 +171,7 @@ class Attention(nn.Module):
         context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
         mask = lookup_mask(masks, "out", pairs_q, dtype)
-        return MaskedDense(cfg.d_model, dtype=dtype, name="out")(context, mask)
+        return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, name="out")(context, mask, route_q)
 
     def _extend_cache(self, k, v):
         """Write this step's key/value at the cache index; attend to positions <= index."""
@@ -168,6 +222,43 @@ class Residual(nn.Module):
         return norm(y).astype(x.dtype)
 
 
+class RoutedLayerNorm(nn.Module):
+    """Layer norm with one scale/bias per route (``[R, d]``), each token using its route's."""
+
+    routes: int
+    epsilon: float = 1e-6  # as nn.LayerNorm
+
+    @nn.compact
+    def __call__(self, x, route):
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (self.routes, d), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.routes, d), jnp.float32)
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        onehot = route_weights(route, self.routes, jnp.float32)
+        return y * (onehot @ scale) + onehot @ bias
+
+
+class Adapter(nn.Module):
+    """+Adapter (Bapna & Firat 2019): ``x + drop(up(relu(down(LN(x)))))``, one adapter per pair,
+    each token using its pair's. The up-projection starts at zero, so an adapter starts as the
+    identity (Houlsby et al. 2019's near-identity start)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, pairs, deterministic):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        n = cfg.adapter_pairs
+        h = RoutedLayerNorm(n, name="norm")(x, pairs).astype(dtype)
+        h = nn.relu(RoutedDense(cfg.adapter_dim, n, dtype=dtype, name="down")(h, pairs))
+        h = RoutedDense(cfg.d_model, n, dtype=dtype, kernel_init=nn.initializers.zeros, name="up")(h, pairs)
+        return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x.dtype)
+
+
 def _sub(masks, *keys):
     for key in keys:
         if masks is None:
@@ -186,31 +277,42 @@ class EncoderLayer(nn.Module):
             x, lambda h: attn(h, h, bias, _sub(masks, "self_attn"), pairs, pairs, deterministic), deterministic
         )
         ffn = FeedForward(self.config, name="ffn")
-        return Residual(self.config, name="ffn_res")(
+        x = Residual(self.config, name="ffn_res")(
             x, lambda h: ffn(h, _sub(masks, "ffn"), pairs, deterministic), deterministic
         )
+        if self.config.adapter_pairs:
+            x = Adapter(self.config, name="adapter")(x, pairs, deterministic)
+        return x
 
 
 class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, y, encoded, self_bias, cross_bias, masks, pairs, src_pairs, deterministic, decode):
+    def __call__(self, y, encoded, self_bias, cross_bias, masks, pairs, src_pairs, deterministic, decode,
+                 routes=None, src_routes=None):
+        """``routes``/``src_routes``: target-language ids of the target/source tokens (+TS only)."""
         cfg = self.config
-        self_attn = Attention(cfg, causal_cache=True, name="self_attn")
+        ts = cfg.ts_languages
+        self_attn = Attention(cfg, causal_cache=True, routes=ts if cfg.ts_self_attn else 0, name="self_attn")
         y = Residual(cfg, name="self_attn_res")(
             y,
-            lambda h: self_attn(h, h, self_bias, _sub(masks, "self_attn"), pairs, pairs, deterministic, decode),
+            lambda h: self_attn(h, h, self_bias, _sub(masks, "self_attn"), pairs, pairs, deterministic, decode,
+                                routes, routes),
             deterministic,
         )
-        cross = Attention(cfg, name="cross_attn")
+        cross = Attention(cfg, routes=ts, name="cross_attn")
         y = Residual(cfg, name="cross_attn_res")(
             y,
-            lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), pairs, src_pairs, deterministic, decode),
+            lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), pairs, src_pairs, deterministic, decode,
+                            routes, src_routes),
             deterministic,
         )
         ffn = FeedForward(cfg, name="ffn")
-        return Residual(cfg, name="ffn_res")(y, lambda h: ffn(h, _sub(masks, "ffn"), pairs, deterministic), deterministic)
+        y = Residual(cfg, name="ffn_res")(y, lambda h: ffn(h, _sub(masks, "ffn"), pairs, deterministic), deterministic)
+        if cfg.adapter_pairs:
+            y = Adapter(cfg, name="adapter")(y, pairs, deterministic)
+        return y
 
 
 def attention_bias(q_segments, k_segments, causal: bool = False):
@@ -275,10 +377,14 @@ class Transformer(nn.Module):
         y = self._embed(tgt_inputs, tgt_positions, deterministic)
         cross_bias = attention_bias(tgt_segments, src_segments)
         self_bias = None if decode else attention_bias(tgt_segments, tgt_segments, causal=True)
+        routes = src_routes = None
+        if self.config.ts_target_of_pair:
+            table = jnp.asarray(self.config.ts_target_of_pair, jnp.int32)
+            routes, src_routes = table[tgt_pairs], table[src_pairs]
         for i, layer in enumerate(self.decoder_layers):
             y = layer(
                 y, encoded, self_bias, cross_bias, _sub(masks, "decoder", f"layer_{i}"),
-                tgt_pairs, src_pairs, deterministic, decode,
+                tgt_pairs, src_pairs, deterministic, decode, routes, src_routes,
             )
         if self.config.pre_norm:
             y = self.decoder_norm(y)
@@ -336,6 +442,33 @@ def init_params(config: ModelConfig, seed: int = 0):
 
 def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def param_breakdown(params) -> dict[str, int]:
+    """Parameter counts by kind: ``total``; ``adapter`` (the per-pair adapters of +Adapter);
+    ``target_specific`` (all R copies of the per-target-language attention projections of +TS);
+    ``shared`` (everything else, i.e. the plain model's parameters outside +TS's projections)."""
+    counts = {"total": 0, "shared": 0, "target_specific": 0, "adapter": 0}
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [getattr(p, "key", str(p)) for p in path]
+        n = int(np.prod(x.shape))
+        if "adapter" in keys:
+            kind = "adapter"
+        elif keys[-2:-1] == ["dense"] and len(x.shape) == (3 if keys[-1] == "kernel" else 2):
+            kind = "target_specific"  # a routed projection: [R, in, out] kernel, [R, out] bias
+        else:
+            kind = "shared"
+        counts[kind] += n
+        counts["total"] += n
+    return counts
+
+
+def target_language_table(pairs) -> tuple[int, ...]:
+    """``ModelConfig.ts_target_of_pair`` for pair names (``data.pairs``), target languages
+    numbered in sorted order: ``("de-en", "en-de", "fr-en")`` -> ``(1, 0, 1)`` (de 0, en 1)."""
+    targets = [str(p).split("-")[1] for p in pairs]
+    ids = {lang: i for i, lang in enumerate(sorted(set(targets)))}
+    return tuple(ids[t] for t in targets)
 
 
 def with_decoding(config: ModelConfig) -> ModelConfig:

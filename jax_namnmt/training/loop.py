@@ -58,8 +58,8 @@ def write_run_files(run_dir: Path, config: Config, vocab_path: Path, extra: dict
 def check_resumable(run_dir: Path, config: Config) -> None:
     saved = run_dir / "config.json"
     if saved.exists() and (run_dir / "checkpoints").exists():
-        old = load_json(saved)
-        if old.get("model") != config.to_dict()["model"]:
+        old = Config.from_dict({"model": load_json(saved).get("model", {})}, where=str(saved)).model
+        if old != config.model:  # from_dict fills fields added since the run was written with their defaults
             raise CheckpointError(
                 f"{saved}: this run directory holds a model of another shape; "
                 "write to another directory (--out or --workdir) or delete this one to start over")

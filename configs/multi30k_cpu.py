@@ -1,0 +1,27 @@
+"""The shipped model: the Multi30k multilingual baseline (8 directions), trained on 2 CPU cores.
+
+This is the config that made ``jax_namnmt/resources/model`` (see the model card in the README).
+3+3 layers, d 256, FFN 1024, 4 heads, the demo's 6000-piece vocabulary (same corpus, same
+SentencePiece settings, so the same pieces), dropout 0.1, label smoothing 0.1, 4096 target
+tokens per batch, inverse-sqrt schedule with a short warm-up and a high peak (small model, few
+epochs). Fine-tuning and decoding settings are the demo's, so ``pipeline`` can start from it.
+"""
+
+from jax_namnmt.config import Config, DataConfig, DecodeConfig, FinetuneConfig, MethodConfig, ModelConfig, TrainConfig
+
+
+def get_config() -> Config:
+    vocab = 6000
+    return Config(
+        name="multi30k_cpu",
+        model=ModelConfig(vocab_size=vocab, d_model=256, num_heads=4, ffn_dim=1024, enc_layers=3, dec_layers=3,
+                          dropout=0.1, max_positions=128),
+        data=DataConfig(vocab_size=vocab, spm_max_sentences=60000, max_len=64, src_row_len=64, tgt_row_len=64),
+        train=TrainConfig(steps=2600, tokens_per_batch=4096, learning_rate=1.5e-3, warmup_steps=400,
+                          warmup_init_lr=1e-6, eval_every=200, save_every=200, log_every=20, valid_max_lines=200,
+                          keep_checkpoints=3),
+        finetune=FinetuneConfig(steps=20, learning_rate=1e-4, warmup_steps=10, warmup_init_lr=1e-5),
+        method=MethodConfig(importance="taylor", importance_max_lines=100, rho=0.9, k=0.7),
+        decode=DecodeConfig(beam_size=4, length_penalty=0.6, max_len_a=1.2, max_len_b=10, batch_sentences=100,
+                            test_max_lines=100),
+    )

@@ -1,0 +1,147 @@
+"""Packaged models: a trained model as one small read-only directory (the shipped model is one).
+
+A package holds ``config.json``, ``spm.model``, ``params.npz`` (every parameter under its
+path, e.g. ``encoder_layer_0/self_attn/q/dense/kernel``; bfloat16 values are stored as their
+16-bit patterns) and ``package.json`` (format, stored dtype, SHA-256 of ``params.npz``, the
+step and run it came from, and the model card's figures). ``workflow.load_run`` reads a
+package wherever it reads a run directory; parameters come back as float32.
+
+    python -m jax_namnmt.export --checkpoint RUN --out DIR [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from jax_namnmt.errors import CheckpointError
+from jax_namnmt.training.checkpoint import load_json, save_json
+
+FORMAT = 1
+PARAMS_FILE = "params.npz"
+PACKAGE_FILE = "package.json"
+STORED_DTYPES = ("bfloat16", "float32")
+
+
+def shipped_model_dir() -> Path:
+    """The model shipped inside the project (``jax_namnmt/resources/model``)."""
+    return Path(__file__).resolve().parent / "resources" / "model"
+
+
+def is_package(directory: Path) -> bool:
+    return (Path(directory) / PACKAGE_FILE).exists()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_package(out: Path, params: dict, config_dict: dict, vocab_path: Path, dtype: str = "bfloat16",
+                 info: dict | None = None) -> Path:
+    """Write a package; the directory is written under a temporary name and renamed when complete."""
+    if dtype not in STORED_DTYPES:
+        raise ValueError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    arrays = {}
+    for path, value in _flatten(params).items():
+        value = np.asarray(value, np.float32)
+        arrays[path] = value.astype(ml_dtypes.bfloat16).view(np.uint16) if dtype == "bfloat16" else value
+    np.savez(tmp / PARAMS_FILE, **arrays)
+    save_json(tmp / "config.json", config_dict)
+    shutil.copyfile(vocab_path, tmp / "spm.model")
+    save_json(tmp / PACKAGE_FILE, {"format": FORMAT, "dtype": dtype, "sha256": _sha256(tmp / PARAMS_FILE),
+                                   **(info or {})})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def read_package_info(directory: Path) -> dict:
+    info = load_json(Path(directory) / PACKAGE_FILE)
+    if info.get("format") != FORMAT or info.get("dtype") not in STORED_DTYPES:
+        raise CheckpointError(f"{Path(directory) / PACKAGE_FILE}: unknown package format {info.get('format')!r} "
+                              f"or dtype {info.get('dtype')!r}")
+    return info
+
+
+def update_package_info(directory: Path, **fields) -> None:
+    info = read_package_info(directory)
+    info.update(fields)
+    save_json(Path(directory) / PACKAGE_FILE, info)
+
+
+def load_package_params(directory: Path, target: dict) -> dict:
+    """float32 parameters of a package, checked against ``target`` (a tree of shapes) and its checksum."""
+    directory = Path(directory)
+    info = read_package_info(directory)
+    path = directory / PARAMS_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: the package is incomplete")
+    if _sha256(path) != info.get("sha256"):
+        raise CheckpointError(f"{path} does not match the SHA-256 in {directory / PACKAGE_FILE}: "
+                              "the file is corrupted or was changed; export the package again")
+    with np.load(path) as data:
+        stored = {k: data[k] for k in data.files}
+    want = {k: tuple(v.shape) for k, v in _flatten(target).items()}
+    missing = sorted(set(want) - set(stored))
+    extra = sorted(set(stored) - set(want))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path} does not fit the model of {directory / 'config.json'}: "
+            + (f"missing {missing[:3]}" if missing else "") + (" " if missing and extra else "")
+            + (f"unexpected {extra[:3]}" if extra else "")
+            + "; the package was made by another version of the model code: export it again")
+    flat = {}
+    for key, shape in want.items():
+        value = stored[key]
+        if tuple(value.shape) != shape:
+            raise CheckpointError(f"{path}: '{key}' has shape {tuple(value.shape)} but the model expects {shape}")
+        if info["dtype"] == "bfloat16":
+            value = value.view(ml_dtypes.bfloat16)
+        flat[key] = value.astype(np.float32)
+    return _nest(flat)
+
+
+def package_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
+
+
+def describe(directory: Path) -> str:
+    info = read_package_info(directory)
+    return json.dumps({k: v for k, v in info.items() if k != "sha256"}, indent=2)
