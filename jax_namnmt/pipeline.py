@@ -25,7 +25,7 @@ from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
 
 
 def _done(run_dir: Path, steps: int) -> bool:
-    step = Checkpointer(run_dir).latest_step() if (run_dir / "checkpoints").exists() else None
+    step = Checkpointer(run_dir).latest_intact_step() if (run_dir / "checkpoints").exists() else None
     return step is not None and step >= steps
 
 

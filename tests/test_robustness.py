@@ -206,3 +206,179 @@ def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+# -- fine-tuning and importance, killed and re-run -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source_run(prepared, tmp_path_factory) -> tuple[Path, Path, Path, dict]:
+    """A run directory to start from (the tiny model at its initialisation, saved as the training loop
+    saves, so no step is compiled), random masks for it, and the environment for the subprocesses:
+    one persistent compilation cache shared by the tests below, so every process after the first of
+    each command skips compiling and all run the same executables."""
+    from jax_namnmt.method.allocation import save_masks
+    from jax_namnmt.model.transformer import init_params, module_sizes
+    from jax_namnmt.training.loop import write_run_files
+
+    work, _, config = prepared
+    root = tmp_path_factory.mktemp("source")
+    run = work / "pretrain0"
+    write_run_files(run, config, work / "spm.model", {"kind": "pretrain"})
+    with Checkpointer(run) as ckpt:
+        ckpt.save(0, init_state(init_params(config.model, 0), make_optimizer()),
+                  {"data": {"epoch": 0, "index": 0}, "step": 0, "phase": "pretrain", "config": config.to_dict()})
+    rng = np.random.default_rng(0)
+    masks = root / "masks.npz"
+    save_masks(masks, {name: rng.random((len(config.data.pairs), n)) < 0.8
+                       for name, n in module_sizes(config.model).items()}, list(config.data.pairs), {"rho": "test"})
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    return work, run, masks, env
+
+
+def _kill_when(cmd: list[str], env: dict, ready, timeout: float = 60, must_kill: bool = True) -> bool:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` (polled every 10 ms) is true; returns whether it
+    was killed (with ``must_kill``, fails if the process ended on its own first)."""
+    victim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and victim.poll() is None:
+            assert time.monotonic() < deadline, f"not ready after {timeout} s"
+            time.sleep(0.01)
+    finally:
+        if victim.poll() is None:
+            os.kill(victim.pid, signal.SIGKILL)
+    output = victim.communicate(timeout=30)[0].decode()
+    assert victim.returncode == -signal.SIGKILL or not must_kill, \
+        f"the process finished before it was killed:\n{output}"
+    return victim.returncode == -signal.SIGKILL
+
+
+def _run_ok(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_sigkill_during_masked_finetuning_then_resume_equals_uninterrupted_run(source_run, prepared, tmp_path):
+    work, source, masks, env = source_run
+    _, data, _ = prepared
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "jax_namnmt.finetune", "--config", "configs/tiny.py", "--from", str(source),
+                "--masks", str(masks), "--out", str(out), "--workdir", str(work), "--data", str(data),
+                "--set", "finetune.steps=20", "--set", "train.save_every=5", "--quiet"]
+
+    _run_ok(command(clean), env)
+    _kill_when(command(killed), env, lambda: bool(_checkpoint_steps(killed)))
+    at_kill = _checkpoint_steps(killed)
+    assert at_kill and at_kill[-1] < 20, at_kill
+    _run_ok(command(killed), env)
+    logged = [r["step"] for r in _records(killed) if r["phase"] == "finetune"]
+    assert logged.count(5) == 1 and logged[-1] == 20, logged  # resumed, not started over
+
+    a, b = workflow.load_run(killed), workflow.load_run(clean)
+    assert a.step == b.step == 20
+    assert a.masks is not None and all(np.array_equal(a.masks[k], b.masks[k]) for k in b.masks)
+    got, want = _host(a.params), _host(b.params)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+# Runs `python -m jax_namnmt.importance` with numpy's savez replaced by one that writes half of the
+# file it is given and then SIGKILLs the process: a kill in the middle of writing the output.
+_DIE_WHILE_WRITING = """
+import os, runpy, signal, sys
+import numpy as np
+real_savez = np.savez
+def savez(file, *args, **kwargs):
+    real_savez(file, *args, **kwargs)
+    size = os.path.getsize(file)
+    os.truncate(file, size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+np.savez = savez
+sys.argv = ["jax_namnmt.importance"] + sys.argv[1:]
+runpy.run_module("jax_namnmt.importance", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_importance_killed_at_any_moment_then_rerun_gives_the_same_file(source_run, prepared, tmp_path):
+    work, source, _, env = source_run
+    _, data, _ = prepared
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    shutil.copytree(source, killed)
+    shutil.copytree(source, clean)
+    args = ["--config", "configs/tiny.py", "--workdir", str(work), "--data", str(data), "--quiet"]
+
+    def command(run: Path) -> list[str]:
+        return [sys.executable, "-m", "jax_namnmt.importance", "--checkpoint", str(run), *args]
+
+    started = time.monotonic()
+    _run_ok(command(clean), env)
+    duration = time.monotonic() - started
+    reference = clean / "importance_taylor.npz"
+    want = workflow.load_importance(reference)
+    final = killed / "importance_taylor.npz"
+
+    def same_as_reference(path: Path) -> None:
+        theta, pairs = workflow.load_importance(path)
+        assert pairs == want[1] and theta.keys() == want[0].keys()
+        for name in want[0]:
+            np.testing.assert_array_equal(theta[name], want[0][name], err_msg=name)
+
+    # killed at some moment (half-way through the time the uninterrupted run took: loading or computing):
+    # no output, or (had it finished) the complete one
+    at = time.monotonic() + duration / 2
+    if _kill_when(command(killed), env, lambda: time.monotonic() > at, must_kill=False) and final.exists():
+        same_as_reference(final)
+    final.unlink(missing_ok=True)
+    # killed in the middle of writing: the half-written file is not under the final name
+    die = [sys.executable, "-c", _DIE_WHILE_WRITING, "--checkpoint", str(killed), *args]
+    assert subprocess.run(die, cwd=REPO, env=env, capture_output=True, timeout=120).returncode == -signal.SIGKILL
+    assert not final.exists()
+    leftovers = [p for p in killed.iterdir() if p.name.startswith("importance_") and p.name.endswith(".npz")]
+    assert leftovers, "the simulated kill did not write anything"
+
+    _run_ok(command(killed), env)  # re-run: the same file as the uninterrupted run, nothing left over
+    same_as_reference(final)
+    assert sorted(p.name for p in killed.iterdir() if p.name.startswith("importance_")) == ["importance_taylor.npz"]
+
+    # a kill while rewriting leaves the previous complete file in place
+    assert subprocess.run(die, cwd=REPO, env=env, capture_output=True, timeout=120).returncode == -signal.SIGKILL
+    same_as_reference(final)
+
+
+def test_corrupted_latest_checkpoint_resumes_from_the_previous_one(prepared, tmp_path, caplog):
+    """A truncated newest checkpoint: re-running the command warns, resumes from the one before, saves
+    that step anew (the bad directory moved aside) and ends with the parameters of an uninterrupted run."""
+    import logging
+
+    work, _, config = prepared
+    run_config = config.override(["data.train_max_lines=40", "train.log_every=1", "train.save_every=5",
+                                  "train.keep_checkpoints=3", "train.steps=10"]).validate()
+    clean, bad = tmp_path / "clean", tmp_path / "bad"
+    workflow.run_pretrain(run_config, work, clean, quiet=True)
+    assert Checkpointer(clean).all_steps() == [5, 10]
+    shutil.copytree(clean, bad)
+    for f in (bad / "checkpoints" / "10" / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(UserError, match=str(bad / "checkpoints" / "10")):
+        Checkpointer(bad).restore_params(step=10)
+
+    with caplog.at_level(logging.WARNING):
+        workflow.run_pretrain(run_config, work, bad, quiet=True)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{bad / 'checkpoints' / '10'} is corrupted" in warned, warned
+    assert (bad / "checkpoints" / "10.corrupt").is_dir()
+    assert Checkpointer(bad).all_steps() == [5, 10]
+    logged = [r["step"] for r in _records(bad) if r["phase"] == "pretrain"]
+    assert logged == list(range(1, 11)) + list(range(6, 11)), logged  # steps 6..10 were trained again
+    a, b = workflow.load_run(bad), workflow.load_run(clean)
+    assert a.step == b.step == 10
+    got, want = _host(a.params), _host(b.params)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)

@@ -4,6 +4,8 @@ Layout of a run directory::
 
     <run_dir>/checkpoints/<step>/state/...   array pytree (params, opt_state, step)
     <run_dir>/checkpoints/<step>/meta/...    JSON dict (data position, config, ...)
+    <run_dir>/checkpoints/<step>/integrity.json   size and hash of every other file
+    <run_dir>/checkpoints/<step>.corrupt     a corrupted step, moved aside when saved again
 
 Orbax writes each step into ``<step>.orbax-checkpoint-tmp`` and renames it to
 ``<step>`` once every file is written, so a checkpoint cut short by a crash or a
@@ -14,10 +16,24 @@ saves and restores the whole tree; ``PyTreeCheckpointHandler`` restores
 ``state["params"]`` alone (``partial_restore=True``), with the tree built from
 the checkpoint's own metadata when no target is given, so ``translate`` needs
 neither the optimizer nor the model to load parameters.
+
+Integrity: once orbax has finalized step ``N``, :meth:`Checkpointer.save`
+writes ``<step>/integrity.json``, the size and BLAKE2b hash of every file of
+the step. :meth:`Checkpointer.restore` and :meth:`Checkpointer.restore_params`
+check it before reading (a truncated, altered or deleted file, a broken
+``meta`` JSON) and turn any orbax/tensorstore failure while reading into a
+:class:`CheckpointError` naming the step directory. Restoring the latest step
+(``step=None``) then falls back to the newest intact checkpoint, with a
+warning naming the corrupted ones; this object stops listing those, and saving
+that step again moves the corrupted directory aside to ``<step>.corrupt``
+(orbax ignores such names) before writing a fresh one. A checkpoint without a
+manifest (written before manifests existed, or killed between orbax's rename
+and the manifest) is restored unverified, its read errors still caught.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +47,67 @@ from jax_namnmt.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "save_json", "load_json"]
+__all__ = ["Checkpointer", "CorruptCheckpointError", "MANIFEST", "save_json", "load_json"]
+
+MANIFEST = "integrity.json"
+_HASH = "blake2b"
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files are missing, truncated, altered or unreadable."""
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _step_files(step_dir: Path) -> list[Path]:
+    """Every regular file of a step directory except the manifest (and its temporary file)."""
+    return sorted(p for p in step_dir.rglob("*")
+                  if p.is_file() and not p.name.startswith((MANIFEST, f".{MANIFEST}")))
+
+
+def write_manifest(step_dir: Path) -> None:
+    """Writes ``step_dir/integrity.json``: size and hash of every file of the finished step."""
+    files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, _HASH: _file_digest(p)}
+             for p in _step_files(step_dir)}
+    save_json(step_dir / MANIFEST, {"version": 1, "hash": _HASH, "files": files})
+
+
+def verify_manifest(step_dir: Path) -> bool:
+    """Checks ``step_dir`` against its manifest; False when it has none (an older checkpoint).
+
+    Raises CorruptCheckpointError naming the step directory and the first file at fault.
+    """
+    path = step_dir / MANIFEST
+    if not path.exists():
+        return False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("hash") != _HASH or not isinstance(files, dict) or not files:
+            raise ValueError("unknown manifest format")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"checkpoint {step_dir} is corrupted: its manifest {MANIFEST} is unreadable ({e})") from None
+    for name, want in sorted(files.items()):
+        file = step_dir / name
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"checkpoint {step_dir} is corrupted: file {name} is missing") from None
+        if size != want["size"]:
+            raise CorruptCheckpointError(
+                f"checkpoint {step_dir} is corrupted: file {name} has {size} bytes, {want['size']} were "
+                "written (truncated or altered)")
+        if _file_digest(file) != want[_HASH]:
+            raise CorruptCheckpointError(
+                f"checkpoint {step_dir} is corrupted: the contents of file {name} changed since it was written")
+    return True
 
 
 def _key_str(key: Any) -> str:
@@ -50,6 +126,13 @@ def _flat_by_path(tree: Any, prefix: tuple[str, ...] = ()) -> dict[str, Any]:
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {"/".join(prefix + tuple(_key_str(k) for k in path)): leaf for path, leaf in flat}
+
+
+def _check_meta(step: int, meta: Any, step_dir: Path) -> dict:
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(
+            f"checkpoint {step_dir} is corrupted: its meta item is {type(meta).__name__}, not a JSON object")
+    return meta
 
 
 def _default_sharding() -> jax.sharding.Sharding:
@@ -90,6 +173,11 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, handler_registry=registry)
+        self._pending: list[int] = []  # saved steps whose manifest is still to be written (async)
+        self._bad: dict[int, str] = {}  # step -> why this object found it corrupted; not listed any more
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
 
     # -- steps -------------------------------------------------------------
 
@@ -102,67 +190,158 @@ class Checkpointer:
         """
         if not self._manager.is_saving_in_progress():
             self._manager.reload()
-        return sorted(int(s) for s in self._manager.all_steps())
+        return sorted(int(s) for s in self._manager.all_steps() if int(s) not in self._bad)
 
     def latest_step(self) -> int | None:
-        """The newest finished step, or None when there is no checkpoint."""
+        """The newest finished step, or None when there is no checkpoint.
+
+        After a :meth:`restore` of the latest step fell back past corrupted
+        checkpoints, this is the step it restored."""
         steps = self.all_steps()
         return steps[-1] if steps else None
+
+    def latest_intact_step(self) -> int | None:
+        """The newest step whose files match its manifest (one without a manifest counts as
+        intact), or None; each newer corrupted step is named in a warning and no longer listed.
+
+        Reads every file of the steps it checks: for deciding whether a run is complete, where
+        :meth:`latest_step` would take a corrupted final checkpoint for a finished run.
+        """
+        self.wait()
+        for step in reversed(self.all_steps()):
+            try:
+                verify_manifest(self._step_dir(step))
+            except CorruptCheckpointError as e:
+                self._bad[step] = str(e)
+                log.warning("%s", e)
+                continue
+            return step
+        return None
 
     # -- save --------------------------------------------------------------
 
     def save(self, step: int, state: Any, meta: dict, force: bool = True) -> None:
-        """Saves ``state`` and ``meta`` as checkpoint ``step``.
+        """Saves ``state`` and ``meta`` as checkpoint ``step``, then its integrity manifest.
 
-        A step that already exists is left as it is (saving the step a run was
-        resumed from again is a no-op). With ``force=False`` orbax also skips a
-        step not newer than the latest one.
+        A step that already exists intact is left as it is (saving the step a
+        run was resumed from again is a no-op); one found corrupted is moved to
+        ``<step>.corrupt`` and written anew. With ``force=False`` orbax also
+        skips a step not newer than the latest one.
         """
         step = int(step)
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as e:
             raise TypeError(f"checkpoint meta must be JSON-serialisable: {e}") from e
+        self._write_pending_manifests()
         if step in self.all_steps():
-            log.warning("checkpoint %s already exists; not saving it again",
-                        self.directory / str(step))
-            return
+            try:
+                verify_manifest(self._step_dir(step))
+            except CorruptCheckpointError as e:
+                log.warning("%s", e)
+                self._bad[step] = str(e)
+            else:
+                log.warning("checkpoint %s already exists; not saving it again", self._step_dir(step))
+                return
+        if step in self._bad:
+            self._move_aside(step)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._manager.save(
+        saved = self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(dict(meta))),
             force=force,
         )
+        if saved:
+            self._pending.append(step)
+            if not self._manager.is_saving_in_progress():
+                self._write_pending_manifests()
+
+    def _write_pending_manifests(self) -> None:
+        """Waits for orbax's pending save, then writes the manifests of the finished steps."""
+        if not self._pending:
+            return
+        self._manager.wait_until_finished()
+        pending, self._pending = self._pending, []
+        for step in pending:
+            step_dir = self._step_dir(step)
+            if step_dir.is_dir():  # absent: already removed by keep-last-N
+                write_manifest(step_dir)
+
+    def _move_aside(self, step: int) -> None:
+        """Renames corrupted checkpoint ``step`` to ``<step>.corrupt[-n]`` so it can be saved again."""
+        src = self._step_dir(step)
+        if src.exists():
+            dst, n = self.directory / f"{step}.corrupt", 1
+            while dst.exists():
+                n += 1
+                dst = self.directory / f"{step}.corrupt-{n}"
+            os.replace(src, dst)
+            log.warning("moved corrupted checkpoint %s to %s", src, dst)
+        self._bad.pop(step, None)
+        self._manager.reload()
 
     # -- restore -----------------------------------------------------------
 
-    def _resolve_step(self, step: int | None) -> int:
+    def _with_fallback(self, step: int | None, restore_one) -> Any:
+        """``restore_one(step)`` for the requested step or, with ``step=None``, for the
+        newest step that is not corrupted (a warning names each corrupted one)."""
         self.wait()
         steps = self.all_steps()
+        if step is not None:
+            step = int(step)
+            if step in self._bad:
+                raise CorruptCheckpointError(self._bad[step])
+            if step not in steps:
+                raise CheckpointError(
+                    f"checkpoint step {step} not found in {self.directory}; "
+                    f"available steps: {steps}")
+            return restore_one(step)
         if not steps:
+            if self._bad:
+                raise CorruptCheckpointError(
+                    f"every checkpoint in {self.directory} is corrupted ("
+                    + "; ".join(self._bad[s] for s in sorted(self._bad)) + ")")
             raise CheckpointError(
                 f"no checkpoint found in {self.directory}; check the run directory "
                 "or train a model first")
-        if step is None:
-            return steps[-1]
-        if int(step) not in steps:
-            raise CheckpointError(
-                f"checkpoint step {step} not found in {self.directory}; "
-                f"available steps: {steps}")
-        return int(step)
+        errors = []
+        for candidate in reversed(steps):
+            try:
+                result = restore_one(candidate)
+            except CorruptCheckpointError as e:
+                self._bad[candidate] = str(e)
+                errors.append(str(e))
+                older = [s for s in steps if s < candidate]
+                log.warning("%s; %s", e, f"using the previous checkpoint {self._step_dir(older[-1])}"
+                            if older else "no older checkpoint is left")
+                continue
+            return result
+        raise CorruptCheckpointError(
+            f"every checkpoint in {self.directory} is corrupted ({'; '.join(errors)}); "
+            "delete the run directory's checkpoints to start over, or restore them from a backup")
+
+    def _verify(self, step: int) -> None:
+        step_dir = self._step_dir(step)
+        if not step_dir.is_dir():
+            raise CorruptCheckpointError(f"checkpoint {step_dir} disappeared")
+        if not verify_manifest(step_dir):
+            log.info("checkpoint %s has no %s (written by an older version): not verified",
+                     step_dir, MANIFEST)
 
     def _saved_tree(self, step: int) -> dict:
         """The orbax metadata tree of the ``state`` item (shapes, dtypes)."""
         try:
             item = self._manager.item_metadata(step)["state"]
+            tree = None if item is None else item.tree
         except Exception as e:  # corrupted or foreign directory
-            raise CheckpointError(
-                f"cannot read checkpoint {self.directory / str(step)}: {e}") from e
-        if item is None:
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} has no 'state' item")
-        return item.tree
+            raise CorruptCheckpointError(
+                f"checkpoint {self._step_dir(step)} is corrupted: cannot read its metadata "
+                f"({type(e).__name__}: {e})") from e
+        if tree is None:
+            raise CorruptCheckpointError(
+                f"checkpoint {self._step_dir(step)} is corrupted: it has no 'state' item")
+        return tree
 
     def _check_fits(self, step: int, target: Any, saved: Any,
                     prefix: tuple[str, ...] = ()) -> None:
@@ -191,64 +370,82 @@ class Checkpointer:
                     f"checkpoint {where} has entry '{path}' the model does not have: {hint}")
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores checkpoint ``step`` (default: latest) as ``(state, meta)``.
+        """Restores checkpoint ``step`` (default: the newest intact one) as ``(state, meta)``.
 
         ``state`` takes the structure, dtypes, shapes and shardings of
         ``target`` (arrays or ``jax.ShapeDtypeStruct``s; without a sharding a
-        leaf goes to the default device).
+        leaf goes to the default device). A corrupted checkpoint raises
+        :class:`CorruptCheckpointError`; with ``step=None`` the previous one is
+        tried first (see the module docstring).
         """
-        step = self._resolve_step(step)
-        self._check_fits(step, target, self._saved_tree(step))
         abstract = jax.tree.map(_abstract, target)
-        try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        except Exception as e:
-            raise CheckpointError(
-                f"cannot restore checkpoint {self.directory / str(step)}: {e}") from e
-        return restored.state, restored.meta
+
+        def restore_one(step: int):
+            self._verify(step)
+            self._check_fits(step, target, self._saved_tree(step))
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                meta = restored.meta
+            except Exception as e:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self._step_dir(step)} is corrupted: cannot restore it "
+                    f"({type(e).__name__}: {e})") from e
+            return restored.state, _check_meta(step, meta, self._step_dir(step))
+
+        return self._with_fallback(step, restore_one)
 
     def restore_params(self, step: int | None = None,
                        target: Any = None) -> tuple[Any, dict]:
-        """Restores only ``state["params"]`` (default: latest step) as ``(params, meta)``.
+        """Restores only ``state["params"]`` (default: newest intact step) as ``(params, meta)``.
 
         Without ``target`` the tree (nested dicts of jax arrays) and the shapes
         come from the checkpoint's metadata; the optimizer state is not read.
         """
-        step = self._resolve_step(step)
-        saved = self._saved_tree(step)
-        if not isinstance(saved, dict) or "params" not in saved:
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} has no 'params' entry")
-        if target is None:
-            abstract = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_default_sharding()),
-                saved["params"])
-        else:
-            self._check_fits(step, target, saved["params"], prefix=("params",))
-            abstract = jax.tree.map(_abstract, target)
-        item = {"params": abstract}
-        try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=item,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                    partial_restore=True),
-                meta=ocp.args.JsonRestore()))
-        except Exception as e:
-            raise CheckpointError(
-                f"cannot restore parameters from {self.directory / str(step)}: {e}") from e
-        return restored.state["params"], restored.meta
+
+        def restore_one(step: int):
+            self._verify(step)
+            saved = self._saved_tree(step)
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self._step_dir(step)} has no 'params' entry")
+            if target is None:
+                abstract = jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_default_sharding()),
+                    saved["params"])
+            else:
+                self._check_fits(step, target, saved["params"], prefix=("params",))
+                abstract = jax.tree.map(_abstract, target)
+            item = {"params": abstract}
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=item,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                        partial_restore=True),
+                    meta=ocp.args.JsonRestore()))
+                params, meta = restored.state["params"], restored.meta
+            except Exception as e:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self._step_dir(step)} is corrupted: cannot restore its parameters "
+                    f"({type(e).__name__}: {e})") from e
+            return params, _check_meta(step, meta, self._step_dir(step))
+
+        return self._with_fallback(step, restore_one)
 
     # -- lifecycle -----------------------------------------------------------
 
     def wait(self) -> None:
-        """Blocks until any asynchronous save has been written and renamed."""
+        """Blocks until any asynchronous save has been written, renamed and given its manifest."""
         self._manager.wait_until_finished()
+        self._write_pending_manifests()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's resources."""
-        self._manager.close()
+        """Waits for pending saves (and their manifests) and releases the manager's resources."""
+        try:
+            self._write_pending_manifests()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
