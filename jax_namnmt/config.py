@@ -157,6 +157,92 @@ class SystemsConfig:
     ts_self_attn: bool = False  # +TS: also a self-attention per target language (cross-attention always)
 
 
+MESH_AXES = ("data", "fsdp", "tensor")  # the named axes of the device mesh, outermost first
+
+# Logical axis name -> mesh axes ("+"-joined; empty = replicated). Kernels and activations of the
+# model are annotated with the logical names (model/transformer.py); parallel.py maps them.
+DEFAULT_AXIS_RULES = (
+    "batch=data+fsdp",  # batch rows of inputs and activations
+    "vocab=tensor",  # embedding rows, logits
+    "embed=fsdp",  # the model dimension of kernels, biases and the embedding
+    "heads=tensor",  # attention heads: q/k/v outputs, the out projection's input
+    "mlp=tensor",  # the FFN hidden dimension
+    "head_dim=",
+    "length=",
+    "act_embed=",  # the model dimension of activations (replicated)
+    "routes=",  # +TS / +Adapter copies
+    "adapter=",  # the adapter bottleneck
+)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Sharding across devices and hosts (see jax_namnmt/parallel.py).
+
+    ``mesh``: ``"data=2,fsdp=2,tensor=2"``; an axis left out has size 1, except ``data``, which
+    takes the devices the others leave (so ``""`` puts every device on ``data``, and
+    ``"tensor=2"`` on 8 devices is data=4, tensor=2). The product must be the device count.
+    ``rules``: ``logical=mesh_axis[+mesh_axis]`` entries (see ``DEFAULT_AXIS_RULES``).
+    Multi-host: ``coordinator_address`` (``host:port`` of process 0, or ``auto`` for the cluster
+    detection of ``jax.distributed.initialize``: SLURM, Open MPI, ...), ``num_processes`` and
+    ``process_id``; each falls back to the environment (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``); with no coordinator it is a single process.
+    """
+
+    mesh: str = ""
+    rules: tuple[str, ...] = DEFAULT_AXIS_RULES
+    coordinator_address: str = ""
+    num_processes: int = 0  # 0 = JAX_NUM_PROCESSES (or auto-detected)
+    process_id: int = -1  # -1 = JAX_PROCESS_ID (or auto-detected)
+
+    def mesh_axes(self, where: str = "parallel.mesh") -> dict[str, int]:
+        """The axes given in ``mesh`` (``{"data": 2, "tensor": 2}``); syntax checked, no devices."""
+        axes: dict[str, int] = {}
+        for item in (part.strip() for part in self.mesh.split(",")):
+            if not item:
+                continue
+            name, eq, size = item.partition("=")
+            name = name.strip()
+            if not eq or name not in MESH_AXES:
+                raise ConfigError(f"{where} = {self.mesh!r}: expected axis=size entries with the axes "
+                                  f"{', '.join(MESH_AXES)}, e.g. data=2,tensor=2")
+            if name in axes:
+                raise ConfigError(f"{where} = {self.mesh!r}: axis {name!r} given twice")
+            try:
+                axes[name] = int(size)
+            except ValueError:
+                raise ConfigError(f"{where} = {self.mesh!r}: the size of {name!r} must be an integer") from None
+            if axes[name] < 1:
+                raise ConfigError(f"{where} = {self.mesh!r}: the size of {name!r} must be at least 1")
+        return axes
+
+    def axis_rules(self, where: str = "parallel.rules") -> tuple[tuple[str, Any], ...]:
+        """``rules`` as Flax logical axis rules: ``(("batch", ("data", "fsdp")), ("vocab", "tensor"), ...)``."""
+        out, seen = [], set()
+        for rule in self.rules:
+            name, eq, axes = rule.partition("=")
+            name = name.strip()
+            names = tuple(a.strip() for a in axes.split("+") if a.strip())
+            if not eq or not name or any(a not in MESH_AXES for a in names):
+                raise ConfigError(f"{where}: bad rule {rule!r}: expected logical=axis[+axis] with the mesh axes "
+                                  f"{', '.join(MESH_AXES)} (nothing after = replicates), e.g. embed=fsdp")
+            if name in seen:
+                raise ConfigError(f"{where}: logical axis {name!r} has two rules")
+            seen.add(name)
+            out.append((name, None if not names else names[0] if len(names) == 1 else names))
+        return tuple(out)
+
+    def validate(self, where: str = "parallel") -> "ParallelConfig":
+        self.mesh_axes(f"{where}.mesh")
+        self.axis_rules(f"{where}.rules")
+        if self.num_processes < 0:
+            raise ConfigError(f"{where}.num_processes = {self.num_processes}: must be >= 0 (0 = from the environment)")
+        if self.process_id < -1 or (self.num_processes and self.process_id >= self.num_processes):
+            raise ConfigError(f"{where}.process_id = {self.process_id}: must lie in [0, num_processes) "
+                              "(-1 = from the environment)")
+        return self
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "default"
@@ -167,6 +253,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     systems: SystemsConfig = field(default_factory=SystemsConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -217,6 +304,7 @@ class Config:
         if self.train.max_bad_steps < 1:
             raise ConfigError("train.max_bad_steps must be at least 1")
         self.model.validate("model")
+        self.parallel.validate("parallel")
         num_pairs = len(self.data.pairs)
         if self.model.ts_target_of_pair and len(self.model.ts_target_of_pair) != num_pairs:
             raise ConfigError(f"model.ts_target_of_pair has {len(self.model.ts_target_of_pair)} entries: "

@@ -162,14 +162,19 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, config, vocab, params, masks, int(meta.get("step", 0)))
 
 
-def export_run(run_dir: Path, out: Path, dtype: str = "bfloat16", info: dict | None = None) -> Path:
-    """Write ``run_dir``'s latest parameters, config and vocabulary as a package (see ``packaged``)."""
+def export_run(run_dir: Path, out: Path, dtype: str = "bfloat16", info: dict | None = None,
+               config: Config | None = None) -> Path:
+    """Write ``run_dir``'s latest parameters, config and vocabulary as a package (see ``packaged``).
+    ``config`` replaces the stored config (e.g. newer fine-tuning or decoding settings for users of the
+    package); its model and pairs must be the run's."""
     run = load_run(run_dir)
     if run.masks is not None:
         raise CheckpointError(f"{run_dir} is a masked run; packages hold plain models only")
+    if config is not None:
+        _check_same_model(run.config, config, run_dir)
     details = {"step": run.step, "from": str(Path(run_dir).resolve()), **(info or {})}
-    return packaged.save_package(out, jax.device_get(run.params), run.config.to_dict(), run.vocab.path, dtype,
-                                 details)
+    return packaged.save_package(out, jax.device_get(run.params), (config or run.config).to_dict(), run.vocab.path,
+                                 dtype, details)
 
 
 def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) -> Path:

@@ -1,0 +1,47 @@
+"""The model shipped in ``jax_namnmt/resources/model`` loads with the current code (a change of model
+structure cannot silently orphan it) and translates at the BLEU its model card states."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jax_namnmt import packaged, workflow
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+
+SHIPPED = packaged.shipped_model_dir()
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return workflow.load_run(SHIPPED)
+
+
+def test_shipped_model_is_small_and_has_a_card(shipped):
+    assert packaged.package_size(SHIPPED) <= 20_000_000
+    card = packaged.read_package_info(SHIPPED)["card"]
+    assert set(card["val50_bleu"]) == set(shipped.pairs) == set(card["test_bleu"])
+    assert card["test_bleu_avg"] > 0 and card["steps"] == shipped.step
+
+
+def test_shipped_model_matches_its_card_on_val(shipped, tmp_path):
+    card = packaged.read_package_info(SHIPPED)["card"]
+    data = build_from_multiway(multi30k_dir(), tmp_path / "data", shipped.pairs, MULTI30K_SPLITS,
+                               max_lines={"train": 1, "valid": 50, "test": 1})
+    scores = workflow.evaluate_run(shipped, data, "valid", 50, quiet=True)
+    for pair in shipped.pairs:
+        assert abs(scores[pair]["bleu"] - card["val50_bleu"][pair]) <= 1.0, (pair, scores[pair]["bleu"])
+
+
+def test_translate_without_checkpoint_uses_the_shipped_model():
+    proc = subprocess.run([sys.executable, "-m", "jax_namnmt.translate", "--src", "de", "--tgt", "en"],
+                          input="Zwei Hunde spielen im Schnee.\n\nEin Mann fährt Fahrrad.\n", capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # one line per input line, in order
+    assert "dog" in lines[0].lower()
