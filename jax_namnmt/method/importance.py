@@ -7,10 +7,16 @@ pair m. ``dL/dh`` is ``jax.grad`` of the summed training loss with respect to Fl
 differentiated. The loss is a sum over tokens, so the gradient at a token is that token's
 example's own gradient, and all pairs are scored in ONE pass over mixed (packed) batches by
 a segment sum over each token's pair id.
+
+Under a device mesh (``mesh=``: a ``jax.sharding.Mesh``, a ``ParallelConfig`` or a mesh string
+such as ``"data=2,tensor=2"``) the parameters are sharded by the logical axis rules and batch
+rows split over ``data`` x ``fsdp`` (``jax_namnmt/parallel.py``); the per-pair sums come back
+replicated, so the result equals one device's (up to float summation order).
 """
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Iterable, Mapping
 
@@ -18,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_namnmt.config import ModelConfig
+from jax_namnmt import parallel
+from jax_namnmt.config import ModelConfig, ParallelConfig
 from jax_namnmt.model.transformer import Transformer, module_sizes
 from jax_namnmt.training.loss import label_smoothed_nll
 
@@ -58,13 +65,34 @@ def _perturbation_tree(shapes_by_path):
     return tree
 
 
-@partial(jax.jit, static_argnames=("config", "num_pairs", "method", "label_smoothing"))
 def batch_importance(params, batch, masks, *, config: ModelConfig, num_pairs: int, method: str,
-                     label_smoothing: float = 0.1):
+                     label_smoothing: float = 0.1, mesh=None, rules=None):
     """Per-pair sums of the importance score over one batch, and token counts.
 
     Returns ``(sums: {module name: [num_pairs, F]}, src_tokens: [num_pairs], tgt_tokens: [num_pairs])``.
+    ``mesh``/``rules``: compiled for a device mesh (inputs placed by the caller), results replicated.
     """
+    if mesh is None or mesh.size == 1:
+        return _batch_importance(params, batch, masks, config=config, num_pairs=num_pairs, method=method,
+                                 label_smoothing=label_smoothing)
+    return _sharded_batch_importance(mesh, rules)(params, batch, masks, config=config, num_pairs=num_pairs,
+                                                  method=method, label_smoothing=label_smoothing)
+
+
+_STATIC = ("config", "num_pairs", "method", "label_smoothing")
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_batch_importance(mesh, rules):
+    def run(params, batch, masks, **static):
+        with parallel.activate(mesh, rules):
+            return _importance_sums(params, batch, masks, **static)
+
+    return jax.jit(run, static_argnames=_STATIC, out_shardings=parallel.replicated(mesh))
+
+
+def _importance_sums(params, batch, masks, *, config: ModelConfig, num_pairs: int, method: str,
+                     label_smoothing: float = 0.1):
     model = Transformer(config)
 
     def run(perturbations):
@@ -103,16 +131,30 @@ def batch_importance(params, batch, masks, *, config: ModelConfig, num_pairs: in
     return sums, counts["src"], counts["tgt"]
 
 
+_batch_importance = partial(jax.jit, static_argnames=_STATIC)(_importance_sums)
+
+
 def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], masks, *, config: ModelConfig,
                        num_pairs: int, method: str = "taylor", label_smoothing: float = 0.1,
-                       progress=None) -> dict[str, np.ndarray]:
-    """Theta[m, i] for every module: the mean score over pair m's non-padding tokens."""
+                       progress=None, mesh=None, rules=None) -> dict[str, np.ndarray]:
+    """Theta[m, i] for every module: the mean score over pair m's non-padding tokens.
+
+    ``mesh``: a Mesh (with logical axis ``rules``; default: the default rules), a
+    ``ParallelConfig`` or a mesh string to shard the scoring over; None: the parallel config
+    ``parallel.set_default`` registered (the doors do, from ``--mesh``), else one device."""
+    mesh, rules = _resolve_mesh(mesh, rules)
+    if mesh is not None:
+        params = parallel.put(params, parallel.param_shardings(config, mesh, rules))
+        if masks is not None:
+            masks = parallel.put(jax.tree.map(np.asarray, masks), parallel.replicated(mesh))
     totals = None
     src_tokens = np.zeros(num_pairs)
     tgt_tokens = np.zeros(num_pairs)
     for batch in batches:
+        if mesh is not None:
+            batch = parallel.shard_batch(batch, mesh, rules)
         sums, src, tgt = batch_importance(params, batch, masks, config=config, num_pairs=num_pairs,
-                                          method=method, label_smoothing=label_smoothing)
+                                          method=method, label_smoothing=label_smoothing, mesh=mesh, rules=rules)
         sums = jax.device_get(sums)
         totals = sums if totals is None else {k: totals[k] + v for k, v in sums.items()}
         src_tokens += np.asarray(src)
@@ -126,3 +168,17 @@ def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], mask
         tokens = src_tokens if reads_source_tokens(name) else tgt_tokens
         theta[name] = (np.asarray(totals[name], np.float64) / np.maximum(tokens, 1)[:, None]).astype(np.float32)
     return theta
+
+
+def _resolve_mesh(mesh, rules):
+    """(mesh, rules) for ``compute_importance``'s arguments; (None, None) for one device."""
+    if mesh is None:
+        mesh, rules = parallel.default_mesh()
+    elif isinstance(mesh, (str, ParallelConfig)):
+        pc = ParallelConfig(mesh=mesh) if isinstance(mesh, str) else mesh
+        mesh, rules = parallel.make_mesh(pc), pc.axis_rules()
+    elif rules is None:
+        rules = ParallelConfig().axis_rules()
+    if mesh is None or mesh.size == 1:
+        return None, None
+    return mesh, rules

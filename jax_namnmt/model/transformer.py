@@ -28,6 +28,13 @@ Two baseline systems of the paper, both chosen per token (so per example, inside
 
 With both off (the defaults) the model, its parameter tree and its outputs are exactly those of
 the plain model.
+
+Sharding annotations (``jax_namnmt/parallel.py``): every kernel, bias and the embedding is
+initialized through ``nn.with_logical_partitioning`` with logical axis names (``embed``,
+``heads``, ``mlp``, ``vocab``, ``routes``, ``adapter``), and activations pass through
+``parallel.constrain`` (``batch``, ``length``, ``act_embed``, ``heads``, ``mlp``, ``vocab``).
+``init_params`` unboxes, so the stored parameters are plain arrays with the same tree, shapes
+and values as without the annotations; the constraints are the identity outside a mesh.
 """
 
 from __future__ import annotations
@@ -41,9 +48,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_namnmt.config import ModelConfig
+from jax_namnmt.parallel import constrain
 
 Masks = Any  # nested dict of [num_pairs, features] arrays, or None
 NEG_INF = -1e9
+ACTIVATION = ("batch", "length", "act_embed")  # logical axes of a [B, L, d_model] activation
+
+
+def partitioned(init, names):
+    """``init`` boxed with logical axis names (``nn.with_logical_partitioning``): same values."""
+    return nn.with_logical_partitioning(init, tuple(names))
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> np.ndarray:
@@ -85,11 +99,14 @@ class RoutedDense(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.xavier_uniform(batch_axis=(0,))  # per route, as nn.Dense
     bias_init: Any = nn.initializers.zeros
+    kernel_axes: tuple = ("embed", "heads")  # logical names of the [in, out] dimensions
 
     @nn.compact
     def __call__(self, x, route):
-        kernel = self.param("kernel", self.kernel_init, (self.routes, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.routes, self.features), jnp.float32)
+        kernel = self.param("kernel", partitioned(self.kernel_init, ("routes",) + tuple(self.kernel_axes)),
+                            (self.routes, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", partitioned(self.bias_init, ("routes", self.kernel_axes[-1])),
+                          (self.routes, self.features), jnp.float32)
         y = jnp.einsum("...i,rio->...ro", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
         return jnp.einsum("...ro,...r->...o", y, route_weights(route, self.routes, self.dtype))
 
@@ -103,17 +120,20 @@ class MaskedDense(nn.Module):
     features: int
     dtype: Any = jnp.float32
     routes: int = 0
+    kernel_axes: tuple = ("embed", "heads")  # logical names of the kernel's [in, out] dimensions
 
     @nn.compact
     def __call__(self, x, mask, route=None):
         if self.routes:
-            y = RoutedDense(self.features, self.routes, dtype=self.dtype, name="dense")(x, route)
+            y = RoutedDense(self.features, self.routes, dtype=self.dtype, kernel_axes=tuple(self.kernel_axes),
+                            name="dense")(x, route)
         else:
             y = nn.Dense(
                 self.features,
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
-                kernel_init=nn.initializers.xavier_uniform(),
+                kernel_init=partitioned(nn.initializers.xavier_uniform(), self.kernel_axes),
+                bias_init=partitioned(nn.initializers.zeros_init(), self.kernel_axes[-1:]),
                 name="dense",
             )(x)
         if mask is not None:
@@ -143,8 +163,9 @@ class Attention(nn.Module):
 
         def project(name, x, pairs, route):
             mask = lookup_mask(masks, name, pairs, dtype)
-            y = MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, name=name)(x, mask, route)
-            return y.reshape(y.shape[:-1] + (heads, head_dim))
+            y = MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("embed", "heads"),
+                            name=name)(x, mask, route)
+            return constrain(y.reshape(y.shape[:-1] + (heads, head_dim)), ("batch", "length", "heads", "head_dim"))
 
         q = project("q", x_q, pairs_q, route_q) * (head_dim**-0.5)
         if decode and not self.causal_cache and self.has_variable("source", "key"):
@@ -171,7 +192,8 @@ class Attention(nn.Module):
         context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
         mask = lookup_mask(masks, "out", pairs_q, dtype)
-        return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, name="out")(context, mask, route_q)
+        return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
+                           name="out")(context, mask, route_q)
 
     def _extend_cache(self, k, v):
         """Write this step's key/value at the cache index; attend to positions <= index."""
@@ -199,11 +221,13 @@ class FeedForward(nn.Module):
     def __call__(self, x, masks, pairs, deterministic):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        h = MaskedDense(cfg.ffn_dim, dtype=dtype, name="fc1")(x, lookup_mask(masks, "fc1", pairs, dtype))
-        h = nn.relu(h)
+        h = MaskedDense(cfg.ffn_dim, dtype=dtype, kernel_axes=("embed", "mlp"), name="fc1")(
+            x, lookup_mask(masks, "fc1", pairs, dtype))
+        h = constrain(nn.relu(h), ("batch", "length", "mlp"))
         if cfg.activation_dropout > 0.0:
             h = nn.Dropout(cfg.activation_dropout)(h, deterministic=deterministic)
-        return MaskedDense(cfg.d_model, dtype=dtype, name="fc2")(h, lookup_mask(masks, "fc2", pairs, dtype))
+        return MaskedDense(cfg.d_model, dtype=dtype, kernel_axes=("mlp", "embed"), name="fc2")(
+            h, lookup_mask(masks, "fc2", pairs, dtype))
 
 
 class Residual(nn.Module):
@@ -254,8 +278,10 @@ class Adapter(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         n = cfg.adapter_pairs
         h = RoutedLayerNorm(n, name="norm")(x, pairs).astype(dtype)
-        h = nn.relu(RoutedDense(cfg.adapter_dim, n, dtype=dtype, name="down")(h, pairs))
-        h = RoutedDense(cfg.d_model, n, dtype=dtype, kernel_init=nn.initializers.zeros, name="up")(h, pairs)
+        h = nn.relu(RoutedDense(cfg.adapter_dim, n, dtype=dtype, kernel_axes=("embed", "adapter"), name="down")(
+            h, pairs))
+        h = RoutedDense(cfg.d_model, n, dtype=dtype, kernel_init=nn.initializers.zeros,
+                        kernel_axes=("adapter", "embed"), name="up")(h, pairs)
         return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x.dtype)
 
 
@@ -282,7 +308,7 @@ class EncoderLayer(nn.Module):
         )
         if self.config.adapter_pairs:
             x = Adapter(self.config, name="adapter")(x, pairs, deterministic)
-        return x
+        return constrain(x, ACTIVATION)
 
 
 class DecoderLayer(nn.Module):
@@ -312,7 +338,7 @@ class DecoderLayer(nn.Module):
         y = Residual(cfg, name="ffn_res")(y, lambda h: ffn(h, _sub(masks, "ffn"), pairs, deterministic), deterministic)
         if cfg.adapter_pairs:
             y = Adapter(cfg, name="adapter")(y, pairs, deterministic)
-        return y
+        return constrain(y, ACTIVATION)
 
 
 def attention_bias(q_segments, k_segments, causal: bool = False):
@@ -334,7 +360,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embed(
             cfg.vocab_size,
             cfg.d_model,
-            embedding_init=nn.initializers.normal(stddev=cfg.d_model**-0.5),
+            embedding_init=partitioned(nn.initializers.normal(stddev=cfg.d_model**-0.5), ("vocab", "embed")),
             param_dtype=jnp.float32,
             name="embed",
         )
@@ -348,8 +374,12 @@ class Transformer(nn.Module):
 
     def _embed(self, tokens, positions, deterministic):
         cfg = self.config
-        x = self.embed(tokens) * (cfg.d_model**0.5) + self.positions[positions]
-        return self.dropout(x.astype(jnp.dtype(cfg.dtype)), deterministic=deterministic)
+        # what self.embed(tokens) computes; under a mesh the table's model dimension is gathered
+        # first (FSDP), so that the lookup's output can take the activations' batch sharding
+        table = constrain(self.embed.embedding, ("vocab", None))
+        x = jnp.take(table, tokens, axis=0) * (cfg.d_model**0.5) + self.positions[positions]
+        x = self.dropout(x.astype(jnp.dtype(cfg.dtype)), deterministic=deterministic)
+        return constrain(x, ACTIVATION)
 
     def encode(self, tokens, segments, positions, pairs, masks=None, deterministic=True):
         x = self._embed(tokens, positions, deterministic)
@@ -388,7 +418,7 @@ class Transformer(nn.Module):
             )
         if self.config.pre_norm:
             y = self.decoder_norm(y)
-        return self.embed.attend(y.astype(jnp.float32))
+        return constrain(self.embed.attend(y.astype(jnp.float32)), ("batch", "length", "vocab"))
 
     def __call__(self, batch, masks=None, deterministic=True):
         encoded = self.encode(
@@ -436,8 +466,10 @@ def dummy_batch(config: ModelConfig, rows: int = 1, src_len: int = 8, tgt_len: i
 
 
 def init_params(config: ModelConfig, seed: int = 0):
+    """Plain float32 arrays: the logical-partitioning boxes of the annotations are removed
+    (``parallel.param_shardings`` reads them from the abstract boxed tree instead)."""
     model = Transformer(config)
-    return model.init(jax.random.key(seed), dummy_batch(config))["params"]
+    return nn.unbox(model.init(jax.random.key(seed), dummy_batch(config))["params"])
 
 
 def count_params(params) -> int:

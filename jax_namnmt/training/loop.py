@@ -4,6 +4,10 @@ A run directory holds everything ``translate`` needs: ``config.json``, ``spm.mod
 ``masks.npz`` (fine-tuned runs) and ``checkpoints/<step>/`` (params, optimizer state, step,
 data position). Re-running the same command resumes from the latest checkpoint and, on the
 same machine, ends with the same parameters as an uninterrupted run.
+
+Parallelism is ``config.parallel`` (``--mesh``): the train state is placed on the shardings of
+the logical axis rules, batch rows are split over ``data`` x ``fsdp`` (``jax_namnmt/parallel.py``).
+On one device the loop runs exactly the unsharded program.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jax_namnmt import parallel
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
 from jax_namnmt.errors import CheckpointError, TrainingDiverged
@@ -65,10 +70,13 @@ def check_resumable(run_dir: Path, config: Config) -> None:
                 "write to another directory (--out or --workdir) or delete this one to start over")
 
 
-def validation_loss(params, batches, masks, config: Config) -> dict:
-    eval_step = make_eval_step(config.model, config.train.label_smoothing)
+def validation_loss(params, batches, masks, config: Config, mesh=None, rules=None) -> dict:
+    """``mesh``: a (multi-device) mesh the params are sharded on; batches are split per ``rules``."""
+    eval_step = make_eval_step(config.model, config.train.label_smoothing, mesh, rules)
     loss = nll = tokens = 0.0
     for batch in batches:
+        if mesh is not None:
+            batch = parallel.shard_batch(batch, mesh, rules)
         l, n, t = eval_step(params, batch, masks)
         loss, nll, tokens = loss + l, nll + n, tokens + t
     loss, nll, tokens = (float(x) for x in jax.device_get((loss, nll, tokens)))
@@ -87,10 +95,19 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     run_dir = Path(run_dir)
     tc = config.train
     mc = config.model
-    train_step = make_train_step(mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
+    mesh, rules = parallel.mesh_from_config(config.parallel)
+    if mesh.size == 1:  # one device: exactly the unsharded program (and its numbers)
+        mesh = rules = None
+    train_step = make_train_step(mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm,
+                                 mesh, rules)
     optimizer = make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
     sched = schedule_args(schedule.learning_rate, schedule.warmup_steps, schedule.warmup_init_lr)
     key = jax.random.key(tc.seed)
+    if mesh is not None:
+        if not quiet:
+            print(f"[{phase}] mesh {parallel.describe(mesh)} over {mesh.size} devices, "
+                  f"{jax.process_count()} process(es)")
+        sched, key = parallel.put((sched, key), parallel.replicated(mesh))
     rows = rows_for_budget(tc.tokens_per_batch, config.data.tgt_row_len)
     batcher = PackedBatcher(train_examples, rows, config.data.src_row_len, config.data.tgt_row_len, seed=tc.seed)
     valid_batches = []
@@ -100,6 +117,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
 
     ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
     state = init_state(init_params, optimizer)
+    if mesh is not None:  # before a restore: the checkpoint is then restored onto these shardings
+        state = parallel.put(state, train_step.state_shardings)
     epoch, index = 0, 0
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)
@@ -109,10 +128,15 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
     # ones are not, and jit compiles once per placement, so without this a resumed run, and every
     # fine-tuning (committed params, fresh step counter), compiled the train step again.
-    state = jax.device_put(state, jax.local_devices()[0])
+    if mesh is None:
+        state = jax.device_put(state, jax.local_devices()[0])
+    else:
+        state = parallel.put(state, train_step.state_shardings)
     step = int(state["step"])
     logger = MetricsLogger(run_dir, phase)
     masks = None if masks is None else jax.tree.map(np.asarray, masks)
+    if mesh is not None and masks is not None:
+        masks = parallel.put(masks, parallel.replicated(mesh))
 
     def check_diverged(step_now):
         """Raises TrainingDiverged (before anything is saved) once ``max_bad_steps`` consecutive
@@ -141,6 +165,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     try:
         while step < schedule.steps:
             epoch, index, batch = next(stream)
+            if mesh is not None:
+                batch = parallel.shard_batch(batch, mesh, rules)
             state, metrics = train_step(state, batch, masks, key, sched)
             step += 1
             position = (epoch, index + 1)
@@ -156,7 +182,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                 bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}")
                 check_diverged(step)
             if valid_batches and (step % tc.eval_every == 0 or step == schedule.steps):
-                v = validation_loss(state["params"], valid_batches, masks, config)
+                v = validation_loss(state["params"], valid_batches, masks, config, mesh, rules)
                 logger.log(step, v, f"{phase}_valid")
                 if not quiet:
                     bar.write(f"[{phase}] step {step}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")

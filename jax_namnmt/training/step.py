@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.model.transformer import Transformer
 from jax_namnmt.training.loss import label_smoothed_nll
@@ -45,8 +46,15 @@ def init_state(params, optimizer) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0):
+def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0,
+                    mesh=None, rules=None):
     """``step(state, batch, masks, key, schedule) -> (state, metrics)``; state buffers are donated.
+
+    With a ``mesh`` (and logical axis ``rules``, see ``jax_namnmt/parallel.py``) the step is
+    compiled for the mesh: the new state comes back on ``step.state_shardings`` (put the state
+    there first, ``parallel.put``), the metrics replicated, and the model's activations are
+    constrained by the rules (batch rows split over data x fsdp, heads/FFN over tensor). Without
+    one (or with a one-device mesh, where the program is the same) it is the plain jit.
 
     Cached per (model shape, loss, optimizer), so every phase of a run reuses one compilation
     (per mask-ness). The dropout key is ``fold_in(key, step)``: a resumed run draws the same dropout.
@@ -58,9 +66,18 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
     """
     model = Transformer(config)
     optimizer = make_optimizer(b1, b2, eps, clip_norm)
+    shardings = None
+    jit_kwargs = {}
+    if mesh is not None:
+        shardings = parallel.state_shardings(config, optimizer, mesh, rules)
+        jit_kwargs["out_shardings"] = (shardings, parallel.replicated(mesh))
 
-    @partial(jax.jit, donate_argnums=(0,))
+    @partial(jax.jit, donate_argnums=(0,), **jit_kwargs)
     def train_step(state, batch, masks, key, schedule):
+        with parallel.activate(mesh, rules):
+            return _train_step(state, batch, masks, key, schedule)
+
+    def _train_step(state, batch, masks, key, schedule):
         dropout_key = jax.random.fold_in(key, state["step"])
 
         def loss_fn(params):
@@ -87,17 +104,22 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
                 "bad_steps": (state["bad_steps"] + 1) * bad_i,
                 "skipped_steps": state["skipped_steps"] + bad_i}, metrics
 
+    train_step.state_shardings = shardings
+    train_step.mesh, train_step.rules = mesh, rules
     return train_step
 
 
 @functools.lru_cache(maxsize=None)
-def make_eval_step(config: ModelConfig, label_smoothing: float):
-    """``eval(params, batch, masks) -> (loss_sum, nll_sum, tokens)``, no dropout."""
+def make_eval_step(config: ModelConfig, label_smoothing: float, mesh=None, rules=None):
+    """``eval(params, batch, masks) -> (loss_sum, nll_sum, tokens)``, no dropout; ``mesh`` and
+    ``rules`` as for ``make_train_step`` (the sums come back replicated)."""
     model = Transformer(config)
+    jit_kwargs = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
 
-    @jax.jit
+    @partial(jax.jit, **jit_kwargs)
     def eval_step(params, batch, masks):
-        logits = model.apply({"params": params}, batch, masks, deterministic=True)
-        return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)
+        with parallel.activate(mesh, rules):
+            logits = model.apply({"params": params}, batch, masks, deterministic=True)
+            return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)
 
     return eval_step

@@ -1,0 +1,179 @@
+"""Multi-host training (jax_namnmt/parallel.py) with two real processes on 127.0.0.1.
+
+Two processes (this file is their script, see ``_worker``) meet through
+``jax.distributed.initialize``: process 0 is configured through ``ParallelConfig``
+(``coordinator_address``, ``num_processes``, ``process_id``), process 1 through the environment
+(``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), both via
+``parallel.initialize_distributed``. Cross-process collectives on CPU use gloo (jax 0.10's
+default ``jax_cpu_collectives_implementation``). Each process has one CPU device; the mesh
+``data=2`` spans both (and so does ``fsdp=2``, where the parameters and Adam moments are split
+between the processes), and each process feeds only its half of every global batch
+(``parallel.process_rows`` + ``jax.make_array_from_process_local_data``). After 3 train steps
+both processes hold the parameters and losses of one process training on the whole batch (process
+0 also runs that reference, on its own device only), to rtol 1e-5 (atol 1e-6; the attention key
+biases, whose gradient is zero in exact arithmetic and rounding noise in floats, within
+2 * lr * steps: see tests/test_sharding.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+MESHES = ("data=2", "fsdp=2")  # data-parallel over the two processes; parameters sharded across them
+LR = 3e-3
+RTOL, ATOL = 1e-5, 1e-6
+NOISE_LEAVES = ("['k']['dense']['bias']",)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+    port = _free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    base_env.update({"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                     "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
+    procs = []
+    start = time.perf_counter()
+    for pid in (0, 1):
+        env = dict(base_env)
+        if pid == 1:  # the environment route
+            env.update({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                        "JAX_PROCESS_ID": "1"})
+        args = [sys.executable, __file__, str(tmp_path / f"p{pid}.json")] + ([str(port)] if pid == 0 else [])
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for pid, (proc, text) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"process {pid} failed:\n{text[-6000:]}"
+    wall = time.perf_counter() - start
+    got = [json.loads((tmp_path / f"p{pid}.json").read_text()) for pid in (0, 1)]
+    ref = got[0]["reference"]
+
+    for pid, result in enumerate(got):
+        assert result["process_index"] == pid and result["process_count"] == 2
+        assert result["global_devices"] == 2 and result["local_devices"] == 1
+        for spec in MESHES:
+            mine, what = result["meshes"][spec], f"process {pid}, mesh {spec}"
+            assert mine["rows"] == ([0, 4] if pid == 0 else [4, 8]), what  # its half of the 8 rows
+            np.testing.assert_allclose(mine["loss"], ref["loss"], rtol=RTOL, err_msg=f"{what}: losses")
+            np.testing.assert_allclose(mine["grad_norm"], ref["grad_norm"], rtol=RTOL, err_msg=what)
+            assert mine["global_batch_equal"], f"{what}: local-data and global-data batches differ"
+            assert (mine["sharded_leaves"] > 0) == (spec == "fsdp=2"), what
+            for name, want in ref["params"].items():
+                a, b = np.asarray(mine["params"][name], np.float32), np.asarray(want, np.float32)
+                if name.endswith(NOISE_LEAVES):
+                    assert np.max(np.abs(a - b)) <= 2 * LR * STEPS, f"{what}: {name}"
+                else:
+                    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"{what}: {name}")
+    # not vacuous: the parameters moved
+    assert any(not np.allclose(ref["params"][k], got[0]["init"][k]) for k in ref["params"])
+    assert wall < 300
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def _worker(out: Path, port: int | None) -> None:
+    import dataclasses
+
+    from jax_namnmt import parallel
+    from jax_namnmt.config import ParallelConfig, load_config
+
+    # before anything touches the devices
+    pc = ParallelConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=0) if port else \
+        ParallelConfig()
+    assert parallel.initialize_distributed(pc)
+
+    import jax
+
+    from jax_namnmt.data.batching import Examples, PackedBatcher
+    from jax_namnmt.model.transformer import init_params
+    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
+
+    rows, row_len, vocab, num_pairs = 8, 16, 64, 3
+    base = load_config("tiny")
+    mc = dataclasses.replace(base.model, vocab_size=vocab, d_model=16, ffn_dim=32, max_positions=row_len)
+    tc = base.train
+    rng = np.random.default_rng(0)  # the same data on both processes
+    src, tgt = [], []
+    for _ in range(60):
+        ls, lt = rng.integers(3, row_len // 2, 2)
+        src.append(np.concatenate([rng.integers(4, vocab, ls), [3]]).astype(np.int32))
+        tgt.append(np.concatenate([rng.integers(4, vocab, lt), [3]]).astype(np.int32))
+    examples = Examples(src, tgt, rng.integers(0, num_pairs, 60).astype(np.int32), [("x", i) for i in range(60)])
+    stream = PackedBatcher(examples, rows, row_len, row_len, seed=tc.seed).iterate(0, 0)
+    batches = [next(stream)[2] for _ in range(STEPS)]
+    params = jax.device_get(init_params(mc, tc.seed))
+    optimizer = make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
+    sched = schedule_args(LR, 2, 1e-4)
+    key = jax.random.key(tc.seed)
+    step_args = (mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
+    flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x).tolist()  # noqa: E731
+                         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    from jax.experimental import multihost_utils
+
+    result = {"process_index": jax.process_index(), "process_count": jax.process_count(),
+              "global_devices": len(jax.devices()), "local_devices": len(jax.local_devices()), "meshes": {}}
+    for spec in MESHES:
+        mesh, rules = parallel.make_mesh(spec), ParallelConfig().axis_rules()
+        step = make_train_step(*step_args, mesh, rules)
+        state = parallel.put(init_state(params, optimizer), step.state_shardings)
+        step_sched, step_key = parallel.put((sched, key), parallel.replicated(mesh))
+        mine = parallel.process_rows(mesh, rules, rows)
+        losses, norms, same = [], [], True
+        for batch in batches:
+            local = {k: v[mine] for k, v in batch.items()}  # all this process loads
+            sharded = parallel.shard_batch_local(local, mesh, rules, rows)
+            from_global = parallel.shard_batch(batch, mesh, rules)  # the loop's route: slices of the global batch
+            same &= all(np.array_equal(np.asarray(sharded[k].addressable_data(0)),
+                                       np.asarray(from_global[k].addressable_data(0))) for k in batch)
+            state, metrics = step(state, sharded, None, step_key, step_sched)
+            losses.append(float(metrics["loss"]))
+            norms.append(float(metrics["grad_norm"]))
+        sharded_leaves = sum(not x.is_fully_replicated for x in jax.tree.leaves(state["params"]))
+        # data=2: every process holds all parameters; fsdp=2: each holds half of most, gathered here
+        final = multihost_utils.process_allgather(state["params"], tiled=True)
+        result["meshes"][spec] = {"rows": [mine.start, mine.stop], "loss": losses, "grad_norm": norms,
+                                  "params": flat(final), "global_batch_equal": bool(same),
+                                  "sharded_leaves": int(sharded_leaves)}
+    if jax.process_index() == 0:  # the one-process reference, on this process's device only
+        ref_step = make_train_step(*step_args)
+        ref_state = jax.device_put(init_state(params, optimizer), jax.local_devices()[0])
+        ref_key = jax.device_put(key, jax.local_devices()[0])
+        ref_losses, ref_norms = [], []
+        for batch in batches:
+            ref_state, metrics = ref_step(ref_state, batch, None, ref_key, sched)
+            ref_losses.append(float(metrics["loss"]))
+            ref_norms.append(float(metrics["grad_norm"]))
+        result["reference"] = {"loss": ref_losses, "grad_norm": ref_norms,
+                               "params": flat(jax.device_get(ref_state["params"]))}
+        result["init"] = flat(params)
+    out.write_text(json.dumps(result))
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
