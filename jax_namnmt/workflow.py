@@ -227,7 +227,8 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
     with tqdm(total=batcher.num_batches(0), desc=f"importance ({method})", disable=quiet) as bar:
         theta = compute_importance(run.params, batcher.epoch(0), run.model_masks(), config=run.config.model,
                                    num_pairs=len(run.pairs), method=method,
-                                   label_smoothing=run.config.train.label_smoothing, progress=bar)
+                                   label_smoothing=run.config.train.label_smoothing, progress=bar,
+                                   mesh=config.parallel)
     path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)

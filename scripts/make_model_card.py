@@ -29,7 +29,7 @@ def main() -> None:
     valid = [r for r in records if r["phase"] == "pretrain_valid"]
     info = packaged.read_package_info(args.package)
     test, val = json.loads(Path(args.test).read_text()), json.loads(Path(args.val).read_text())
-    pairs = [k for k in test if isinstance(test[k], dict) and "bleu" in test[k] and k != "avg"]
+    pairs = [k for k in test if isinstance(test[k], dict) and "bleu" in test[k] and k not in ("avg", "signature")]
     # wall time: sum of the gaps between log points (a resumed run's restarts are not counted twice)
     wall = sum(b["time"] - a["time"] for a, b in zip(train, train[1:]) if b["step"] > a["step"])
     card = {
