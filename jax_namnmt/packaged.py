@@ -12,7 +12,6 @@ package wherever it reads a run directory; parameters come back as float32.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from jax_namnmt.errors import CheckpointError
+from jax_namnmt.method.masks import flatten, nest
 from jax_namnmt.training.checkpoint import load_json, save_json
 
 FORMAT = 1
@@ -35,28 +35,6 @@ def shipped_model_dir() -> Path:
 
 def is_package(directory: Path) -> bool:
     return (Path(directory) / PACKAGE_FILE).exists()
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = value
-    return flat
-
-
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def _sha256(path: Path) -> str:
@@ -78,7 +56,7 @@ def save_package(out: Path, params: dict, config_dict: dict, vocab_path: Path, d
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     arrays = {}
-    for path, value in _flatten(params).items():
+    for path, value in flatten(params).items():
         value = np.asarray(value, np.float32)
         arrays[path] = value.astype(ml_dtypes.bfloat16).view(np.uint16) if dtype == "bfloat16" else value
     np.savez(tmp / PARAMS_FILE, **arrays)
@@ -118,7 +96,7 @@ def load_package_params(directory: Path, target: dict) -> dict:
                               "the file is corrupted or was changed; export the package again")
     with np.load(path) as data:
         stored = {k: data[k] for k in data.files}
-    want = {k: tuple(v.shape) for k, v in _flatten(target).items()}
+    want = {k: tuple(v.shape) for k, v in flatten(target).items()}
     missing = sorted(set(want) - set(stored))
     extra = sorted(set(stored) - set(want))
     if missing or extra:
@@ -135,13 +113,8 @@ def load_package_params(directory: Path, target: dict) -> dict:
         if info["dtype"] == "bfloat16":
             value = value.view(ml_dtypes.bfloat16)
         flat[key] = value.astype(np.float32)
-    return _nest(flat)
+    return nest(flat)
 
 
 def package_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
-
-
-def describe(directory: Path) -> str:
-    info = read_package_info(directory)
-    return json.dumps({k: v for k, v in info.items() if k != "sha256"}, indent=2)
