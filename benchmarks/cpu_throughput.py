@@ -43,6 +43,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (build_marian, forced_lengths, make_sentences, marian_buckets,  # noqa: E402,F401
+                    marian_tensors, torch_available)
+
 THREADS_DEFAULT = 2
 
 
@@ -81,30 +85,10 @@ def set_threads(n: int) -> None:
         os.environ[var] = str(n)
 
 
-def make_sentences(n: int, vocab: int, min_len: int, max_len: int, num_pairs: int, seed: int):
-    """Random token sentences: src = [tag, words..., EOS], tgt = [words..., EOS]."""
-    import numpy as np
-
-    from jax_namnmt.data.vocab import EOS_ID
-
-    rng = np.random.default_rng(seed)
-    first_word = 4 + 16  # ids 0-3 specials, then room for language tags
-    src, tgt = [], []
-    for _ in range(n):
-        ls, lt = rng.integers(min_len, max_len + 1, size=2)
-        tag = rng.integers(4, first_word)
-        src.append(np.concatenate([[tag], rng.integers(first_word, vocab, ls - 2), [EOS_ID]]).astype(np.int32))
-        tgt.append(np.concatenate([rng.integers(first_word, vocab, lt - 1), [EOS_ID]]).astype(np.int32))
-    pairs = rng.integers(0, num_pairs, size=n).astype(np.int32)
-    return src, tgt, pairs
-
-
 # ----------------------------------------------------------------------------- JAX
 
 
 def build_jax_batches(args, config):
-    import numpy as np
-
     from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
 
     rows = rows_for_budget(args.tokens_per_batch, args.row_len)
@@ -169,71 +153,6 @@ def run_jax(args, config, warm_batches, timed_batches):
 # ----------------------------------------------------------------------------- Marian (PyTorch)
 
 
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def marian_buckets(ids, src, tgt, tokens_per_batch):
-    """Same sentences, sorted by length, cut so padded target tokens <= tokens_per_batch."""
-    order = sorted(ids, key=lambda i: (len(tgt[i]), len(src[i])), reverse=True)
-    batches, cur, cur_max = [], [], 0
-    for i in order:
-        m = max(cur_max, len(tgt[i]))
-        if cur and m * (len(cur) + 1) > tokens_per_batch:
-            batches.append(cur)
-            cur, m = [], len(tgt[i])
-        cur.append(i)
-        cur_max = m
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def marian_tensors(idx, src, tgt, pad, bos):
-    import numpy as np
-    import torch
-
-    ls, lt = max(len(src[i]) for i in idx), max(len(tgt[i]) for i in idx)
-    s = np.full((len(idx), ls), pad, np.int64)
-    y = np.full((len(idx), lt), pad, np.int64)
-    yin = np.full((len(idx), lt), pad, np.int64)
-    for r, i in enumerate(idx):
-        s[r, :len(src[i])] = src[i]
-        y[r, :len(tgt[i])] = tgt[i]
-        yin[r, 0] = bos
-        yin[r, 1:len(tgt[i])] = tgt[i][:-1]
-    s, y, yin = torch.from_numpy(s), torch.from_numpy(y), torch.from_numpy(yin)
-    return {"input_ids": s, "attention_mask": (s != pad).long(), "decoder_input_ids": yin,
-            "decoder_attention_mask": (yin != pad).long() | (torch.arange(lt) == 0).long(), "labels": y}
-
-
-def build_marian(config, pad, eos, bos, seed):
-    import torch
-    from transformers import MarianConfig, MarianMTModel
-
-    torch.manual_seed(seed)
-    mc = MarianConfig(
-        vocab_size=config.vocab_size, d_model=config.d_model,
-        encoder_layers=config.enc_layers, decoder_layers=config.dec_layers,
-        encoder_attention_heads=config.num_heads, decoder_attention_heads=config.num_heads,
-        encoder_ffn_dim=config.ffn_dim, decoder_ffn_dim=config.ffn_dim,
-        activation_function="relu", dropout=config.dropout, attention_dropout=config.attention_dropout,
-        activation_dropout=config.activation_dropout, max_position_embeddings=config.max_positions,
-        scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
-        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=bos, forced_eos_token_id=eos,
-    )
-    try:
-        model = MarianMTModel._from_config(mc, attn_implementation="sdpa")
-    except Exception:
-        model = MarianMTModel(mc)
-    return model
-
-
 def run_marian(args, config, src, tgt, warm_ids, timed_ids):
     import torch
     import transformers
@@ -253,7 +172,7 @@ def run_marian(args, config, src, tgt, warm_ids, timed_ids):
     def step(b):
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                        decoder_input_ids=b["decoder_input_ids"],
-                       decoder_attention_mask=b["decoder_attention_mask"]).logits
+                       decoder_attention_mask=b["decoder_attention_mask"], use_cache=False).logits
         loss = loss_fn(logits.reshape(-1, logits.shape[-1]), b["labels"].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,22 +216,6 @@ def decode_setup(args, config):
                                    args.seed + 1)
     batches = padded_batches(src, pairs, args.decode_batch)
     return src, pairs, batches
-
-
-def forced_lengths(tokens, eos: int) -> list[int]:
-    """Output length of each row: tokens up to and including the first EOS. A row without EOS,
-    or with padding (0) before its EOS, gets a negative length (never equal to the forced one)."""
-    import numpy as np
-
-    lengths = []
-    for row in tokens:
-        row = np.asarray(row)
-        hits = np.flatnonzero(row == eos)
-        n = int(hits[0]) + 1 if len(hits) else -len(row)
-        if n > 0 and (row[:n - 1] == 0).any():
-            n = -n
-        lengths.append(n)
-    return lengths
 
 
 def decode_result(framework, sentences, n_tokens, secs, warm_s, lengths, args, extra=None):
@@ -461,7 +364,7 @@ def main(argv=None) -> dict:
 
     print(f"\nCPU training throughput ({args.threads} threads, {os.cpu_count()} cores), "
           f"same {results['jax']['sentences']} sentences each side")
-    print(f"| side | layout | steps | sentences | target tokens | pad share | seconds | target tok/s |")
+    print("| side | layout | steps | sentences | target tokens | pad share | seconds | target tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         pad = 1 - r["target_tokens"] / r["target_slots"]

@@ -1,0 +1,160 @@
+"""GPU throughput of the one-pass all-pairs importance scoring against a training step, same model
+(transformer-base, bf16 compute, f32 params), same packed batches.
+
+Importance: ``method.importance.batch_importance`` (Taylor expansion by default: one forward and one
+backward to the activations through ``perturb`` variables, no parameter gradients; the per-pair
+sums of every masked projection by a segment sum over each token's pair id), all 8 pairs in ONE
+pass over mixed packed batches; the per-batch sums are accumulated on the device (one small jitted
+add a batch, as ``compute_importance`` accumulates them on the host). Training:
+``training.step.make_train_step`` (forward, backward to the parameters, Adam update), plain.
+
+Check: the importance side's per-pair token counts add up to the real source and target tokens of
+the batches (``tokens_match``). Timing: both compiled (warm-up, untimed), then ``--repeats`` rounds
+of ``--steps`` batches each (training, then importance), each closed by ``block_until_ready`` only
+at its end; the best round counts. Reported: target tokens/s (non-padding) each, ratio importance /
+training.
+
+    python benchmarks/importance_throughput.py --out results.json
+    python benchmarks/importance_throughput.py --quick              # tiny shapes, CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NAME = "importance_throughput"
+NUM_PAIRS = 8
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(p, steps=20, warmup=2)
+    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
+    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    p.add_argument("--method", choices=("taylor", "absolute"), default="taylor")
+    p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.repeats = 2, 1, 1
+        args.tokens_per_batch, args.row_len = 256, 32
+        args.min_len, args.max_len = 4, 10
+    if args.max_len > args.row_len:
+        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
+    args.warmup = max(args.warmup, 1)
+    args.out = args.out or f"benchmarks/results/{NAME}.json"
+    return args
+
+
+def side_jax(args) -> dict:
+    import jax
+    import numpy as np
+
+    from jax_namnmt.method.importance import batch_importance
+    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
+
+    config = common.model_config(args)
+    info = common.jax_device_info()
+    data = common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
+                              args.warmup, config.vocab_size, args.seed, NUM_PAIRS)
+    train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
+    params = common.init_params(config, args.seed)
+    state = init_state(jax.tree.map(lambda x: x.copy(), params), make_optimizer(0.9, 0.98, 1e-9))
+    sched = schedule_args(5e-4, 4000, 1e-7)
+    key = jax.random.key(args.seed)
+    warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
+    score = lambda b: batch_importance(params, b, None, config=config, num_pairs=NUM_PAIRS,  # noqa: E731
+                                       method=args.method, label_smoothing=0.1)
+    add = jax.jit(lambda a, b: jax.tree.map(lambda x, y: x + y, a, b))
+
+    t0 = time.perf_counter()
+    for b in warm:
+        state, metrics = train_step(state, b, None, key, sched)
+    jax.block_until_ready((state, metrics))
+    compile_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    acc = score(warm[0])
+    for b in warm:
+        acc = add(acc, score(b))
+    jax.block_until_ready(acc)
+    compile_importance = time.perf_counter() - t0
+
+    rounds = {"train": [], "importance": []}
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for b in timed:
+            state, metrics = train_step(state, b, None, key, sched)
+        jax.block_until_ready((state, metrics))
+        rounds["train"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        acc = score(timed[0])
+        for b in timed[1:]:
+            acc = add(acc, score(b))
+        jax.block_until_ready(acc)
+        rounds["importance"].append(time.perf_counter() - t0)
+
+    counts = common.batch_counts(data["timed"])
+    sums, src_tokens, tgt_tokens = jax.device_get(acc)
+    scored_src, scored_tgt = int(round(float(np.sum(src_tokens)))), int(round(float(np.sum(tgt_tokens))))
+    finite = bool(all(np.isfinite(v).all() for v in sums.values()))
+    sides = {}
+    for name in ("train", "importance"):
+        secs = min(rounds[name])
+        sides[name] = {"seconds": secs, "round_seconds": rounds[name], "steps": len(timed),
+                       "step_ms": 1000 * secs / len(timed), "target_tokens_per_s": counts["target_tokens"] / secs}
+    sides["train"]["final_loss"] = float(metrics["loss"])
+    sides["importance"].update({
+        "method": args.method, "modules": len(sums), "scored_source_tokens": scored_src,
+        "scored_target_tokens": scored_tgt, "scored_target_tokens_per_pair": [int(round(float(t))) for t in tgt_tokens],
+        "sums_finite": finite,
+        "tokens_match": scored_src == counts["source_tokens"] and scored_tgt == counts["target_tokens"],
+    })
+    return {
+        "framework": f"jax {jax.__version__} ({config.dtype} compute, f32 params, packed rows)",
+        "layout": f"packed: {data['rows']} rows x {args.row_len} tokens", **counts, **info, "num_pairs": NUM_PAIRS,
+        "compile_seconds": {"train": compile_train, "importance": compile_importance},
+        "train": sides["train"], "importance": sides["importance"],
+        "ratio_importance_over_train": sides["train"]["seconds"] / sides["importance"]["seconds"],
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if common.run_side(args, {"jax": lambda: side_jax(args)}):
+        return None
+    config = common.model_config(args)
+    report = common.base_report(NAME, args)
+    report.update({"model": common.model_dict(config), "tokens_per_batch": args.tokens_per_batch,
+                   "row_len": args.row_len, "sentence_lengths": [args.min_len, args.max_len],
+                   "num_pairs": NUM_PAIRS, "method": args.method})
+    driver = common.Driver(__file__, args, argv)
+    r = report["results"] = {"jax": driver.run("jax")}["jax"]
+    report["wall_seconds"] = time.perf_counter() - driver.start
+    report["devices"] = common.device_names({"jax": r})
+    common.write_json(report, args.out)
+
+    title = (f"All-pairs importance ({args.method}, one pass, {NUM_PAIRS} pairs mixed) against a training step "
+             f"on {r.get('device_name', '?')}, model {config.enc_layers}+{config.dec_layers} d {config.d_model} "
+             f"vocab {config.vocab_size}, same batches")
+    if "error" in r:
+        common.print_table(title, ["side", "result"], [["train", "error"], ["importance", "error: " + r["error"][:200]]])
+    else:
+        rows = [[name, r["layout"], str(r[name]["steps"]), str(r["target_tokens"]), f"{r[name]['step_ms']:.2f}",
+                 common.fmt(r[name]["target_tokens_per_s"])] for name in ("train", "importance")]
+        common.print_table(title, ["side", "layout", "batches", "target tokens", "ms/batch", "target tok/s"], rows)
+        imp = r["importance"]
+        print(f"\nratio importance / training (target tokens/s): {r['ratio_importance_over_train']:.2f}")
+        print(f"importance scored {imp['scored_target_tokens']} target and {imp['scored_source_tokens']} source tokens "
+              f"(batches hold {r['target_tokens']} and {r['source_tokens']}): "
+              f"{'match' if imp['tokens_match'] else 'MISMATCH'}")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

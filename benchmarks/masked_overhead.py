@@ -1,0 +1,166 @@
+"""GPU cost of the neuron masks: our fine-tuning step with masks against the plain step (masks=None),
+same model (transformer-base, bf16 compute, f32 master weights), same packed batches, same step.
+
+Masks are what ``jax_namnmt.finetune`` feeds the step (``method.masks.to_model_masks`` of the flat
+boolean masks of ``allocate``): nested ``[num_pairs, F]`` float32 arrays, one per masked projection
+(q, k, v, out of every attention, fc1 and fc2 of every FFN), here random with ``--keep`` (0.9) ones,
+8 pairs. The batches are the packed fixed-shape ones of ``PackedBatcher`` with the pairs mixed freely
+(each sentence a random pair), so every token looks up its own pair's mask row.
+
+Check (always, untimed): from the same initial parameters, dropout key and batch, one step with
+all-ones masks gives the same loss as the plain step (``ones_mask_check``; f32 compute: relative
+difference <= 1e-5, bf16: <= 1e-3).
+
+Timing: both steps compiled (warm-up, untimed), then ``--repeats`` rounds of ``--steps`` timed steps
+each, plain then masked, each round closed by ``block_until_ready`` only at its end; the best round
+of each counts. Reported: ms/step, target tokens/s (non-padding), overhead = masked / plain - 1.
+
+    python benchmarks/masked_overhead.py --out results.json
+    python benchmarks/masked_overhead.py --quick                    # tiny shapes, CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NAME = "masked_overhead"
+NUM_PAIRS = 8
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(p, steps=20, warmup=2)
+    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
+    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    p.add_argument("--keep", type=float, default=0.9, help="share of ones in the random masks")
+    p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.repeats = 2, 1, 1
+        args.tokens_per_batch, args.row_len = 256, 32
+        args.min_len, args.max_len = 4, 10
+    if args.max_len > args.row_len:
+        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
+    args.warmup = max(args.warmup, 1)
+    args.out = args.out or f"benchmarks/results/{NAME}.json"
+    return args
+
+
+def side_jax(args) -> dict:
+    import jax
+    import numpy as np
+
+    from jax_namnmt.method.masks import all_ones, to_model_masks
+    from jax_namnmt.model.transformer import module_sizes
+    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
+
+    config = common.model_config(args)
+    info = common.jax_device_info()
+    data = common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
+                              args.warmup, config.vocab_size, args.seed, NUM_PAIRS)
+    rng = np.random.default_rng(args.seed + 7)
+    flat = {name: rng.random((NUM_PAIRS, n)) < args.keep for name, n in module_sizes(config).items()}
+    masks = jax.device_put(to_model_masks(flat))
+    ones = jax.device_put(all_ones(config, NUM_PAIRS))
+    kept = float(np.mean(np.concatenate([m.reshape(-1) for m in flat.values()])))
+
+    train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
+    optimizer = make_optimizer(0.9, 0.98, 1e-9)
+    params = common.init_params(config, args.seed)
+    copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731 - states are donated
+    plain, masked = init_state(copy(params), optimizer), init_state(copy(params), optimizer)
+    sched = schedule_args(1e-4, 4000, 1e-7)
+    key = jax.random.key(args.seed)
+    warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
+
+    # Compile both variants; the first step of each is the all-ones check (same params, key, batch).
+    t0 = time.perf_counter()
+    plain, m_plain = train_step(plain, warm[0], None, key, sched)
+    jax.block_until_ready(plain)
+    compile_plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    masked, m_ones = train_step(masked, warm[0], ones, key, sched)
+    jax.block_until_ready(masked)
+    compile_masked = time.perf_counter() - t0
+    for b in warm[1:]:
+        plain, _ = train_step(plain, b, None, key, sched)
+        masked, _ = train_step(masked, b, masks, key, sched)
+    jax.block_until_ready((plain, masked))
+    loss_plain, loss_ones = float(m_plain["loss"]), float(m_ones["loss"])
+    rel = abs(loss_plain - loss_ones) / max(abs(loss_plain), 1e-12)
+    tol = 1e-5 if config.dtype == "float32" else 1e-3
+
+    rounds = {"plain": [], "masked": []}
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for b in timed:
+            plain, mp = train_step(plain, b, None, key, sched)
+        jax.block_until_ready((plain, mp))
+        rounds["plain"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for b in timed:
+            masked, mm = train_step(masked, b, masks, key, sched)
+        jax.block_until_ready((masked, mm))
+        rounds["masked"].append(time.perf_counter() - t0)
+
+    counts = common.batch_counts(data["timed"])
+    per_batch_pairs = [len(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0])) for b in data["timed"]]
+    sides = {}
+    for name, final in (("plain", mp), ("masked", mm)):
+        secs = min(rounds[name])
+        sides[name] = {"seconds": secs, "round_seconds": rounds[name], "steps": len(timed),
+                       "step_ms": 1000 * secs / len(timed), "target_tokens_per_s": counts["target_tokens"] / secs,
+                       "final_loss": float(final["loss"])}
+    return {
+        "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, packed rows)",
+        "layout": f"packed: {data['rows']} rows x {args.row_len} tokens", **counts, **info,
+        "num_pairs": NUM_PAIRS, "mask_keep_share": kept, "masked_modules": len(flat),
+        "pairs_per_batch": [min(per_batch_pairs), max(per_batch_pairs)],
+        "compile_seconds": {"plain": compile_plain, "masked": compile_masked},
+        "ones_mask_check": {"loss_plain": loss_plain, "loss_all_ones_masks": loss_ones, "relative_difference": rel,
+                            "tolerance": tol, "match": rel <= tol},
+        "plain": sides["plain"], "masked": sides["masked"],
+        "overhead": sides["masked"]["seconds"] / sides["plain"]["seconds"] - 1,
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if common.run_side(args, {"jax": lambda: side_jax(args)}):
+        return None
+    config = common.model_config(args)
+    report = common.base_report(NAME, args)
+    report.update({"model": common.model_dict(config), "tokens_per_batch": args.tokens_per_batch,
+                   "row_len": args.row_len, "sentence_lengths": [args.min_len, args.max_len],
+                   "num_pairs": NUM_PAIRS, "mask_keep": args.keep, "learning_rate": "1e-4 (fine-tuning)"})
+    driver = common.Driver(__file__, args, argv)
+    r = report["results"] = {"jax": driver.run("jax")}["jax"]
+    report["wall_seconds"] = time.perf_counter() - driver.start
+    report["devices"] = common.device_names({"jax": r})
+    common.write_json(report, args.out)
+
+    title = (f"Masked fine-tuning step against the plain step on {r.get('device_name', '?')}, model "
+             f"{config.enc_layers}+{config.dec_layers} d {config.d_model} vocab {config.vocab_size}, "
+             f"{NUM_PAIRS} pairs mixed in every batch, random masks with {args.keep:.0%} ones")
+    if "error" in r:
+        common.print_table(title, ["side", "result"], [["plain", "error"], ["masked", "error: " + r["error"][:200]]])
+    else:
+        rows = [[name, r["layout"], str(r[name]["steps"]), str(r["target_tokens"]), f"{r[name]['step_ms']:.2f}",
+                 common.fmt(r[name]["target_tokens_per_s"])] for name in ("plain", "masked")]
+        common.print_table(title, ["step", "layout", "steps", "target tokens", "ms/step", "target tok/s"], rows)
+        c = r["ones_mask_check"]
+        print(f"\noverhead of the masks: {r['overhead']:+.1%} (masked / plain step time - 1)")
+        print(f"all-ones masks check: loss {c['loss_all_ones_masks']:.6f} vs plain {c['loss_plain']:.6f}, "
+              f"relative difference {c['relative_difference']:.2e}: {'match' if c['match'] else 'MISMATCH'}")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""GPU training throughput and MFU: our transformer-base training step (JAX/Flax, bf16 compute with
+f32 master weights, packed rows) against HuggingFace ``MarianMTModel`` with the same shapes in
+PyTorch, (a) eager under ``torch.autocast(bfloat16)`` with ``AdamW(fused=True)`` and (b) the same
+under ``torch.compile``; on the same sentences.
+
+Shapes (default): 6+6 layers, d 512, FFN 2048, 8 heads, vocabulary 40000 (tied embeddings,
+post-norm, dropout 0.1), label smoothing 0.1, Adam(0.9, 0.98, 1e-9). Sentences: random tokens,
+Multi30k-like lengths 12-25 a side (tag and EOS included; ``--min-len 20 --max-len 60 --row-len 128``
+for WMT-like ones). Ours gets them as the packed fixed-shape batches of ``PackedBatcher``
+(``--tokens-per-batch`` / ``--row-len`` rows of ``--row-len`` tokens, ~25k target slots); Marian gets
+the very same timed sentences as padded, length-bucketed batches (sorted by length, cut at
+``--tokens-per-batch`` padded target tokens). Throughput: real (non-padding) target tokens per
+second, EOS included. Each side runs in its own process (one failing side is recorded as
+``{"error": ...}``); warm-up steps (compilation) are untimed; the timed loop is closed by
+``jax.block_until_ready`` / ``torch.cuda.synchronize`` only at its end.
+
+MFU = model matmul FLOPs of the timed steps / their time / 989e12 (H100/H200 SXM dense bf16 peak,
+``--peak-flops``). FLOPs count real tokens only (padding excluded, for both sides the same number,
+since the sentences are the same). Per sentence with source length S and target length T (tag/BOS
+and EOS included), d = d_model, f = FFN, V = vocabulary, Le / Ld = encoder / decoder layers:
+
+    forward = S * Le * 2 * (4 d^2 + 2 d f)          encoder q, k, v, out, fc1, fc2
+            + S * Ld * 2 * (2 d^2)                  decoder cross-attention k, v (on source tokens)
+            + T * Ld * 2 * (6 d^2 + 2 d f)          decoder self q, k, v, out, cross q, out, fc1, fc2
+            + T * 2 * d * V                         output projection
+            + Le * 4 d * S^2                        encoder attention scores QK^T + context AV
+            + Ld * 4 d * T (T + 1) / 2              causal decoder self-attention (t keys at step t)
+            + Ld * 4 d * T * S                      cross-attention scores + context
+    step FLOPs = 3 x forward (backward = 2 x forward), summed over the step's sentences.
+
+(2 FLOPs per multiply-add of a weight matrix; embedding lookups, layer norms, softmax, the
+optimizer and biases are not counted.)
+
+    python benchmarks/train_throughput.py --out results.json          # full (GPU; needs torch + transformers)
+    python benchmarks/train_throughput.py --quick --no-torch          # tiny shapes, CPU, JAX only
+    python benchmarks/train_throughput.py --layers 1 --d-model 64 --heads 2 --ffn 128 --vocab 1000 \\
+        --tokens-per-batch 1024 --steps 2                           # the full code path, shrunk
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NAME = "train_throughput"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(p, steps=30, warmup=3)
+    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
+    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
+    p.add_argument("--compile-dynamic", choices=("true", "auto"), default="true",
+                   help="torch.compile(dynamic=True) (one compile for all bucket shapes) or dynamic=None")
+    p.add_argument("--peak-flops", type=float, default=common.H100_BF16_DENSE_PEAK)
+    p.add_argument("--sides", default="jax,marian_eager,marian_compiled",
+                   help="comma list of the sides to run (of jax, marian_eager, marian_compiled)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the results of the sides not run now from an existing --out report (same settings)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 2, 1
+        args.tokens_per_batch, args.row_len = 256, 32
+        args.min_len, args.max_len = 4, 10
+    if args.max_len > args.row_len:
+        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
+    args.out = args.out or f"benchmarks/results/{NAME}.json"
+    return args
+
+
+def get_data(args, config):
+    return common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
+                              args.warmup, config.vocab_size, args.seed)
+
+
+def finish(result: dict, args, config, data, secs: float) -> dict:
+    flops = common.train_matmul_flops([len(data["src"][i]) for i in data["timed_ids"]],
+                                      [len(data["tgt"][i]) for i in data["timed_ids"]], config)
+    result.update({
+        "seconds": secs, "step_ms": 1000 * secs / result["steps"],
+        "target_tokens_per_s": result["target_tokens"] / secs,
+        "pad_share": 1 - result["target_tokens"] / result["target_slots"],
+        "matmul_flops": flops, "achieved_tflops": flops / secs / 1e12, "mfu": flops / secs / args.peak_flops,
+    })
+    return result
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+def side_jax(args) -> dict:
+    import jax
+
+    from jax_namnmt.model.transformer import count_params
+    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
+
+    config = common.model_config(args)
+    info = common.jax_device_info()
+    data = get_data(args, config)
+    train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
+    state = init_state(common.init_params(config, args.seed), make_optimizer(0.9, 0.98, 1e-9))
+    sched = schedule_args(5e-4, 4000, 1e-7)
+    key = jax.random.key(args.seed)
+    warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
+    jax.block_until_ready(state)
+
+    t0 = time.perf_counter()
+    for b in warm:
+        state, metrics = train_step(state, b, None, key, sched)
+    jax.block_until_ready((state, metrics))
+    warm_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for b in timed:
+        state, metrics = train_step(state, b, None, key, sched)
+    jax.block_until_ready((state, metrics))
+    secs = time.perf_counter() - t0
+
+    counts = common.batch_counts(data["timed"])
+    result = {
+        "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, packed rows)",
+        "layout": f"packed: {data['rows']} rows x {args.row_len} tokens",
+        "steps": len(timed), **counts, "warmup_steps": len(warm), "warmup_seconds": warm_s,
+        "final_loss": float(metrics["loss"]), "params": count_params(state["params"]), **info,
+    }
+    return finish(result, args, config, data, secs)
+
+
+# ----------------------------------------------------------------------------- Marian
+
+
+def side_marian(args, compiled: bool) -> dict:
+    import torch
+    import transformers
+
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+    config = common.model_config(args)
+    device = common.torch_device()
+    info = common.torch_device_info(device)
+    data = get_data(args, config)
+    src, tgt = data["src"], data["tgt"]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = common.build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).to(device)
+    model.train()
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
+                            **({"fused": True} if fused else {}))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=PAD_ID)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+
+    def fwd_loss(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                       decoder_attention_mask=decoder_attention_mask, use_cache=False).logits
+        return loss_fn(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+
+    forward = fwd_loss
+    if compiled:
+        try:  # no "src len == tgt len" guard because one warm-up batch happened to have both equal
+            import torch.fx.experimental._config as fx_config
+
+            fx_config.use_duck_shape = False
+        except Exception:  # noqa: BLE001 - a private knob; without it a recompile may land in the timed loop
+            pass
+        forward = torch.compile(fwd_loss, dynamic=True if args.compile_dynamic == "true" else None)
+
+    def step(b):
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            loss = forward(**b)
+        loss.backward()
+        opt.step()
+        return loss
+
+    to = lambda ids: common.marian_tensors(ids, src, tgt, PAD_ID, BOS_ID, device)  # noqa: E731
+    warm = [to(b) for b in common.marian_buckets(data["warm_ids"], src, tgt, args.tokens_per_batch)][:args.warmup]
+    timed = [to(b) for b in common.marian_buckets(data["timed_ids"], src, tgt, args.tokens_per_batch)]
+    common.torch_sync(device)
+
+    t0 = time.perf_counter()
+    for b in warm:
+        loss = step(b)
+    common.torch_sync(device)
+    warm_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for b in timed:
+        loss = step(b)
+    common.torch_sync(device)
+    secs = time.perf_counter() - t0
+
+    attn = getattr(model.config, "_attn_implementation", "?")
+    mode = (f"torch.compile(dynamic={'True' if args.compile_dynamic == 'true' else 'None'})" if compiled
+            else "eager")
+    prec = "bf16 autocast" if device.type == "cuda" else "float32"
+    result = {
+        "framework": f"torch {torch.__version__} {mode} {prec} + transformers {transformers.__version__} "
+                     f"MarianMTModel ({attn}), AdamW(fused={fused})",
+        "layout": f"padded, length-bucketed (<= {args.tokens_per_batch} padded target tokens)",
+        "steps": len(timed), "target_tokens": int(sum(int((b["labels"] != PAD_ID).sum()) for b in timed)),
+        "source_tokens": int(sum(int(b["attention_mask"].sum()) for b in timed)),
+        "target_slots": int(sum(b["labels"].numel() for b in timed)),
+        "sentences": int(sum(b["labels"].shape[0] for b in timed)),
+        "warmup_steps": len(warm), "warmup_seconds": warm_s, "final_loss": float(loss.item()),
+        "params": sum(q.numel() for q in model.parameters()),
+        "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight, **info,
+    }
+    if compiled:
+        try:
+            stats = torch._dynamo.utils.counters["stats"]
+            result["dynamo_frames"] = {k: int(v) for k, v in stats.items()}
+        except Exception:  # noqa: BLE001
+            pass
+    if device.type == "cuda":
+        result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return finish(result, args, config, data, secs)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sides = {"jax": lambda: side_jax(args), "marian_eager": lambda: side_marian(args, False),
+             "marian_compiled": lambda: side_marian(args, True)}
+    if common.run_side(args, sides):
+        return None
+
+    config = common.model_config(args)
+    have_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    wanted = [n for n in args.sides.split(",") if n]
+    unknown = sorted(set(wanted) - set(sides))
+    if unknown:
+        raise SystemExit(f"--sides: unknown {unknown}; choose from {sorted(sides)}")
+    names = [n for n in sides if n in wanted and (n == "jax" or (not args.no_torch and have_torch))
+             and not (n == "marian_compiled" and args.no_compile)]
+    previous = {}
+    if args.merge and Path(args.out).exists():
+        try:
+            previous = json.loads(Path(args.out).read_text()).get("results", {})
+        except Exception:  # noqa: BLE001 - an unreadable old report is just not merged
+            previous = {}
+    report = common.base_report(NAME, args)
+    report.update({
+        "model": common.model_dict(config), "label_smoothing": 0.1,
+        "optimizer": "Adam(0.9, 0.98, 1e-9) (ours, optax) / AdamW(0.9, 0.98, 1e-9, wd=0, fused on CUDA) (Marian)",
+        "tokens_per_batch": args.tokens_per_batch, "row_len": args.row_len,
+        "sentence_lengths": [args.min_len, args.max_len], "peak_flops": args.peak_flops,
+        "torch": "used" if len(names) > 1 else ("disabled (--no-torch)" if args.no_torch else "not importable"),
+        "same_sentences": True, "sides": names, "results": {},
+    })
+    if previous:
+        report["merged_from_previous_run"] = sorted(k for k in previous if k not in names)
+        report["results"] = {k: v for k, v in previous.items() if k not in names}
+    driver = common.Driver(__file__, args, argv)
+    for name in names:
+        report["results"][name] = driver.run(name)
+        common.write_json(report, args.out)  # partial reports survive a later side's crash
+
+    res = report["results"]
+    ours = res.get("jax")
+    report["ratio_jax_over_marian_eager"] = common.ratio(ours, res.get("marian_eager"), "target_tokens_per_s")
+    report["ratio_jax_over_marian_compiled"] = common.ratio(ours, res.get("marian_compiled"), "target_tokens_per_s")
+    report["wall_seconds"] = time.perf_counter() - driver.start
+    report["devices"] = common.device_names(res)
+    common.write_json(report, args.out)
+
+    rows = []
+    for name, r in sorted(res.items(), key=lambda kv: list(sides).index(kv[0]) if kv[0] in sides else 9):
+        if "error" in r:
+            rows.append([name, "error", r["error"][:120]] + ["error"] * 7)
+            continue
+        rows.append([name, r["framework"], r["layout"], str(r["steps"]), str(r["sentences"]),
+                     str(r["target_tokens"]), f"{r['pad_share']:.1%}", f"{r['step_ms']:.1f}",
+                     common.fmt(r["target_tokens_per_s"]), f"{r['mfu']:.1%}"])
+    common.print_table(
+        f"Training throughput on {next((r['device_name'] for r in res.values() if 'device_name' in r), '?')}, "
+        f"model {config.enc_layers}+{config.dec_layers} d {config.d_model} FFN {config.ffn_dim} "
+        f"vocab {config.vocab_size}, same sentences each side (lengths {args.min_len}-{args.max_len})",
+        ["side", "framework", "layout", "steps", "sentences", "target tokens", "pad share", "ms/step",
+         "target tok/s", "MFU"], rows)
+    print(f"\nratio ours / Marian eager: {common.fmt(report['ratio_jax_over_marian_eager'], '{:.2f}')}; "
+          f"ours / Marian compiled: {common.fmt(report['ratio_jax_over_marian_compiled'], '{:.2f}')}")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
