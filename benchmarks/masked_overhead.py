@@ -22,6 +22,7 @@ of each counts. Reported: ms/step, target tokens/s (non-padding), overhead = mas
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
     p.add_argument("--keep", type=float, default=0.9, help="share of ones in the random masks")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
+    p.add_argument("--mask-lookup", choices=("auto", "onehot", "gather"), default="auto",
+                   help="how tokens look up their pair's mask row (jax_namnmt.model.transformer.mask_lookup_method;"
+                        " auto: one-hot matmul on CPU, gather elsewhere)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.repeats = 2, 1, 1
@@ -57,7 +61,7 @@ def side_jax(args) -> dict:
     import numpy as np
 
     from jax_namnmt.method.masks import all_ones, to_model_masks
-    from jax_namnmt.model.transformer import module_sizes
+    from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, mask_lookup_method, module_sizes
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
     config = common.model_config(args)
@@ -121,6 +125,7 @@ def side_jax(args) -> dict:
         "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, packed rows)",
         "layout": f"packed: {data['rows']} rows x {args.row_len} tokens", **counts, **info,
         "num_pairs": NUM_PAIRS, "mask_keep_share": kept, "masked_modules": len(flat),
+        "mask_lookup": mask_lookup_method(), "mask_lookup_env": os.environ.get(MASK_LOOKUP_ENV, ""),
         "pairs_per_batch": [min(per_batch_pairs), max(per_batch_pairs)],
         "compile_seconds": {"plain": compile_plain, "masked": compile_masked},
         "ones_mask_check": {"loss_plain": loss_plain, "loss_all_ones_masks": loss_ones, "relative_difference": rel,
@@ -132,6 +137,8 @@ def side_jax(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.mask_lookup != "auto":  # before any side runs (each side is a child process)
+        os.environ["JAX_NAMNMT_MASK_LOOKUP"] = args.mask_lookup
     if common.run_side(args, {"jax": lambda: side_jax(args)}):
         return None
     config = common.model_config(args)
@@ -155,7 +162,8 @@ def main(argv=None):
                  common.fmt(r[name]["target_tokens_per_s"])] for name in ("plain", "masked")]
         common.print_table(title, ["step", "layout", "steps", "target tokens", "ms/step", "target tok/s"], rows)
         c = r["ones_mask_check"]
-        print(f"\noverhead of the masks: {r['overhead']:+.1%} (masked / plain step time - 1)")
+        print(f"\noverhead of the masks: {r['overhead']:+.1%} (masked / plain step time - 1; "
+              f"mask lookup: {r.get('mask_lookup', '?')})")
         print(f"all-ones masks check: loss {c['loss_all_ones_masks']:.6f} vs plain {c['loss_plain']:.6f}, "
               f"relative difference {c['relative_difference']:.2e}: {'match' if c['match'] else 'MISMATCH'}")
     print(f"wrote {args.out}")

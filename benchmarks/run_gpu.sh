@@ -73,7 +73,9 @@ run() {
 # shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
 run train_throughput train_throughput 90 --steps 20 --warmup 3 --sides jax,marian_eager ${TRAIN_ARGS:-}
 run decode_speed decode_speed 70 --sentences 2048 --batch 256 --decode-len 20 ${DECODE_ARGS:-}
-run masked_overhead masked_overhead 55 --steps 20 --warmup 2 --repeats 2 ${MASKED_ARGS:-}
+run masked_overhead masked_overhead 55 --steps 20 --warmup 2 --repeats 2 --mask-lookup gather ${MASKED_ARGS:-}
+# the same with the CPU's lookup (one-hot matmul), to keep the choice measured
+run masked_overhead_onehot masked_overhead 55 --steps 20 --warmup 2 --repeats 2 --mask-lookup onehot ${MASKED_ARGS:-}
 run importance_throughput importance_throughput 50 --steps 20 --warmup 2 --repeats 2 ${IMPORTANCE_ARGS:-}
 if [ -z "${NO_COMPILE:-}" ]; then
   run train_throughput train_throughput 600 --steps 20 --warmup 3 --sides marian_compiled --merge ${TRAIN_ARGS:-}

@@ -19,7 +19,7 @@ timeout "$TRAIN_SECONDS" $PY -m jax_namnmt.train --config multi30k_shipped_gpu -
 echo "train rc=$? wall=$(( $(date +%s) - start ))s"
 ls "$RUN/checkpoints"
 cp "$RUN/metrics.jsonl" "$RUN/config.json" "$OUTDIR/res/"
-$PY -m jax_namnmt.export --checkpoint "$RUN" --out "$OUTDIR/res/model" --quiet; echo "export rc=$?"
+$PY -m jax_namnmt.export --checkpoint "$RUN" --out "$OUTDIR/res/model" --config multi30k_shipped --quiet; echo "export rc=$?"
 t=$(date +%s)
 timeout "${EVAL_SECONDS:-150}" $PY -m jax_namnmt.evaluate --checkpoint "$OUTDIR/res/model" --workdir "$WORK" --split test \
     --max-lines "${TEST_LINES:-1000}" --out "$OUTDIR/res/test_scores.json" --quiet; echo "test eval rc=$? wall=$(( $(date +%s) - t ))s"

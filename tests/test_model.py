@@ -11,7 +11,7 @@ import pytest
 
 from jax_namnmt.method.importance import module_name, reads_source_tokens
 from jax_namnmt.method.masks import all_ones, flatten, nest
-from jax_namnmt.model.transformer import count_params, init_params, module_sizes
+from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, count_params, init_params, mask_lookup_method, module_sizes
 
 NUM_PAIRS = 3
 
@@ -232,3 +232,24 @@ def test_count_params_hand_count(tiny_config, pre_norm):
     assert count_params(params) == expected
     assert params["embed"]["embedding"].shape == (V, d)
     assert sum("embed" in k for k in params) == 1  # no separate output projection
+
+
+def test_mask_lookup_gather_equals_onehot(tiny_config, tiny_params, pack, example, make_masks, fns, monkeypatch):
+    """The accelerator lookup (a gather) and the CPU one (a one-hot matmul) give the same loss and
+    gradients; a typo in the environment variable is an error naming it."""
+    batch = _mixed_batch(pack, example)
+    masks = make_masks(tiny_config, NUM_PAIRS, seed=2)
+    results = {}
+    for method in ("onehot", "gather"):
+        monkeypatch.setenv(MASK_LOOKUP_ENV, method)
+        assert mask_lookup_method() == method
+        # a fresh function per method: the lookup is chosen when the step is traced
+        step = jax.jit(lambda p: jax.value_and_grad(fns.summed_loss)(p, batch, masks, tiny_config))
+        results[method] = jax.device_get(step(tiny_params))
+    (loss_a, grads_a), (loss_b, grads_b) = results["onehot"], results["gather"]
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    monkeypatch.setenv(MASK_LOOKUP_ENV, "gathr")
+    with pytest.raises(ValueError, match=MASK_LOOKUP_ENV):
+        mask_lookup_method()
