@@ -22,10 +22,10 @@ anything touches the devices, when a coordinator is configured (``ParallelConfig
 ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``). Every process then
 runs the same program on the global mesh; :func:`put` and :func:`shard_batch` build global
 arrays from host data (each process transfers only the shards of its own devices).
-Tested on CPU with two processes at the level of the train step (tests/test_distributed.py).
-Not yet done for the training loop across hosts: ``training/checkpoint.py`` (its manifests and
-renames) and ``training/metrics_log.py`` write from every process; they should write from
-process 0 only (orbax itself saves the shards of every process).
+The training loop writes from process 0 only (run files, metrics, TensorBoard, progress,
+checkpoint manifests and renames, followed by a barrier), while every process calls orbax's save
+(which writes each process's shards). Tested on CPU with two processes, at the level of the train
+step and of the whole loop writing one shared run directory (tests/test_distributed.py).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
+LOOP_STEPS = 4  # the loop test: checkpoints at 2 and 4
 MESHES = ("data=2", "fsdp=2")  # data-parallel over the two processes; parameters sharded across them
 LR = 3e-3
 RTOL, ATOL = 1e-5, 1e-6
@@ -90,6 +91,53 @@ def test_two_processes_train_like_one(tmp_path):
     # not vacuous: the parameters moved
     assert any(not np.allclose(ref["params"][k], got[0]["init"][k]) for k in ref["params"])
     assert wall < 300
+
+
+def test_two_processes_run_the_training_loop(tmp_path):
+    """The training loop itself across two processes (mesh data=2) writing ONE run directory, as
+    hosts sharing a file system do: one metrics file with each record once, one TensorBoard file,
+    checkpoints with verified manifests, and the parameters of a one-process run of the loop."""
+    from jax_namnmt.training.checkpoint import Checkpointer, verify_manifest
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update({"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
+    run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
+    commands = [[sys.executable, __file__, "loop", str(run_dir), str(tmp_path / f"p{pid}.json"), str(port), str(pid)]
+                for pid in (0, 1)]
+    commands.append([sys.executable, __file__, "loop", str(ref_dir), str(tmp_path / "ref.json")])  # one process
+    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in commands]
+    try:
+        outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, text in zip(procs, outputs):
+        assert proc.returncode == 0, text[-6000:]
+    got = [json.loads((tmp_path / f"p{pid}.json").read_text()) for pid in (0, 1)]
+    ref = json.loads((tmp_path / "ref.json").read_text())
+    assert [g["process_count"] for g in got] == [2, 2] and ref["process_count"] == 1
+    for result in got:
+        for name, want in ref["params"].items():
+            a, b = np.asarray(result["params"][name], np.float32), np.asarray(want, np.float32)
+            if name.endswith(NOISE_LEAVES):
+                assert np.max(np.abs(a - b)) <= 2 * LR * LOOP_STEPS, name
+            else:
+                np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=name)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["phase"] == "train"] == list(range(1, LOOP_STEPS + 1))
+    ref_records = [json.loads(line) for line in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss"] for r in records], [r["loss"] for r in ref_records], rtol=RTOL)
+    assert len(list((run_dir / "tb").rglob("events*"))) == 1
+    with Checkpointer(run_dir) as ckpt:
+        assert ckpt.all_steps() == [2, LOOP_STEPS]
+        for step in ckpt.all_steps():
+            assert verify_manifest(ckpt.directory / str(step))
+        assert ckpt.latest_intact_step() == LOOP_STEPS
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -175,5 +223,55 @@ def _worker(out: Path, port: int | None) -> None:
     jax.distributed.shutdown()
 
 
+def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) -> None:
+    """``loop.train`` on mesh data=2 over two processes (``port`` given), or on one device."""
+    import dataclasses
+
+    from jax_namnmt import parallel
+    from jax_namnmt.config import ParallelConfig, load_config
+
+    if port is not None:
+        pc = ParallelConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+        assert parallel.initialize_distributed(pc)
+
+    import jax
+    from jax.experimental import multihost_utils
+
+    from jax_namnmt.data.batching import Examples
+    from jax_namnmt.model.transformer import init_params
+    from jax_namnmt.training import loop
+
+    row_len, vocab, num_pairs = 16, 64, 3
+    base = load_config("tiny")
+    config = dataclasses.replace(
+        base,
+        model=dataclasses.replace(base.model, vocab_size=vocab, d_model=16, ffn_dim=32, max_positions=row_len),
+        data=dataclasses.replace(base.data, src_row_len=row_len, tgt_row_len=row_len),
+        train=dataclasses.replace(base.train, steps=LOOP_STEPS, tokens_per_batch=8 * row_len, learning_rate=LR,
+                                  warmup_steps=2, warmup_init_lr=1e-4, save_every=2, log_every=1, eval_every=1000,
+                                  keep_checkpoints=5),
+        parallel=dataclasses.replace(base.parallel, mesh="data=2" if port is not None else ""))
+    rng = np.random.default_rng(0)  # the same data on every process
+    src, tgt = [], []
+    for _ in range(60):
+        ls, lt = rng.integers(3, row_len // 2, 2)
+        src.append(np.concatenate([rng.integers(4, vocab, ls), [3]]).astype(np.int32))
+        tgt.append(np.concatenate([rng.integers(4, vocab, lt), [3]]).astype(np.int32))
+    examples = Examples(src, tgt, rng.integers(0, num_pairs, 60).astype(np.int32), [("x", i) for i in range(60)])
+    params = jax.device_get(init_params(config.model, config.train.seed))
+    final = loop.train(run_dir, config, loop.pretrain_schedule(config), examples, None, params, quiet=True)
+    if jax.process_count() > 1:
+        final = multihost_utils.process_allgather(final, tiled=True)
+    flat = {jax.tree_util.keystr(p): np.asarray(x).tolist()
+            for p, x in jax.tree_util.tree_flatten_with_path(jax.device_get(final))[0]}
+    out.write_text(json.dumps({"process_count": jax.process_count(), "params": flat}))
+    if port is not None:
+        jax.distributed.shutdown()
+
+
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    if sys.argv[1] == "loop":  # loop RUN_DIR OUT [PORT PID]
+        _loop_worker(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None,
+                     int(sys.argv[5]) if len(sys.argv) > 5 else None)
+    else:
+        _worker(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

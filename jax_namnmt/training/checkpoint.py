@@ -147,6 +147,15 @@ def _abstract(leaf: Any) -> Any:
     return struct
 
 
+def _sync(name: str) -> None:
+    """With several processes (multi-host), wait until every process got here: process 0 writes
+    the manifests and renames, the others read them after this point. One process: nothing."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jax_namnmt checkpoint: {name}")
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta)`` pairs under ``<run_dir>/checkpoints``.
 
@@ -263,21 +272,24 @@ class Checkpointer:
             return
         self._manager.wait_until_finished()
         pending, self._pending = self._pending, []
-        for step in pending:
-            step_dir = self._step_dir(step)
-            if step_dir.is_dir():  # absent: already removed by keep-last-N
-                write_manifest(step_dir)
+        if jax.process_index() == 0:  # one writer; every process reads (see _sync)
+            for step in pending:
+                step_dir = self._step_dir(step)
+                if step_dir.is_dir():  # absent: already removed by keep-last-N
+                    write_manifest(step_dir)
+        _sync(f"manifests {pending}")
 
     def _move_aside(self, step: int) -> None:
         """Renames corrupted checkpoint ``step`` to ``<step>.corrupt[-n]`` so it can be saved again."""
         src = self._step_dir(step)
-        if src.exists():
+        if src.exists() and jax.process_index() == 0:
             dst, n = self.directory / f"{step}.corrupt", 1
             while dst.exists():
                 n += 1
                 dst = self.directory / f"{step}.corrupt-{n}"
             os.replace(src, dst)
             log.warning("moved corrupted checkpoint %s to %s", src, dst)
+        _sync(f"move aside {step}")
         self._bad.pop(step, None)
         self._manager.reload()
 

@@ -50,7 +50,10 @@ def finetune_schedule(config: Config) -> Schedule:
 
 
 def write_run_files(run_dir: Path, config: Config, vocab_path: Path, extra: dict | None = None) -> None:
-    """Make a run directory self-contained: its config and vocabulary next to the checkpoints."""
+    """Make a run directory self-contained: its config and vocabulary next to the checkpoints
+    (written by the first process of a multi-host run only)."""
+    if jax.process_index() != 0:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     save_json(run_dir / "config.json", config.to_dict())
     target = run_dir / "spm.model"
@@ -98,13 +101,14 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     mesh, rules = parallel.mesh_from_config(config.parallel)
     if mesh.size == 1:  # one device: exactly the unsharded program (and its numbers)
         mesh = rules = None
+    first_process = jax.process_index() == 0  # multi-host: one process writes metrics and reports
     train_step = make_train_step(mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm,
                                  mesh, rules)
     optimizer = make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
     sched = schedule_args(schedule.learning_rate, schedule.warmup_steps, schedule.warmup_init_lr)
     key = jax.random.key(tc.seed)
     if mesh is not None:
-        if not quiet:
+        if not quiet and first_process:
             print(f"[{phase}] mesh {parallel.describe(mesh)} over {mesh.size} devices, "
                   f"{jax.process_count()} process(es)")
         sched, key = parallel.put((sched, key), parallel.replicated(mesh))
@@ -123,7 +127,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)
         epoch, index = meta["data"]["epoch"], meta["data"]["index"]
-        if not quiet:
+        if not quiet and first_process:
             print(f"[{phase}] resuming from {ckpt.directory}/{ckpt.latest_step()} (epoch {epoch}, batch {index})")
     # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
     # ones are not, and jit compiles once per placement, so without this a resumed run, and every
@@ -133,7 +137,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     else:
         state = parallel.put(state, train_step.state_shardings)
     step = int(state["step"])
-    logger = MetricsLogger(run_dir, phase)
+    logger = MetricsLogger(run_dir, phase, enabled=first_process)
     masks = None if masks is None else jax.tree.map(np.asarray, masks)
     if mesh is not None and masks is not None:
         masks = parallel.put(masks, parallel.replicated(mesh))
@@ -158,7 +162,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                                     "phase": phase, "config": config.to_dict(),
                                     "vocabulary": str((run_dir / "spm.model").resolve())})
 
-    bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet or not first_process,
+               dynamic_ncols=True)
     window_step, window_start = step, time.perf_counter()
     stream = batcher.iterate(epoch, index)
     position = (epoch, index)
@@ -184,7 +189,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             if valid_batches and (step % tc.eval_every == 0 or step == schedule.steps):
                 v = validation_loss(state["params"], valid_batches, masks, config, mesh, rules)
                 logger.log(step, v, f"{phase}_valid")
-                if not quiet:
+                if not quiet and first_process:
                     bar.write(f"[{phase}] step {step}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
             if step % tc.save_every == 0 and step < schedule.steps:
                 save(step, position)

@@ -46,11 +46,15 @@ class MetricsLogger:
     :meth:`close`.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, name: str):
+    def __init__(self, run_dir: str | os.PathLike, name: str, enabled: bool = True):
+        """``enabled=False`` (every process but the first of a multi-host run): writes nothing."""
+        self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         self.tb_dir = self.run_dir / "tb" / name
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tb_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
         self._tb = EventsWriter(str(self.tb_dir / "events"),
@@ -61,6 +65,8 @@ class MetricsLogger:
         clash = [k for k in metrics if k in _RESERVED]
         if clash:
             raise ValueError(f"metric names {clash} clash with the record fields {_RESERVED}")
+        if not self.enabled:
+            return
         now = time.time()
         values = {key: _to_number(value) for key, value in metrics.items()}
         record = {"phase": phase, "step": int(step), "time": now, **values}
@@ -72,12 +78,14 @@ class MetricsLogger:
 
     def flush(self) -> None:
         """Pushes buffered JSON lines and TensorBoard events to disk."""
+        if not self.enabled:
+            return
         self._jsonl.flush()
         self._tb.flush()
 
     def close(self) -> None:
         """Flushes and closes both outputs; further :meth:`log` calls fail."""
-        if not self._jsonl.closed:
+        if self.enabled and not self._jsonl.closed:
             self._tb.close()
             self._jsonl.close()
 
