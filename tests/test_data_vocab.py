@@ -49,6 +49,21 @@ def test_encode_decode_round_trip(vocab):
     assert vocab.encode_batch([text, "A dog."]) == [ids, vocab.encode("A dog.")]
 
 
+def test_a_tag_inside_the_text_is_text(vocab):
+    """A user can type "<2fr>" in a sentence: it must not become the control token that picks the
+    target language (SentencePiece matches user-defined symbols anywhere in a text)."""
+    tag_ids = {vocab.tag_id(lang) for lang in LANGS}
+    assert vocab._sp.encode("Er schrieb <2fr> an die Wand.", out_type=int).count(vocab.tag_id("fr")) == 1  # raw spm
+    for text in ("Er schrieb <2fr> an die Wand.", "<2de>Hallo", "a<2en>b <2cs>"):
+        ids = vocab.encode(text)
+        assert not tag_ids & set(ids), text
+        assert vocab.encode_batch([text]) == [ids]
+        # kept as text ("<" and ">" are unknown to this small vocabulary, so they decode as unk)
+        assert [code in vocab.decode(ids) for code in ("2fr", "2de", "2en", "2cs") if code in text] == \
+            [True] * sum(code in text for code in ("2fr", "2de", "2en", "2cs"))
+    assert vocab.literal_tags("x <2it> y <2fr>") == "x <2it> y < 2fr>"  # only this vocabulary's tags
+
+
 def test_decode_stops_at_eos_and_skips_pad_and_bos(vocab):
     ids = vocab.encode("Zwei Hunde")
     assert vocab.decode([BOS_ID, *ids, EOS_ID, *vocab.encode("spielen"), PAD_ID]) == "Zwei Hunde"

@@ -13,6 +13,7 @@ from jax_namnmt.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _TAG_RE = re.compile(r"^<2(.+)>$")
+_TAG_IN_TEXT_RE = re.compile(r"<2([^<>\s]+)>")
 
 
 def tag(lang: str) -> str:
@@ -123,13 +124,22 @@ class Vocab:
                 f"{' '.join(self.langs)}; retrain the vocabulary with this language"
             ) from None
 
+    def literal_tags(self, text: str) -> str:
+        """``text`` with every ``<2xx>`` tag of this vocabulary written as ``< 2xx>``: SentencePiece
+        matches user-defined symbols anywhere in a text, so a tag typed inside a sentence would
+        otherwise become the control token that picks the target language."""
+        if "<2" not in text:
+            return text
+        return _TAG_IN_TEXT_RE.sub(lambda m: "< " + m.group(0)[1:] if m.group(1) in self._tags else m.group(0),
+                                   text)
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, without BOS/EOS."""
-        return self._sp.encode(text, out_type=int)
+        """Token ids of ``text``, without BOS/EOS (language tags in it are text, see ``literal_tags``)."""
+        return self._sp.encode(self.literal_tags(text), out_type=int)
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = -1) -> list[list[int]]:
         """Token ids of every text (multi-threaded), without BOS/EOS."""
-        return self._sp.encode(list(texts), out_type=int, num_threads=num_threads)
+        return self._sp.encode([self.literal_tags(t) for t in texts], out_type=int, num_threads=num_threads)
 
     def _clean(self, ids: Iterable[int]) -> list[int]:
         kept = []
