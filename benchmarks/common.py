@@ -338,6 +338,7 @@ def add_common_args(p, *, steps: int, warmup: int) -> None:
     p.add_argument("--ffn", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=40000)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="our compute dtype")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout of both models (0: an ablation of its cost)")
     p.add_argument("--min-len", type=int, default=12, help="shortest sentence a side (tag and EOS included)")
     p.add_argument("--max-len", type=int, default=25, help="longest sentence a side (20-60 for WMT-like)")
     p.add_argument("--time-budget", type=float, default=0.0,
@@ -359,7 +360,7 @@ def model_config(args):
         return ModelConfig(vocab_size=256, d_model=32, num_heads=2, ffn_dim=64, enc_layers=1, dec_layers=1,
                            max_positions=128, dtype="float32")
     return ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads, ffn_dim=args.ffn,
-                       enc_layers=args.layers, dec_layers=args.layers, dropout=0.1,
+                       enc_layers=args.layers, dec_layers=args.layers, dropout=args.dropout,
                        max_positions=max(256, 2 * args.max_len + 8), dtype=args.dtype)
 
 

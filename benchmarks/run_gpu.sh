@@ -15,6 +15,8 @@
 #   TRAIN_ARGS, DECODE_ARGS, MASKED_ARGS, IMPORTANCE_ARGS   extra flags for one script, e.g.
 #                        TRAIN_ARGS="--min-len 20 --max-len 60 --row-len 128" (WMT-like lengths)
 #   NO_COMPILE=1         skip the torch.compile side
+#   ABLATIONS=1          also time our step with vocab 8000, with dropout 0, with 128-token rows
+#   TRAIN_ARGS="--profile-dir OUTDIR/profile"   a jax.profiler trace of 3 of our train steps
 set -u
 
 OUT=${1:?usage: bash benchmarks/run_gpu.sh OUTDIR}
@@ -79,6 +81,13 @@ run masked_overhead_onehot masked_overhead 55 --steps 20 --warmup 2 --repeats 2 
 run importance_throughput importance_throughput 50 --steps 20 --warmup 2 --repeats 2 ${IMPORTANCE_ARGS:-}
 if [ -z "${NO_COMPILE:-}" ]; then
   run train_throughput train_throughput 600 --steps 20 --warmup 3 --sides marian_compiled --merge ${TRAIN_ARGS:-}
+fi
+
+# ABLATIONS=1: our step alone with one thing changed, to see what bounds it (each ~30-50 s on a GPU)
+if [ -n "${ABLATIONS:-}" ]; then
+  run ablate_vocab8k train_throughput 60 --steps 20 --warmup 3 --sides jax --vocab 8000
+  run ablate_no_dropout train_throughput 60 --steps 20 --warmup 3 --sides jax --dropout 0
+  run ablate_rows128 train_throughput 60 --steps 20 --warmup 3 --sides jax --row-len 128 --min-len 20 --max-len 60
 fi
 
 echo "total $(( $(date +%s) - START )) s of the ${BUDGET} s budget"

@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--peak-flops", type=float, default=common.H100_BF16_DENSE_PEAK)
     p.add_argument("--sides", default="jax,marian_eager,marian_compiled",
                    help="comma list of the sides to run (of jax, marian_eager, marian_compiled)")
+    p.add_argument("--profile-dir", default=None,
+                   help="after timing, trace 3 more of our steps with jax.profiler into this directory "
+                        "(read it with TensorBoard's profile plugin or xprof: per-op device time)")
     p.add_argument("--merge", action="store_true",
                    help="keep the results of the sides not run now from an existing --out report (same settings)")
     args = p.parse_args(argv)
@@ -125,8 +128,17 @@ def side_jax(args) -> dict:
     jax.block_until_ready((state, metrics))
     secs = time.perf_counter() - t0
 
+    profiled = None
+    if args.profile_dir:  # untimed: the trace of a few steps, for what bounds the step on this device
+        with jax.profiler.trace(args.profile_dir):
+            for b in timed[:3]:
+                state, metrics = train_step(state, b, None, key, sched)
+            jax.block_until_ready((state, metrics))
+        profiled = str(args.profile_dir)
+
     counts = common.batch_counts(data["timed"])
     result = {
+        "profile_dir": profiled,
         "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, packed rows)",
         "layout": f"packed: {data['rows']} rows x {args.row_len} tokens",
         "steps": len(timed), **counts, "warmup_steps": len(warm), "warmup_seconds": warm_s,

@@ -37,11 +37,13 @@ def run_quick(tmp_path_factory):
     return run
 
 
-def test_train_throughput_quick(run_quick):
-    report, stdout = run_quick("train_throughput")
+def test_train_throughput_quick(run_quick, tmp_path):
+    profile = tmp_path / "profile"
+    report, stdout = run_quick("train_throughput", "--profile-dir", str(profile))
     assert report["sides"] == ["jax"]  # --no-torch: JAX only
     r = report["results"]["jax"]
     assert "error" not in r, r
+    assert r["profile_dir"] == str(profile) and list(profile.rglob("*.xplane.pb"))  # a trace to read
     assert r["steps"] == 2 and r["target_tokens"] > 0
     assert r["target_tokens"] <= r["target_slots"]
     assert r["target_tokens_per_s"] > 0 and r["matmul_flops"] > 0 and 0 < r["mfu"] < 1
