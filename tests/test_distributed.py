@@ -143,6 +143,20 @@ def test_two_processes_run_the_training_loop(tmp_path):
 # ----------------------------------------------------------------------------- the worker
 
 
+def _random_examples(row_len: int, vocab: int, num_pairs: int, n: int = 60):
+    """The workers' corpus: ``n`` random sentence pairs (EOS-terminated), seeded, so every process
+    and the one-process reference see the same data."""
+    from jax_namnmt.data.batching import Examples
+
+    rng = np.random.default_rng(0)
+    src, tgt = [], []
+    for _ in range(n):
+        ls, lt = rng.integers(3, row_len // 2, 2)
+        src.append(np.concatenate([rng.integers(4, vocab, ls), [3]]).astype(np.int32))
+        tgt.append(np.concatenate([rng.integers(4, vocab, lt), [3]]).astype(np.int32))
+    return Examples(src, tgt, rng.integers(0, num_pairs, n).astype(np.int32), [("x", i) for i in range(n)])
+
+
 def _worker(out: Path, port: int | None) -> None:
     import dataclasses
 
@@ -156,7 +170,7 @@ def _worker(out: Path, port: int | None) -> None:
 
     import jax
 
-    from jax_namnmt.data.batching import Examples, PackedBatcher
+    from jax_namnmt.data.batching import PackedBatcher
     from jax_namnmt.model.transformer import init_params
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
@@ -164,13 +178,7 @@ def _worker(out: Path, port: int | None) -> None:
     base = load_config("tiny")
     mc = dataclasses.replace(base.model, vocab_size=vocab, d_model=16, ffn_dim=32, max_positions=row_len)
     tc = base.train
-    rng = np.random.default_rng(0)  # the same data on both processes
-    src, tgt = [], []
-    for _ in range(60):
-        ls, lt = rng.integers(3, row_len // 2, 2)
-        src.append(np.concatenate([rng.integers(4, vocab, ls), [3]]).astype(np.int32))
-        tgt.append(np.concatenate([rng.integers(4, vocab, lt), [3]]).astype(np.int32))
-    examples = Examples(src, tgt, rng.integers(0, num_pairs, 60).astype(np.int32), [("x", i) for i in range(60)])
+    examples = _random_examples(row_len, vocab, num_pairs)
     stream = PackedBatcher(examples, rows, row_len, row_len, seed=tc.seed).iterate(0, 0)
     batches = [next(stream)[2] for _ in range(STEPS)]
     params = jax.device_get(init_params(mc, tc.seed))
@@ -237,7 +245,6 @@ def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) ->
     import jax
     from jax.experimental import multihost_utils
 
-    from jax_namnmt.data.batching import Examples
     from jax_namnmt.model.transformer import init_params
     from jax_namnmt.training import loop
 
@@ -251,13 +258,7 @@ def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) ->
                                   warmup_steps=2, warmup_init_lr=1e-4, save_every=2, log_every=1, eval_every=1000,
                                   keep_checkpoints=5),
         parallel=dataclasses.replace(base.parallel, mesh="data=2" if port is not None else ""))
-    rng = np.random.default_rng(0)  # the same data on every process
-    src, tgt = [], []
-    for _ in range(60):
-        ls, lt = rng.integers(3, row_len // 2, 2)
-        src.append(np.concatenate([rng.integers(4, vocab, ls), [3]]).astype(np.int32))
-        tgt.append(np.concatenate([rng.integers(4, vocab, lt), [3]]).astype(np.int32))
-    examples = Examples(src, tgt, rng.integers(0, num_pairs, 60).astype(np.int32), [("x", i) for i in range(60)])
+    examples = _random_examples(row_len, vocab, num_pairs)
     params = jax.device_get(init_params(config.model, config.train.seed))
     final = loop.train(run_dir, config, loop.pretrain_schedule(config), examples, None, params, quiet=True)
     if jax.process_count() > 1:
