@@ -164,6 +164,30 @@ def marian_tensors(idx, src, tgt, pad, bos, device=None):
     return out
 
 
+def marian_sources(indices, src, pad, device=None) -> dict:
+    """Padded ``input_ids`` / ``attention_mask`` of sentences ``indices`` of ``src`` for
+    ``generate`` (negative indices are a packed batch's dummy rows and are skipped)."""
+    import numpy as np
+    import torch
+
+    idx = [int(i) for i in indices if i >= 0]
+    s = np.full((len(idx), max(len(src[i]) for i in idx)), pad, np.int64)
+    for r, i in enumerate(idx):
+        s[r, :len(src[i])] = src[i]
+    s = torch.from_numpy(s)
+    if device is not None:
+        s = s.to(device)
+    return {"input_ids": s, "attention_mask": (s != pad).long()}
+
+
+def forced_generate_kwargs(n: int, beam: int, pad: int, eos: int, bos: int) -> dict:
+    """``generate`` settings that make Marian write exactly ``n`` tokens a sentence (EOS banned
+    before the n-th, forced at it) with beam ``beam`` and length penalty 0.6, as our decoder does."""
+    return dict(num_beams=beam, do_sample=False, length_penalty=0.6, early_stopping=False,
+                min_new_tokens=n - 1, max_new_tokens=n, forced_eos_token_id=eos, eos_token_id=eos,
+                pad_token_id=pad, decoder_start_token_id=bos, num_return_sequences=1)
+
+
 def build_marian(config, pad, eos, bos, seed):
     import torch
     from transformers import MarianConfig, MarianMTModel
@@ -250,6 +274,25 @@ def init_params(config, seed: int):
     params = jax.jit(lambda: init(config, seed))()
     jax.block_until_ready(params)
     return params
+
+
+def run_steps(train_step, state, batches, masks, key, sched):
+    """Our train step over ``batches``, synced once at the end (never inside the loop):
+    ``(state, last metrics, seconds)``."""
+    import jax
+
+    t0 = time.perf_counter()
+    for b in batches:
+        state, metrics = train_step(state, b, masks, key, sched)
+    jax.block_until_ready((state, metrics))
+    return state, metrics, time.perf_counter() - t0
+
+
+def best_round(seconds: list[float], steps: int, target_tokens: int) -> dict:
+    """Timing of the fastest of several rounds of ``steps`` steps over ``target_tokens`` tokens."""
+    secs = min(seconds)
+    return {"seconds": secs, "round_seconds": seconds, "steps": steps, "step_ms": 1000 * secs / steps,
+            "target_tokens_per_s": target_tokens / secs}
 
 
 def to_device(batches):
@@ -345,6 +388,27 @@ def add_common_args(p, *, steps: int, warmup: int) -> None:
                    help="seconds for the whole script; each side process gets what is left (0: no limit)")
     p.add_argument("--side", default=None, help=argparse_suppress())
     p.add_argument("--side-out", default=None, help=argparse_suppress())
+
+
+def add_packed_args(p) -> None:
+    """The packed-batch shape flags of the training-step benchmarks."""
+    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
+    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+
+
+def finish_packed_args(p, args, name: str):
+    """``--quick`` sizes (2 steps, 1 warm-up and 1 round where there are ``--repeats``, 256-token
+    batches of 32-token rows, sentences of 4-10), the length check and the default ``--out``."""
+    if args.quick:
+        args.steps, args.warmup = 2, 1
+        if hasattr(args, "repeats"):
+            args.repeats = 1
+        args.tokens_per_batch, args.row_len = 256, 32
+        args.min_len, args.max_len = 4, 10
+    if args.max_len > args.row_len:
+        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
+    args.out = args.out or f"benchmarks/results/{name}.json"
+    return args
 
 
 def argparse_suppress():

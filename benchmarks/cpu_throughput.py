@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (build_marian, forced_lengths, make_sentences, marian_buckets,  # noqa: E402,F401
-                    marian_tensors, torch_available)
+from common import (build_marian, forced_generate_kwargs, forced_lengths, make_sentences,  # noqa: E402,F401
+                    marian_buckets, marian_sources, marian_tensors, run_steps, torch_available)
 
 THREADS_DEFAULT = 2
 
@@ -126,17 +126,8 @@ def run_jax(args, config, warm_batches, timed_batches):
     timed = [to_dev(b) for b in timed_batches]
     jax.block_until_ready(timed)
 
-    t0 = time.perf_counter()
-    for b in warm:
-        state, metrics = train_step(state, b, None, key, sched)
-    jax.block_until_ready((state, metrics))
-    warm_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    for b in timed:
-        state, metrics = train_step(state, b, None, key, sched)
-    jax.block_until_ready((state, metrics))
-    secs = time.perf_counter() - t0
+    state, metrics, warm_s = run_steps(train_step, state, warm, None, key, sched)
+    state, metrics, secs = run_steps(train_step, state, timed, None, key, sched)
 
     tokens = int(sum(int((np.asarray(b["tgt_segments"]) > 0).sum()) for b in timed_batches))
     slots = int(sum(b["tgt_segments"].size for b in timed_batches))
@@ -263,7 +254,6 @@ def run_jax_decode(args, config, src, pairs, batches):
 
 
 def run_marian_decode(args, config, src, pairs, batches):
-    import numpy as np
     import torch
     import transformers
 
@@ -273,20 +263,8 @@ def run_marian_decode(args, config, src, pairs, batches):
     model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed)
     model.eval()
     n = args.decode_len
-    gen = dict(num_beams=args.beam, do_sample=False, length_penalty=0.6, early_stopping=False,
-               min_new_tokens=n - 1, max_new_tokens=n, forced_eos_token_id=EOS_ID, eos_token_id=EOS_ID,
-               pad_token_id=PAD_ID, decoder_start_token_id=BOS_ID, num_return_sequences=1)
-
-    def tensors(indices):
-        idx = [int(i) for i in indices if i >= 0]  # the same rows as ours, minus dummy rows
-        width = max(len(src[i]) for i in idx)
-        s = np.full((len(idx), width), PAD_ID, np.int64)
-        for r, i in enumerate(idx):
-            s[r, :len(src[i])] = src[i]
-        s = torch.from_numpy(s)
-        return {"input_ids": s, "attention_mask": (s != PAD_ID).long()}
-
-    inputs = [tensors(b[0]) for b in batches]
+    gen = forced_generate_kwargs(n, args.beam, PAD_ID, EOS_ID, BOS_ID)
+    inputs = [marian_sources(b[0], src, PAD_ID) for b in batches]  # the same rows as ours, minus dummy rows
     with torch.inference_mode():
         t0 = time.perf_counter()
         model.generate(**inputs[0], **gen)

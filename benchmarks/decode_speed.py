@@ -125,7 +125,6 @@ def side_jax(args) -> dict:
 
 
 def side_marian(args) -> dict:
-    import numpy as np
     import torch
     import transformers
 
@@ -140,20 +139,8 @@ def side_marian(args) -> dict:
     model = model.to(dtype)
     model.eval()
     n = args.decode_len
-    gen = dict(num_beams=args.beam, do_sample=False, length_penalty=0.6, early_stopping=False,
-               min_new_tokens=n - 1, max_new_tokens=n, forced_eos_token_id=EOS_ID, eos_token_id=EOS_ID,
-               pad_token_id=PAD_ID, decoder_start_token_id=BOS_ID, num_return_sequences=1, use_cache=True)
-
-    def tensors(indices):
-        idx = [int(i) for i in indices if i >= 0]  # the same rows as ours, minus dummy rows
-        width = max(len(src[i]) for i in idx)
-        s = np.full((len(idx), width), PAD_ID, np.int64)
-        for r, i in enumerate(idx):
-            s[r, :len(src[i])] = src[i]
-        s = torch.from_numpy(s).to(device)
-        return {"input_ids": s, "attention_mask": (s != PAD_ID).long()}
-
-    inputs = [tensors(b[0]) for b in batches]
+    gen = {**common.forced_generate_kwargs(n, args.beam, PAD_ID, EOS_ID, BOS_ID), "use_cache": True}
+    inputs = [common.marian_sources(b[0], src, PAD_ID, device) for b in batches]  # our rows minus dummies
     common.torch_sync(device)
     with torch.inference_mode():
         t0 = time.perf_counter()

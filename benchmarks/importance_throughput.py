@@ -35,19 +35,11 @@ NUM_PAIRS = 8
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(p, steps=20, warmup=2)
-    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
-    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    common.add_packed_args(p)
     p.add_argument("--method", choices=("taylor", "absolute"), default="taylor")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.warmup, args.repeats = 2, 1, 1
-        args.tokens_per_batch, args.row_len = 256, 32
-        args.min_len, args.max_len = 4, 10
-    if args.max_len > args.row_len:
-        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
+    args = common.finish_packed_args(p, p.parse_args(argv), NAME)
     args.warmup = max(args.warmup, 1)
-    args.out = args.out or f"benchmarks/results/{NAME}.json"
     return args
 
 
@@ -72,11 +64,7 @@ def side_jax(args) -> dict:
                                        method=args.method, label_smoothing=0.1)
     add = jax.jit(lambda a, b: jax.tree.map(lambda x, y: x + y, a, b))
 
-    t0 = time.perf_counter()
-    for b in warm:
-        state, metrics = train_step(state, b, None, key, sched)
-    jax.block_until_ready((state, metrics))
-    compile_train = time.perf_counter() - t0
+    state, metrics, compile_train = common.run_steps(train_step, state, warm, None, key, sched)
     t0 = time.perf_counter()
     acc = score(warm[0])
     for b in warm:
@@ -86,11 +74,8 @@ def side_jax(args) -> dict:
 
     rounds = {"train": [], "importance": []}
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for b in timed:
-            state, metrics = train_step(state, b, None, key, sched)
-        jax.block_until_ready((state, metrics))
-        rounds["train"].append(time.perf_counter() - t0)
+        state, metrics, secs = common.run_steps(train_step, state, timed, None, key, sched)
+        rounds["train"].append(secs)
         t0 = time.perf_counter()
         acc = score(timed[0])
         for b in timed[1:]:
@@ -102,11 +87,8 @@ def side_jax(args) -> dict:
     sums, src_tokens, tgt_tokens = jax.device_get(acc)
     scored_src, scored_tgt = int(round(float(np.sum(src_tokens)))), int(round(float(np.sum(tgt_tokens))))
     finite = bool(all(np.isfinite(v).all() for v in sums.values()))
-    sides = {}
-    for name in ("train", "importance"):
-        secs = min(rounds[name])
-        sides[name] = {"seconds": secs, "round_seconds": rounds[name], "steps": len(timed),
-                       "step_ms": 1000 * secs / len(timed), "target_tokens_per_s": counts["target_tokens"] / secs}
+    sides = {name: common.best_round(rounds[name], len(timed), counts["target_tokens"])
+             for name in ("train", "importance")}
     sides["train"]["final_loss"] = float(metrics["loss"])
     sides["importance"].update({
         "method": args.method, "modules": len(sums), "scored_source_tokens": scored_src,

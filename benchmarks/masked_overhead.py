@@ -37,22 +37,14 @@ NUM_PAIRS = 8
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(p, steps=20, warmup=2)
-    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
-    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    common.add_packed_args(p)
     p.add_argument("--keep", type=float, default=0.9, help="share of ones in the random masks")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
     p.add_argument("--mask-lookup", choices=("auto", "onehot", "gather"), default="auto",
                    help="how tokens look up their pair's mask row (jax_namnmt.model.transformer.mask_lookup_method;"
                         " auto: one-hot matmul on CPU, gather elsewhere)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.warmup, args.repeats = 2, 1, 1
-        args.tokens_per_batch, args.row_len = 256, 32
-        args.min_len, args.max_len = 4, 10
-    if args.max_len > args.row_len:
-        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
+    args = common.finish_packed_args(p, p.parse_args(argv), NAME)
     args.warmup = max(args.warmup, 1)
-    args.out = args.out or f"benchmarks/results/{NAME}.json"
     return args
 
 
@@ -102,25 +94,16 @@ def side_jax(args) -> dict:
 
     rounds = {"plain": [], "masked": []}
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for b in timed:
-            plain, mp = train_step(plain, b, None, key, sched)
-        jax.block_until_ready((plain, mp))
-        rounds["plain"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        for b in timed:
-            masked, mm = train_step(masked, b, masks, key, sched)
-        jax.block_until_ready((masked, mm))
-        rounds["masked"].append(time.perf_counter() - t0)
+        plain, mp, secs = common.run_steps(train_step, plain, timed, None, key, sched)
+        rounds["plain"].append(secs)
+        masked, mm, secs = common.run_steps(train_step, masked, timed, masks, key, sched)
+        rounds["masked"].append(secs)
 
     counts = common.batch_counts(data["timed"])
     per_batch_pairs = [len(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0])) for b in data["timed"]]
-    sides = {}
-    for name, final in (("plain", mp), ("masked", mm)):
-        secs = min(rounds[name])
-        sides[name] = {"seconds": secs, "round_seconds": rounds[name], "steps": len(timed),
-                       "step_ms": 1000 * secs / len(timed), "target_tokens_per_s": counts["target_tokens"] / secs,
-                       "final_loss": float(final["loss"])}
+    sides = {name: {**common.best_round(rounds[name], len(timed), counts["target_tokens"]),
+                    "final_loss": float(final["loss"])}
+             for name, final in (("plain", mp), ("masked", mm))}
     return {
         "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, packed rows)",
         "layout": f"packed: {data['rows']} rows x {args.row_len} tokens", **counts, **info,

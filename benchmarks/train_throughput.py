@@ -56,8 +56,7 @@ NAME = "train_throughput"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(p, steps=30, warmup=3)
-    p.add_argument("--tokens-per-batch", type=int, default=25600, help="target token slots a batch")
-    p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    common.add_packed_args(p)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
     p.add_argument("--compile-dynamic", choices=("true", "auto"), default="true",
                    help="torch.compile(dynamic=True) (one compile for all bucket shapes) or dynamic=None")
@@ -69,15 +68,7 @@ def parse_args(argv=None):
                         "(read it with TensorBoard's profile plugin or xprof: per-op device time)")
     p.add_argument("--merge", action="store_true",
                    help="keep the results of the sides not run now from an existing --out report (same settings)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.warmup = 2, 1
-        args.tokens_per_batch, args.row_len = 256, 32
-        args.min_len, args.max_len = 4, 10
-    if args.max_len > args.row_len:
-        p.error(f"--max-len {args.max_len} > --row-len {args.row_len}")
-    args.out = args.out or f"benchmarks/results/{NAME}.json"
-    return args
+    return common.finish_packed_args(p, p.parse_args(argv), NAME)
 
 
 def get_data(args, config):
@@ -116,24 +107,13 @@ def side_jax(args) -> dict:
     warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
     jax.block_until_ready(state)
 
-    t0 = time.perf_counter()
-    for b in warm:
-        state, metrics = train_step(state, b, None, key, sched)
-    jax.block_until_ready((state, metrics))
-    warm_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    for b in timed:
-        state, metrics = train_step(state, b, None, key, sched)
-    jax.block_until_ready((state, metrics))
-    secs = time.perf_counter() - t0
+    state, metrics, warm_s = common.run_steps(train_step, state, warm, None, key, sched)
+    state, metrics, secs = common.run_steps(train_step, state, timed, None, key, sched)
 
     profiled = None
     if args.profile_dir:  # untimed: the trace of a few steps, for what bounds the step on this device
         with jax.profiler.trace(args.profile_dir):
-            for b in timed[:3]:
-                state, metrics = train_step(state, b, None, key, sched)
-            jax.block_until_ready((state, metrics))
+            state, metrics, _ = common.run_steps(train_step, state, timed[:3], None, key, sched)
         profiled = str(args.profile_dir)
 
     counts = common.batch_counts(data["timed"])
