@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jax_namnmt.method.masks import flatten, nest
-from jax_namnmt.training.loss import label_smoothed_nll
+from jax_namnmt.training.loss import label_smoothed_nll, output_loss
 from jax_namnmt.training.step import init_state, inverse_sqrt_lr, make_optimizer, make_train_step, schedule_args
 
 NUM_PAIRS = 3
@@ -39,6 +39,41 @@ def test_label_smoothed_nll_by_hand():
     # boolean weights (what the train step passes) give the same
     loss_b, _, _ = label_smoothed_nll(logits, labels, weights > 0, 0.1)
     assert float(loss_b) == float(loss)
+
+
+@pytest.mark.parametrize("chunk", [0, 7, 32, 100, 512])
+def test_output_loss_equals_loss_through_logits(chunk):
+    """The chunked custom-VJP loss from hidden states: same sums as ``label_smoothed_nll`` of
+    ``hidden @ embedding.T``, and the same gradients of the hidden states and the embedding for any
+    mix of the loss's and the nll's cotangents (nll alone included), padding weights included;
+    chunks that do not divide the tokens (7, 32) pad with zero-weight tokens."""
+    rng = np.random.default_rng(0)
+    n, d, vocab = 100, 16, 37
+    hidden = rng.normal(size=(n, d)).astype(np.float32)
+    emb = (0.3 * rng.normal(size=(vocab, d))).astype(np.float32)
+    labels = rng.integers(0, vocab, n).astype(np.int32)
+    weights = rng.random(n) < 0.8
+
+    def through_logits(h, e, c_loss, c_nll):
+        loss, nll, _ = label_smoothed_nll(h @ e.T, labels, weights, 0.1)
+        return c_loss * loss + c_nll * nll
+
+    def fused(h, e, c_loss, c_nll):
+        loss, nll, _ = output_loss(h, e, labels, weights, 0.1, chunk)
+        return c_loss * loss + c_nll * nll
+
+    sums = output_loss(hidden, emb, labels, weights, 0.1, chunk)
+    for got, want in zip(sums, label_smoothed_nll(hidden @ emb.T, labels, weights, 0.1)):
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for c_loss, c_nll in [(1.0, 0.0), (0.0, 1.0), (0.7, -0.4)]:
+        want_v, (want_h, want_e) = jax.value_and_grad(through_logits, argnums=(0, 1))(hidden, emb, c_loss, c_nll)
+        got_v, (got_h, got_e) = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))(hidden, emb, c_loss, c_nll)
+        np.testing.assert_allclose(float(got_v), float(want_v), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(got_h), np.asarray(want_h), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(got_e), np.asarray(want_e), atol=1e-5)
+    # padding tokens get exactly zero gradient
+    grad_h = jax.grad(fused)(hidden, emb, 1.0, 0.3)
+    assert not np.asarray(grad_h)[~weights].any() and np.asarray(grad_h)[weights].any()
 
 
 def test_inverse_sqrt_lr_by_hand():

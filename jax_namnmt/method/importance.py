@@ -27,7 +27,7 @@ import numpy as np
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig, ParallelConfig
 from jax_namnmt.model.transformer import Transformer, module_sizes
-from jax_namnmt.training.loss import label_smoothed_nll
+from jax_namnmt.training.step import batch_loss, loss_chunk_for
 
 METHODS = ("taylor", "absolute")
 
@@ -76,10 +76,11 @@ def batch_importance(params, batch, masks, *, config: ModelConfig, num_pairs: in
         return _batch_importance(params, batch, masks, config=config, num_pairs=num_pairs, method=method,
                                  label_smoothing=label_smoothing)
     return _sharded_batch_importance(mesh, rules)(params, batch, masks, config=config, num_pairs=num_pairs,
-                                                  method=method, label_smoothing=label_smoothing)
+                                                  method=method, label_smoothing=label_smoothing,
+                                                  loss_chunk=loss_chunk_for(mesh))
 
 
-_STATIC = ("config", "num_pairs", "method", "label_smoothing")
+_STATIC = ("config", "num_pairs", "method", "label_smoothing", "loss_chunk")
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,15 +93,13 @@ def _sharded_batch_importance(mesh, rules):
 
 
 def _importance_sums(params, batch, masks, *, config: ModelConfig, num_pairs: int, method: str,
-                     label_smoothing: float = 0.1):
+                     label_smoothing: float = 0.1, loss_chunk: int | None = None):
     model = Transformer(config)
 
     def run(perturbations):
-        variables = {"params": params}
-        if perturbations is not None:
-            variables["perturbations"] = perturbations
-        logits, state = model.apply(variables, batch, masks, deterministic=True, mutable=["intermediates"])
-        loss, _, _ = label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)
+        variables = {} if perturbations is None else {"perturbations": perturbations}
+        (loss, _, _), state = batch_loss(model, params, batch, masks, label_smoothing, loss_chunk, variables=variables,
+                                         deterministic=True, mutable=["intermediates"])
         return loss, _collect(state["intermediates"])
 
     if method == "taylor":

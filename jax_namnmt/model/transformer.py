@@ -437,8 +437,12 @@ class Transformer(nn.Module):
         masks=None,
         deterministic=True,
         decode=False,
+        return_hidden=False,
     ):
-        """Logits [B, Lt, V] (float32). With decode=True, one step using the 'cache' collection."""
+        """Logits [B, Lt, V] (float32). With decode=True, one step using the 'cache' collection.
+        With ``return_hidden``, the last hidden states ``[B, Lt, d_model]`` (float32) instead:
+        the logits are ``hidden @ params["embed"]["embedding"].T`` (``training.loss.output_loss``
+        computes the loss from them without keeping the logits)."""
         y = self._embed(tgt_inputs, tgt_positions, deterministic)
         cross_bias = attention_bias(tgt_segments, src_segments)
         self_bias = None if decode else attention_bias(tgt_segments, tgt_segments, causal=True)
@@ -453,9 +457,11 @@ class Transformer(nn.Module):
             )
         if self.config.pre_norm:
             y = self.decoder_norm(y)
+        if return_hidden:
+            return constrain(y.astype(jnp.float32), ACTIVATION)
         return constrain(self.embed.attend(y.astype(jnp.float32)), ("batch", "length", "vocab"))
 
-    def __call__(self, batch, masks=None, deterministic=True):
+    def __call__(self, batch, masks=None, deterministic=True, return_hidden=False):
         encoded = self.encode(
             batch["src_tokens"], batch["src_segments"], batch["src_positions"], batch["src_pairs"],
             masks, deterministic,
@@ -463,6 +469,7 @@ class Transformer(nn.Module):
         return self.decode(
             encoded, batch["src_segments"], batch["src_pairs"], batch["tgt_inputs"],
             batch["tgt_segments"], batch["tgt_positions"], batch["tgt_pairs"], masks, deterministic,
+            return_hidden=return_hidden,
         )
 
 

@@ -12,7 +12,7 @@ import optax
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.model.transformer import Transformer
-from jax_namnmt.training.loss import label_smoothed_nll
+from jax_namnmt.training.loss import default_loss_chunk, output_loss
 
 
 def inverse_sqrt_lr(step, peak_lr, warmup_steps, warmup_init_lr):
@@ -36,6 +36,26 @@ def make_optimizer(b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0) -> optax.GradientTr
     """Adam's direction (optax); the learning rate is applied by the step from ``schedule_args``."""
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
+
+
+def batch_loss(model, params, batch, masks, label_smoothing, chunk, **apply_kwargs):
+    """``(loss_sum, nll_sum, tokens)`` of a packed batch: the model's last hidden states and the
+    tied output embedding through ``output_loss`` (never a ``[tokens, vocab]`` logits array kept
+    for the backward pass). ``apply_kwargs`` go to ``model.apply`` (``rngs``, ``mutable``); with
+    ``mutable`` the result is ``(sums, state)``."""
+    out = model.apply({"params": params, **apply_kwargs.pop("variables", {})}, batch, masks,
+                      return_hidden=True, **apply_kwargs)
+    hidden, state = out if "mutable" in apply_kwargs else (out, None)
+    sums = output_loss(hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"],
+                       batch["tgt_labels"].reshape(-1), (batch["tgt_segments"] > 0).reshape(-1),
+                       label_smoothing, chunk)
+    return sums if state is None else (sums, state)
+
+
+def loss_chunk_for(mesh) -> int:
+    """Token chunk of the loss: the backend's default on one device; one chunk under a mesh of
+    several devices (a scan over token chunks would not keep the batch's sharding)."""
+    return 0 if mesh is not None and mesh.size > 1 else default_loss_chunk()
 
 
 def init_state(params, optimizer) -> dict:
@@ -66,6 +86,7 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
     """
     model = Transformer(config)
     optimizer = make_optimizer(b1, b2, eps, clip_norm)
+    chunk = loss_chunk_for(mesh)
     shardings = None
     jit_kwargs = {}
     if mesh is not None:
@@ -81,10 +102,8 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
         dropout_key = jax.random.fold_in(key, state["step"])
 
         def loss_fn(params):
-            logits = model.apply({"params": params}, batch, masks, deterministic=False,
-                                 rngs={"dropout": dropout_key})
-            loss, nll, ntokens = label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0,
-                                                    label_smoothing)
+            loss, nll, ntokens = batch_loss(model, params, batch, masks, label_smoothing, chunk,
+                                            deterministic=False, rngs={"dropout": dropout_key})
             ntokens = jnp.maximum(ntokens, 1.0)
             return loss / ntokens, (nll / ntokens, ntokens)
 
@@ -115,11 +134,11 @@ def make_eval_step(config: ModelConfig, label_smoothing: float, mesh=None, rules
     ``rules`` as for ``make_train_step`` (the sums come back replicated)."""
     model = Transformer(config)
     jit_kwargs = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
+    chunk = loss_chunk_for(mesh)
 
     @partial(jax.jit, **jit_kwargs)
     def eval_step(params, batch, masks):
         with parallel.activate(mesh, rules):
-            logits = model.apply({"params": params}, batch, masks, deterministic=True)
-            return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)
+            return batch_loss(model, params, batch, masks, label_smoothing, chunk, deterministic=True)
 
     return eval_step
