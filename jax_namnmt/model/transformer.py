@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_namnmt.config import ModelConfig
+from jax_namnmt.model.dropout import Dropout
 from jax_namnmt.parallel import constrain
 
 Masks = Any  # nested dict of [num_pairs, features] arrays, or None
@@ -219,7 +220,7 @@ class Attention(nn.Module):
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
         if cfg.attention_dropout > 0.0 and not deterministic:
-            weights = nn.Dropout(cfg.attention_dropout)(weights, deterministic=False)
+            weights = Dropout(cfg.attention_dropout)(weights, deterministic=False)
         if head_major:
             context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v).transpose(0, 2, 1, 3)
         else:
@@ -260,7 +261,7 @@ class FeedForward(nn.Module):
             x, lookup_mask(masks, "fc1", pairs, dtype))
         h = constrain(nn.relu(h), ("batch", "length", "mlp"))
         if cfg.activation_dropout > 0.0:
-            h = nn.Dropout(cfg.activation_dropout)(h, deterministic=deterministic)
+            h = Dropout(cfg.activation_dropout)(h, deterministic=deterministic)
         return MaskedDense(cfg.d_model, dtype=dtype, kernel_axes=("mlp", "embed"), name="fc2")(
             h, lookup_mask(masks, "fc2", pairs, dtype))
 
@@ -274,7 +275,7 @@ class Residual(nn.Module):
     def __call__(self, x, sublayer, deterministic):
         cfg = self.config
         norm = nn.LayerNorm(dtype=jnp.float32, name="norm")
-        drop = nn.Dropout(cfg.dropout)
+        drop = Dropout(cfg.dropout)
         if cfg.pre_norm:
             return x + drop(sublayer(norm(x).astype(x.dtype)), deterministic=deterministic)
         y = x + drop(sublayer(x), deterministic=deterministic)
@@ -317,7 +318,7 @@ class Adapter(nn.Module):
             h, pairs))
         h = RoutedDense(cfg.d_model, n, dtype=dtype, kernel_init=nn.initializers.zeros,
                         kernel_axes=("adapter", "embed"), name="up")(h, pairs)
-        return x + nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x.dtype)
+        return x + Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x.dtype)
 
 
 def _sub(masks, *keys):
@@ -405,7 +406,7 @@ class Transformer(nn.Module):
         if cfg.pre_norm:
             self.encoder_norm = nn.LayerNorm(dtype=jnp.float32, name="encoder_norm")
             self.decoder_norm = nn.LayerNorm(dtype=jnp.float32, name="decoder_norm")
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def _embed(self, tokens, positions, deterministic):
         cfg = self.config
