@@ -37,13 +37,17 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
         batch, src_len = src.shape
         # max_positions sizes both the self-attention cache and the sinusoid table, which must
         # also cover the source positions (an out-of-range gather would clamp them silently).
-        model = Transformer(dataclasses.replace(config, max_positions=max(max_len + 1, src_len)))
+        encoder = Transformer(dataclasses.replace(config, max_positions=max(max_len + 1, src_len)))
+        # The decoder's positions (and so its self-attention caches) only go up to max_len.
+        model = Transformer(dataclasses.replace(config, max_positions=max_len + 1))
         segments = (src != PAD_ID).astype(jnp.int32)
         positions = jnp.broadcast_to(jnp.arange(src_len, dtype=jnp.int32), src.shape)
         src_pairs = jnp.broadcast_to(pair_ids[:, None], src.shape)
-        encoded = model.apply({"params": params}, src, segments, positions, src_pairs, masks, method=Transformer.encode)
-        encoded, segments, src_pairs, tgt_pairs = expand_to_beams(
-            (encoded, segments, src_pairs, pair_ids[:, None]), beam_size)
+        encoded = encoder.apply({"params": params}, src, segments, positions, src_pairs, masks,
+                                method=Transformer.encode)
+        # The source stays one row per sentence (the cross-attention groups a sentence's beams);
+        # the target side has one row per beam.
+        tgt_pairs = expand_to_beams(pair_ids[:, None], beam_size)
         rows = batch * beam_size
         ones = jnp.ones((rows, 1), jnp.int32)
 
@@ -63,7 +67,7 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
             logits, new = step({"cache": cache, "source": source}, ids, index, ["cache"])
             return logits, new["cache"]
 
-        lengths = segments.reshape(batch, beam_size, src_len)[:, 0].sum(axis=1)
+        lengths = segments.sum(axis=1)
         limits = jnp.clip(jnp.ceil(max_len_a * lengths + max_len_b).astype(jnp.int32), 1, max_len)
         sequences, _ = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
                                    length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,

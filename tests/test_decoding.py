@@ -23,20 +23,22 @@ GREEDY = DecodeConfig(beam_size=1, length_penalty=0.0, max_len_a=0.0, max_len_b=
 
 
 # backend optimizations off, as for conftest.py's helpers: compiled for two calls
-@partial(jax.jit, static_argnames=("config",), compiler_options={"xla_backend_optimization_level": 0})
-def _incremental_logits(params, batch, pair_ids, masks, *, config):
+@partial(jax.jit, static_argnames=("config", "beams"), compiler_options={"xla_backend_optimization_level": 0})
+def _incremental_logits(params, batch, pair_ids, masks, *, config, beams=1):
     """Teacher-forced logits of ``batch["tgt_inputs"]`` one token at a time with the 'cache'
-    collection, the way ``decoding.make_beam_decoder`` drives the model (one example a row)."""
+    collection, the way ``decoding.make_beam_decoder`` drives the model (one example a row).
+    With ``beams`` > 1 the source side is every ``beams``-th row only (one row per sentence, as
+    beam search keeps it) and each target row reads its sentence's source."""
     model = Transformer(config)
-    src, segments = batch["src_tokens"], batch["src_segments"]
-    encoded = model.apply({"params": params}, src, segments, batch["src_positions"], batch["src_pairs"],
+    src, segments, src_pairs = (batch[k][::beams] for k in ("src_tokens", "src_segments", "src_pairs"))
+    encoded = model.apply({"params": params}, src, segments, batch["src_positions"][::beams], src_pairs,
                           masks, method=Transformer.encode)
-    rows = src.shape[0]
+    rows = batch["tgt_inputs"].shape[0]
     ones = jnp.ones((rows, 1), jnp.int32)
-    tgt_pairs = pair_ids[:, None]
+    tgt_pairs = jnp.repeat(pair_ids, beams)[:, None]
 
     def step(variables, ids, position, mutable):
-        logits, state = model.apply({"params": params, **variables}, encoded, segments, batch["src_pairs"], ids,
+        logits, state = model.apply({"params": params, **variables}, encoded, segments, src_pairs, ids,
                                     ones, position * ones, tgt_pairs, masks, decode=True, mutable=mutable,
                                     method=Transformer.decode)
         return logits[:, 0], state
@@ -69,6 +71,25 @@ def test_incremental_decoding_matches_teacher_forcing(tiny_config, tiny_params, 
     # (and the masks matter here: another pair's masks give other logits)
     other = np.asarray(_incremental_logits(tiny_params, batch, jnp.array([0, 1, 2]), masks, config=config))
     assert np.abs(other - steps).max() > 1e-2
+
+
+def test_beams_share_their_sentence_source_rows(tiny_config, tiny_params, pack, example, make_masks, fns):
+    """Beam search keeps one source row per sentence and groups a sentence's beams in the
+    cross-attention: each beam's logits equal a full forward pass of its own (source, target)."""
+    config = dataclasses.replace(tiny_config, dropout=0.0)
+    masks = make_masks(config, NUM_PAIRS, seed=2)
+    rng = np.random.default_rng(5)
+    beams, pairs = 3, [1, 2]
+    rows = []
+    for length, pair in zip((6, 11), pairs):
+        src = example(rng, length, 8, pair)[0]
+        for _ in range(beams):  # the same source, a different target prefix per beam
+            rows.append([(src, rng.integers(4, config.vocab_size, 8), pair)])
+    batch = pack(rows, 16, 16)
+    full = np.asarray(fns.forward(tiny_params, batch, masks, config=config))[:, :8]
+    steps = np.asarray(_incremental_logits(tiny_params, batch, jnp.array(pairs), masks, config=config, beams=beams))
+    np.testing.assert_allclose(steps, full, rtol=1e-5, atol=1e-5)
+    assert np.abs(full[0] - full[1]).max() > 1e-2  # the beams' targets differ, so do their logits
 
 
 def _greedy_reference(params, config, masks, sources, pair_ids, forward, pack):

@@ -212,7 +212,14 @@ class Attention(nn.Module):
         if decode and self.causal_cache:
             k, v, bias = self._extend_cache(k, v)
 
+        rows, q_len = q.shape[0], q.shape[1]
+        # Beam search: a sentence's beams are consecutive query rows and share one copy of the
+        # source keys/values ([batch, ...] against [batch * beams, ...] queries), so the beams of a
+        # sentence attend as `beams` queries of one row: 4x less source key/value memory read per
+        # step at beam 4, and one [beams x head_dim] dot per sentence and head instead of `beams`.
+        group = rows // k.shape[0]
         if head_major:
+            q = q.reshape((k.shape[0], group * q_len) + q.shape[2:])
             logits = jnp.einsum("bhqd,bhkd->bhqk", q.transpose(0, 2, 1, 3), k).astype(jnp.float32)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
@@ -223,6 +230,7 @@ class Attention(nn.Module):
             weights = Dropout(cfg.attention_dropout)(weights, deterministic=False)
         if head_major:
             context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v).transpose(0, 2, 1, 3)
+            context = context.reshape((rows, q_len) + context.shape[2:])
         else:
             context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
@@ -234,7 +242,7 @@ class Attention(nn.Module):
         """Write this step's key/value (head-major ``[batch, heads, 1, head_dim]``) at the cache
         index; attend to positions <= index."""
         batch, heads, _, head_dim = k.shape
-        max_len = self.config.max_positions
+        max_len = self.config.max_positions  # the cache holds positions 0 .. max_positions - 1
         is_init = not self.has_variable("cache", "key")
         cached_k = self.variable("cache", "key", jnp.zeros, (batch, heads, max_len, head_dim), k.dtype)
         cached_v = self.variable("cache", "value", jnp.zeros, (batch, heads, max_len, head_dim), v.dtype)
@@ -445,7 +453,12 @@ class Transformer(nn.Module):
         the logits are ``hidden @ params["embed"]["embedding"].T`` (``training.loss.output_loss``
         computes the loss from them without keeping the logits)."""
         y = self._embed(tgt_inputs, tgt_positions, deterministic)
-        cross_bias = attention_bias(tgt_segments, src_segments)
+        if decode and tgt_inputs.shape[0] != encoded.shape[0]:
+            # beam search: `encoded` holds one row per sentence, the target one row per beam (see
+            # Attention); every beam of a sentence sees the sentence's non-padding source tokens
+            cross_bias = jnp.where(src_segments > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
+        else:
+            cross_bias = attention_bias(tgt_segments, src_segments)
         self_bias = None if decode else attention_bias(tgt_segments, tgt_segments, causal=True)
         routes = src_routes = None
         if self.config.ts_target_of_pair:
