@@ -13,6 +13,7 @@ from jax_namnmt.model.beam_search import (
     expand_to_beams,
     greedy_search,
     length_penalty_divisor,
+    top_k,
 )
 
 BOS, EOS = 1, 2
@@ -238,3 +239,18 @@ def test_max_lens_force_eos_per_sentence():
     assert list(best[0]) == [2, eos, 0, 0, 0, 0, 0, 0]
     assert list(best[1]) == [2, 2, 2, 2, eos, 0, 0, 0]
     assert np.all(np.isfinite(np.asarray(scores)))
+
+
+@pytest.mark.parametrize("n,k,block", [(32000, 8, 128), (24000, 8, 128), (1000, 3, 16), (40, 8, 8), (50, 2, 7)])
+def test_block_top_k_equals_lax_top_k(n, k, block):
+    """Same values and indices as ``lax.top_k``, ties (many: integer values) and -inf included,
+    for sizes that do and do not divide into blocks, and when there are too few blocks."""
+    rng = np.random.default_rng(n + k)
+    x = rng.integers(-20, 3, size=(6, n)).astype(np.float32)
+    x[0] = -np.inf  # a row of -inf only
+    x[1, rng.random(n) < 0.9] = -np.inf  # mostly -inf
+    x[2] = 0.0  # all tied
+    got_v, got_i = jax.jit(lambda a: top_k(a, k, block))(x)
+    want_v, want_i = jax.lax.top_k(x, k)
+    np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+    np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))

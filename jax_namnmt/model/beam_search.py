@@ -64,6 +64,29 @@ def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int):
     return jax.tree_util.tree_map(gather, tree)
 
 
+def top_k(x, k: int, block: int = 128):
+    """``jax.lax.top_k`` over the last axis of ``[rows, n]`` (same values, same indices, same
+    order, ties to the lower index), in two stages: the ``k`` blocks of ``block`` entries with the
+    largest maxima (ties to the lower block), then the top ``k`` of those ``k * block`` entries, in
+    ascending block order. Exact: an entry outside the chosen blocks has ``k`` entries ranked above
+    it (each chosen block's maximum). Pads with ``-inf`` to whole blocks.
+
+    On XLA's CPU backend ``lax.top_k`` of 4 beams x 8,000 words at 128 sentences is one
+    single-threaded partial sort per row (~8 ms); the block maxima are a vectorised reduction."""
+    rows, n = x.shape
+    blocks = -(-n // block)
+    if blocks <= k:
+        return jax.lax.top_k(x, k)
+    if blocks * block != n:
+        x = jnp.pad(x, ((0, 0), (0, blocks * block - n)), constant_values=-jnp.inf)
+    xb = x.reshape(rows, blocks, block)
+    _, chosen = jax.lax.top_k(xb.max(axis=-1), k)
+    chosen = jnp.sort(chosen, axis=-1)  # candidates in index order: ties resolve as in lax.top_k
+    cand = jnp.take_along_axis(xb, chosen[:, :, None], axis=1).reshape(rows, k * block)
+    values, idx = jax.lax.top_k(cand, k)
+    return values, jnp.take_along_axis(chosen, idx // block, axis=1) * block + idx % block
+
+
 def beam_search(
     tokens_to_logits,
     cache,
@@ -153,7 +176,7 @@ def beam_search(
         cand = (s["alive_logp"][:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)
         # 2K candidates always contain >= K non-EOS ones (each beam has one EOS candidate).
         n_cand = min(2 * K, K * V)
-        top_logp, top_idx = jax.lax.top_k(cand, n_cand)
+        top_logp, top_idx = top_k(cand, n_cand)
         top_beam, top_tok = top_idx // V, (top_idx % V).astype(jnp.int32)
         is_eos = top_tok == eos_id
         length = step + 1
