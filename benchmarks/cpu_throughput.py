@@ -21,6 +21,10 @@ N-1 tokens, only EOS allowed at the N-th), Marian with ``min_new_tokens=N-1, max
 forced_eos_token_id=EOS``. The lengths are checked on both sides. Counted: sentences/s and
 output tokens/s (N per sentence), after an untimed warm-up (compilation) on the first batch.
 
+Rounds: each measurement runs ``--rounds`` times (default 3), ours and Marian alternating, and
+each side's fastest round counts (all rounds are in the JSON): this 2-core VM's speed drifts by
++-10% over minutes, and alternating makes the drift hit both sides alike.
+
     python benchmarks/cpu_throughput.py                # full benchmark (needs torch + transformers)
     python benchmarks/cpu_throughput.py --quick        # tiny shapes, 2 steps, 2 decode batches, JAX only if no torch
 
@@ -66,10 +70,12 @@ def parse_args(argv=None):
     p.add_argument("--decode-batch", type=int, default=128, help="sentences a decoding batch")
     p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds each side, ours and Marian alternating; the fastest round counts")
     p.add_argument("--out", default="benchmarks/results/cpu_throughput.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup = 2, 1
+        args.steps, args.warmup, args.rounds = 2, 1, 1
         args.tokens_per_batch, args.row_len = 256, 32
         args.min_len, args.max_len = 4, 10
         args.decode_sentences, args.decode_batch, args.decode_len = 8, 4, 6
@@ -109,7 +115,8 @@ def build_jax_batches(args, config):
     return rows, src, tgt, warm, timed, timed_ids
 
 
-def run_jax(args, config, warm_batches, timed_batches):
+def jax_train_session(args, config, warm_batches, timed_batches):
+    """Compiles and warms our train step; returns ``(run_round() -> seconds, result(seconds) -> dict)``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -118,33 +125,41 @@ def run_jax(args, config, warm_batches, timed_batches):
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
-    state = init_state(init_params(config, seed=args.seed), make_optimizer(0.9, 0.98, 1e-9))
+    box = {"state": init_state(init_params(config, seed=args.seed), make_optimizer(0.9, 0.98, 1e-9))}
     sched = schedule_args(5e-4, 4000, 1e-7)
     key = jax.random.key(args.seed)
     to_dev = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
     warm = [to_dev(b) for b in warm_batches]
     timed = [to_dev(b) for b in timed_batches]
     jax.block_until_ready(timed)
+    box["state"], _, warm_s = run_steps(train_step, box["state"], warm, None, key, sched)
 
-    state, metrics, warm_s = run_steps(train_step, state, warm, None, key, sched)
-    state, metrics, secs = run_steps(train_step, state, timed, None, key, sched)
+    def run_round():
+        box["state"], box["metrics"], secs = run_steps(train_step, box["state"], timed, None, key, sched)
+        return secs
 
-    tokens = int(sum(int((np.asarray(b["tgt_segments"]) > 0).sum()) for b in timed_batches))
-    slots = int(sum(b["tgt_segments"].size for b in timed_batches))
-    sentences = int(sum(int(np.asarray(b["tgt_segments"]).max(axis=1).sum()) for b in timed_batches))
-    return {
-        "framework": f"jax {jax.__version__} (jit, packed rows)",
-        "layout": f"packed: {timed_batches[0]['tgt_segments'].shape[0]} rows x {args.row_len} tokens",
-        "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
-        "seconds": secs, "warmup_seconds": warm_s, "final_loss": float(metrics["loss"]), "params": count_params(state["params"]),
-        "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
-    }
+    def result(seconds):
+        secs = min(seconds)
+        tokens = int(sum(int((np.asarray(b["tgt_segments"]) > 0).sum()) for b in timed_batches))
+        slots = int(sum(b["tgt_segments"].size for b in timed_batches))
+        sentences = int(sum(int(np.asarray(b["tgt_segments"]).max(axis=1).sum()) for b in timed_batches))
+        return {
+            "framework": f"jax {jax.__version__} (jit, packed rows)",
+            "layout": f"packed: {timed_batches[0]['tgt_segments'].shape[0]} rows x {args.row_len} tokens",
+            "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
+            "seconds": secs, "round_seconds": seconds, "warmup_seconds": warm_s,
+            "final_loss": float(box["metrics"]["loss"]), "params": count_params(box["state"]["params"]),
+            "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
+        }
+
+    return run_round, result
 
 
 # ----------------------------------------------------------------------------- Marian (PyTorch)
 
 
-def run_marian(args, config, src, tgt, warm_ids, timed_ids):
+def marian_train_session(args, config, src, tgt, warm_ids, timed_ids):
+    """Builds and warms Marian's training; returns ``(run_round() -> seconds, result(seconds) -> dict)``."""
     import torch
     import transformers
 
@@ -159,6 +174,7 @@ def run_marian(args, config, src, tgt, warm_ids, timed_ids):
             for b in marian_buckets(warm_ids, src, tgt, args.tokens_per_batch)][:args.warmup]
     timed = [marian_tensors(b, src, tgt, PAD_ID, BOS_ID)
              for b in marian_buckets(timed_ids, src, tgt, args.tokens_per_batch)]
+    box = {}
 
     def step(b):
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
@@ -174,26 +190,32 @@ def run_marian(args, config, src, tgt, warm_ids, timed_ids):
     for b in warm:
         step(b)
     warm_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for b in timed:
-        loss = step(b)
-    secs = time.perf_counter() - t0
 
-    tokens = int(sum(int((b["labels"] != PAD_ID).sum()) for b in timed))
-    slots = int(sum(b["labels"].numel() for b in timed))
-    sentences = int(sum(b["labels"].shape[0] for b in timed))
-    attn = getattr(model.config, "_attn_implementation", "?")
-    return {
-        "framework": f"torch {torch.__version__} eager + transformers {transformers.__version__} "
-                     f"MarianMTModel ({attn})",
-        "layout": "padded, length-bucketed (<= tokens_per_batch padded target tokens)",
-        "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
-        "seconds": secs, "warmup_seconds": warm_s, "final_loss": loss.item(),
-        "params": sum(q.numel() for q in model.parameters()),
-        "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
-        "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
-        "torch_threads": torch.get_num_threads(),
-    }
+    def run_round():
+        t0 = time.perf_counter()
+        for b in timed:
+            box["loss"] = step(b)
+        return time.perf_counter() - t0
+
+    def result(seconds):
+        secs = min(seconds)
+        tokens = int(sum(int((b["labels"] != PAD_ID).sum()) for b in timed))
+        slots = int(sum(b["labels"].numel() for b in timed))
+        sentences = int(sum(b["labels"].shape[0] for b in timed))
+        attn = getattr(model.config, "_attn_implementation", "?")
+        return {
+            "framework": f"torch {torch.__version__} eager + transformers {transformers.__version__} "
+                         f"MarianMTModel ({attn})",
+            "layout": "padded, length-bucketed (<= tokens_per_batch padded target tokens)",
+            "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
+            "seconds": secs, "round_seconds": seconds, "warmup_seconds": warm_s, "final_loss": box["loss"].item(),
+            "params": sum(q.numel() for q in model.parameters()),
+            "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
+            "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    return run_round, result
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -209,9 +231,12 @@ def decode_setup(args, config):
     return src, pairs, batches
 
 
-def decode_result(framework, sentences, n_tokens, secs, warm_s, lengths, args, extra=None):
+def decode_result(framework, sentences, n_tokens, seconds, warm_s, lengths, args, extra=None):
+    """The decoding record of the fastest of ``seconds`` (one entry a round)."""
+    secs = min(seconds)
     out = {
         "framework": framework, "sentences": sentences, "output_tokens": n_tokens, "seconds": secs,
+        "round_seconds": list(seconds),
         "warmup_seconds": warm_s, "sentences_per_s": sentences / secs, "output_tokens_per_s": n_tokens / secs,
         "output_lengths": sorted(set(lengths)),
         "all_lengths_forced": all(n == args.decode_len for n in lengths),
@@ -220,7 +245,8 @@ def decode_result(framework, sentences, n_tokens, secs, warm_s, lengths, args, e
     return out
 
 
-def run_jax_decode(args, config, src, pairs, batches):
+def jax_decode_session(args, config, src, pairs, batches):
+    """Compiles our decoder (first batch); returns ``(run_round() -> seconds, result(seconds) -> dict)``."""
     import jax
 
     from jax_namnmt.config import DecodeConfig
@@ -240,20 +266,26 @@ def run_jax_decode(args, config, src, pairs, batches):
     t0 = time.perf_counter()
     translate_ids(params, config, None, [src[i] for i in first], pairs[first], decode)
     warm_s = time.perf_counter() - t0
+    box = {}
 
-    t0 = time.perf_counter()
-    outputs = translate_ids(params, config, None, src, pairs, decode)
-    secs = time.perf_counter() - t0
+    def run_round():
+        t0 = time.perf_counter()
+        box["outputs"] = translate_ids(params, config, None, src, pairs, decode)
+        return time.perf_counter() - t0
 
-    lengths = forced_lengths(outputs, EOS_ID)
-    return decode_result(f"jax {jax.__version__} (decoding.translate_ids, jit lax.while_loop)",
-                         len(src), len(src) * n, secs, warm_s, lengths, args,
-                         {"batches": len(batches), "batch_shape": [int(batches[0][1].shape[0]),
-                                                                   int(max(b[1].shape[1] for b in batches))],
-                          "decode_config": dataclasses.asdict(decode)})
+    def result(seconds):
+        lengths = forced_lengths(box["outputs"], EOS_ID)
+        return decode_result(f"jax {jax.__version__} (decoding.translate_ids, jit lax.while_loop)",
+                             len(src), len(src) * n, seconds, warm_s, lengths, args,
+                             {"batches": len(batches), "batch_shape": [int(batches[0][1].shape[0]),
+                                                                       int(max(b[1].shape[1] for b in batches))],
+                              "decode_config": dataclasses.asdict(decode)})
+
+    return run_round, result
 
 
-def run_marian_decode(args, config, src, pairs, batches):
+def marian_decode_session(args, config, src, pairs, batches):
+    """Builds and warms Marian's ``generate``; returns ``(run_round() -> seconds, result(seconds) -> dict)``."""
     import torch
     import transformers
 
@@ -269,18 +301,35 @@ def run_marian_decode(args, config, src, pairs, batches):
         t0 = time.perf_counter()
         model.generate(**inputs[0], **gen)
         warm_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        outputs = [model.generate(**b, **gen) for b in inputs]
-        secs = time.perf_counter() - t0
+    box = {}
 
-    # Marian's output starts with the decoder start token; rows are padded to the batch's longest.
-    lengths = [n_ for out in outputs for n_ in forced_lengths(out[:, 1:].numpy(), EOS_ID)]
-    attn = getattr(model.config, "_attn_implementation", "?")
-    sentences = sum(int(b["input_ids"].shape[0]) for b in inputs)
-    return decode_result(f"torch {torch.__version__} eager + transformers {transformers.__version__} "
-                         f"MarianMTModel.generate ({attn}, KV cache)", sentences, sentences * n, secs, warm_s,
-                         lengths, args, {"batches": len(inputs), "torch_threads": torch.get_num_threads(),
-                                         "generate_kwargs": gen})
+    def run_round():
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            box["outputs"] = [model.generate(**b, **gen) for b in inputs]
+            return time.perf_counter() - t0
+
+    def result(seconds):
+        # Marian's output starts with the decoder start token; rows are padded to the batch's longest.
+        lengths = [n_ for out in box["outputs"] for n_ in forced_lengths(out[:, 1:].numpy(), EOS_ID)]
+        attn = getattr(model.config, "_attn_implementation", "?")
+        sentences = sum(int(b["input_ids"].shape[0]) for b in inputs)
+        return decode_result(f"torch {torch.__version__} eager + transformers {transformers.__version__} "
+                             f"MarianMTModel.generate ({attn}, KV cache)", sentences, sentences * n, seconds,
+                             warm_s, lengths, args, {"batches": len(inputs), "torch_threads": torch.get_num_threads(),
+                                                     "generate_kwargs": gen})
+
+    return run_round, result
+
+
+def interleaved(sessions: dict, rounds: int) -> dict:
+    """Runs ``rounds`` rounds of every session in turn (ours, then Marian, then ours...), so a
+    drift of the machine's speed hits both sides alike; each side's result is its fastest round."""
+    seconds = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, (run_round, _) in sessions.items():
+            seconds[name].append(run_round())
+    return {name: result(seconds[name]) for name, (_, result) in sessions.items()}
 
 
 # ----------------------------------------------------------------------------- main
@@ -304,10 +353,11 @@ def main(argv=None) -> dict:
     warm_ids = list(range(len(src) - 400, len(src)))  # Marian warm-up on sentences outside the timed set
     warm_ids = [i for i in warm_ids if i not in set(timed_ids)] or timed_ids[:50]
 
-    results = {"jax": run_jax(args, config, warm_b, timed_b)}
     use_torch = not args.no_torch and torch_available()
+    sessions = {"jax": jax_train_session(args, config, warm_b, timed_b)}
     if use_torch:
-        results["marian"] = run_marian(args, config, src, tgt, warm_ids, timed_ids)
+        sessions["marian"] = marian_train_session(args, config, src, tgt, warm_ids, timed_ids)
+    results = interleaved(sessions, args.rounds)
 
     report = {
         "benchmark": "cpu_train_throughput",
@@ -316,7 +366,7 @@ def main(argv=None) -> dict:
                                                    "enc_layers", "dec_layers", "dropout")},
         "label_smoothing": 0.1, "optimizer": "Adam(0.9, 0.98, 1e-9) / AdamW(wd=0)",
         "tokens_per_batch": args.tokens_per_batch, "row_len": args.row_len, "rows": rows,
-        "sentence_lengths": [args.min_len, args.max_len], "threads": args.threads,
+        "sentence_lengths": [args.min_len, args.max_len], "threads": args.threads, "rounds": args.rounds,
         "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
         "python": sys.version.split()[0], "jax_backend": jax.default_backend(),
         "same_sentences": True, "results": results,
@@ -327,9 +377,10 @@ def main(argv=None) -> dict:
                                            / results["marian"]["target_tokens_per_s"])
 
     dsrc, dpairs, dbatches = decode_setup(args, config)
-    dres = {"jax": run_jax_decode(args, config, dsrc, dpairs, dbatches)}
+    sessions = {"jax": jax_decode_session(args, config, dsrc, dpairs, dbatches)}
     if use_torch:
-        dres["marian"] = run_marian_decode(args, config, dsrc, dpairs, dbatches)
+        sessions["marian"] = marian_decode_session(args, config, dsrc, dpairs, dbatches)
+    dres = interleaved(sessions, args.rounds)
     report["decode"] = {
         "beam": args.beam, "length_penalty": 0.6, "forced_output_len": args.decode_len,
         "sentences": args.decode_sentences, "batch_sentences": args.decode_batch,
