@@ -76,6 +76,14 @@ def test_output_loss_equals_loss_through_logits(chunk):
     assert not np.asarray(grad_h)[~weights].any() and np.asarray(grad_h)[weights].any()
 
 
+def test_output_loss_of_no_tokens_is_zero():
+    emb = np.ones((5, 4), np.float32)
+    args = (np.zeros((0, 4), np.float32), emb, np.zeros((0,), np.int32), np.zeros((0,), np.float32), 0.1, 3)
+    assert [float(x) for x in output_loss(*args)] == [0.0, 0.0, 0.0]
+    grad_e = jax.grad(lambda e: output_loss(args[0], e, *args[2:])[0])(emb)
+    assert not np.asarray(grad_e).any()
+
+
 def test_inverse_sqrt_lr_by_hand():
     lr = lambda step: float(inverse_sqrt_lr(step, 1e-3, 4, 1e-7))  # noqa: E731
     # fairseq: the first update uses warmup_init_lr; warm-up 1e-7 + (1e-3 - 1e-7) * step / 4

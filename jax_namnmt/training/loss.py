@@ -50,13 +50,13 @@ def label_smoothed_nll(logits, labels, weights, epsilon: float):
 def _chunked(hidden, labels, weights, chunk: int):
     """``[k, chunk, ...]`` views of the flat token arrays (zero-weight padding tokens appended)."""
     n = hidden.shape[0]
-    chunk = n if chunk <= 0 or chunk >= n else chunk
+    chunk = max(1, n if chunk <= 0 or chunk >= n else chunk)  # (n = 0: no chunk, zero sums)
     pad = (-n) % chunk
     if pad:
         hidden = jnp.pad(hidden, ((0, pad), (0, 0)))
         labels, weights = jnp.pad(labels, (0, pad)), jnp.pad(weights, (0, pad))
     k = (n + pad) // chunk
-    return hidden.reshape(k, chunk, -1), labels.reshape(k, chunk), weights.reshape(k, chunk)
+    return hidden.reshape(k, chunk, hidden.shape[-1]), labels.reshape(k, chunk), weights.reshape(k, chunk)
 
 
 def _chunk_terms(h, embedding, labels, epsilon):
