@@ -35,10 +35,10 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
     @jax.jit
     def decode(params, src, pair_ids, masks):
         batch, src_len = src.shape
-        # max_positions sizes both the self-attention cache and the sinusoid table, which must
-        # also cover the source positions (an out-of-range gather would clamp them silently).
+        # max_positions sizes the sinusoid table, which must cover the source positions in the
+        # encoder (an out-of-range gather would clamp them silently), and the decoder's
+        # self-attention caches, whose positions only go up to max_len.
         encoder = Transformer(dataclasses.replace(config, max_positions=max(max_len + 1, src_len)))
-        # The decoder's positions (and so its self-attention caches) only go up to max_len.
         model = Transformer(dataclasses.replace(config, max_positions=max_len + 1))
         segments = (src != PAD_ID).astype(jnp.int32)
         positions = jnp.broadcast_to(jnp.arange(src_len, dtype=jnp.int32), src.shape)
