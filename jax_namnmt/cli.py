@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable
 
 from jax_namnmt import parallel
@@ -43,8 +45,48 @@ def config_from_args(args) -> Config:
     return config
 
 
+CACHE_ENV = "JAX_NAMNMT_XLA_CACHE"
+CACHE_OFF = ("", "0", "off", "none", "false")
+
+
+def compilation_cache_dir(environ=os.environ) -> Path | None:
+    """Where the doors keep compiled XLA programs between runs (JAX's persistent compilation
+    cache): ``$JAX_NAMNMT_XLA_CACHE`` (``off``, ``0`` or empty: none); else None when
+    ``$JAX_COMPILATION_CACHE_DIR`` is set (JAX then uses that itself); else
+    ``$XDG_CACHE_HOME/jax_namnmt/xla`` (``~/.cache/jax_namnmt/xla``)."""
+    if CACHE_ENV in environ:
+        value = environ[CACHE_ENV].strip()
+        return None if value.lower() in CACHE_OFF else Path(value).expanduser()
+    if environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "jax_namnmt" / "xla"
+
+
+def enable_compilation_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache at ``compilation_cache_dir()`` (programs that
+    took >= 1 s to compile): a second ``translate`` of the shipped model starts in ~5 s instead of
+    ~8 s on 2 cores, a second ``pipeline`` skips its compilations. A directory that cannot be
+    created or written leaves the cache off."""
+    path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
+
+
 def run(main: Callable[[], int | None]) -> None:
-    """Run a door: a UserError prints one clear line and exits 2 (traceback only with --debug)."""
+    """Run a door: a UserError prints one clear line and exits 2 (traceback only with --debug).
+    JAX's persistent compilation cache is on (``enable_compilation_cache``)."""
+    enable_compilation_cache()
     try:
         code = main()
     except UserError as err:

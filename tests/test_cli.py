@@ -187,3 +187,19 @@ def test_translate_from_corrupted_run_dir(tiny, tmp_path, damage, needles):
                 stdin="Zwei Hunde spielen im Schnee.\n")
     assert_user_error(proc, broken, *needles)
     assert proc.stdout == ""
+
+
+def test_compilation_cache_location():
+    """The doors' XLA cache: our variable first ('off' disables), JAX's own variable respected,
+    else the XDG cache directory."""
+    from pathlib import Path
+
+    from jax_namnmt.cli import CACHE_ENV, compilation_cache_dir
+
+    assert compilation_cache_dir({CACHE_ENV: "/x/y"}) == Path("/x/y")
+    assert compilation_cache_dir({CACHE_ENV: "/x/y", "JAX_COMPILATION_CACHE_DIR": "/z"}) == Path("/x/y")
+    for off in ("off", "0", "", " OFF "):
+        assert compilation_cache_dir({CACHE_ENV: off}) is None
+    assert compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/z"}) is None
+    assert compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/jax_namnmt/xla")
+    assert compilation_cache_dir({}) == Path.home() / ".cache" / "jax_namnmt" / "xla"

@@ -3,6 +3,7 @@ structure cannot silently orphan it) and translates at the BLEU its model card s
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +38,20 @@ def test_shipped_model_matches_its_card_on_val(shipped, tmp_path):
         assert abs(scores[pair]["bleu"] - card["val50_bleu"][pair]) <= 1.0, (pair, scores[pair]["bleu"])
 
 
-def test_translate_without_checkpoint_uses_the_shipped_model():
-    proc = subprocess.run([sys.executable, "-m", "jax_namnmt.translate", "--src", "de", "--tgt", "en"],
-                          input="Zwei Hunde spielen im Schnee.\n\nEin Mann fährt Fahrrad.\n", capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.split("\n")
+def test_translate_without_checkpoint_uses_the_shipped_model(tmp_path):
+    # twice, with the persistent compilation cache in tmp_path: the second run's programs come
+    # from the cache and translate the same
+    cache = tmp_path / "xla"
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "jax_namnmt.translate", "--src", "de", "--tgt", "en"],
+                              input="Zwei Hunde spielen im Schnee.\n\nEin Mann fährt Fahrrad.\n",
+                              capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env=dict(os.environ, JAX_NAMNMT_XLA_CACHE=str(cache)))
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+        assert any(cache.iterdir())  # the decoder's compiled program was written
+    assert outputs[1] == outputs[0]
+    lines = outputs[0].split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # one line per input line, in order
     assert "dog" in lines[0].lower()
