@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import traceback
 from pathlib import Path
@@ -53,14 +54,16 @@ def compilation_cache_dir(environ=os.environ) -> Path | None:
     """Where the doors keep compiled XLA programs between runs (JAX's persistent compilation
     cache): ``$JAX_NAMNMT_XLA_CACHE`` (``off``, ``0`` or empty: none); else None when
     ``$JAX_COMPILATION_CACHE_DIR`` is set (JAX then uses that itself); else
-    ``$XDG_CACHE_HOME/jax_namnmt/xla`` (``~/.cache/jax_namnmt/xla``)."""
+    ``$XDG_CACHE_HOME/jax_namnmt/xla/<host>`` (``~/.cache/...``): one directory per machine, since
+    a home directory shared by machines with other CPU features would hold programs that XLA
+    rejects there. The cache is trusted code (JAX's warning): keep it where only you can write."""
     if CACHE_ENV in environ:
         value = environ[CACHE_ENV].strip()
         return None if value.lower() in CACHE_OFF else Path(value).expanduser()
     if environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
     base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "jax_namnmt" / "xla"
+    return Path(base) / "jax_namnmt" / "xla" / (platform.node() or "localhost")
 
 
 def enable_compilation_cache() -> Path | None:

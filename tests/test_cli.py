@@ -192,6 +192,7 @@ def test_translate_from_corrupted_run_dir(tiny, tmp_path, damage, needles):
 def test_compilation_cache_location():
     """The doors' XLA cache: our variable first ('off' disables), JAX's own variable respected,
     else the XDG cache directory."""
+    import platform
     from pathlib import Path
 
     from jax_namnmt.cli import CACHE_ENV, compilation_cache_dir
@@ -201,5 +202,6 @@ def test_compilation_cache_location():
     for off in ("off", "0", "", " OFF "):
         assert compilation_cache_dir({CACHE_ENV: off}) is None
     assert compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/z"}) is None
-    assert compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/jax_namnmt/xla")
-    assert compilation_cache_dir({}) == Path.home() / ".cache" / "jax_namnmt" / "xla"
+    host = platform.node() or "localhost"  # one directory per machine
+    assert compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/jax_namnmt/xla") / host
+    assert compilation_cache_dir({}) == Path.home() / ".cache" / "jax_namnmt" / "xla" / host
