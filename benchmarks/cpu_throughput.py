@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (build_marian, forced_generate_kwargs, forced_lengths, make_sentences,  # noqa: E402,F401
-                    marian_buckets, marian_sources, marian_tensors, run_steps, torch_available)
+from common import (best_round, build_marian, forced_generate_kwargs, forced_lengths,  # noqa: E402,F401
+                    make_sentences, marian_buckets, marian_sources, marian_tensors, run_steps, torch_available)
 
 THREADS_DEFAULT = 2
 
@@ -139,17 +139,15 @@ def jax_train_session(args, config, warm_batches, timed_batches):
         return secs
 
     def result(seconds):
-        secs = min(seconds)
         tokens = int(sum(int((np.asarray(b["tgt_segments"]) > 0).sum()) for b in timed_batches))
         slots = int(sum(b["tgt_segments"].size for b in timed_batches))
         sentences = int(sum(int(np.asarray(b["tgt_segments"]).max(axis=1).sum()) for b in timed_batches))
         return {
             "framework": f"jax {jax.__version__} (jit, packed rows)",
             "layout": f"packed: {timed_batches[0]['tgt_segments'].shape[0]} rows x {args.row_len} tokens",
-            "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
-            "seconds": secs, "round_seconds": seconds, "warmup_seconds": warm_s,
+            "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
+            **best_round(seconds, len(timed), tokens), "warmup_seconds": warm_s,
             "final_loss": float(box["metrics"]["loss"]), "params": count_params(box["state"]["params"]),
-            "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
         }
 
     return run_round, result
@@ -198,7 +196,6 @@ def marian_train_session(args, config, src, tgt, warm_ids, timed_ids):
         return time.perf_counter() - t0
 
     def result(seconds):
-        secs = min(seconds)
         tokens = int(sum(int((b["labels"] != PAD_ID).sum()) for b in timed))
         slots = int(sum(b["labels"].numel() for b in timed))
         sentences = int(sum(b["labels"].shape[0] for b in timed))
@@ -207,11 +204,10 @@ def marian_train_session(args, config, src, tgt, warm_ids, timed_ids):
             "framework": f"torch {torch.__version__} eager + transformers {transformers.__version__} "
                          f"MarianMTModel ({attn})",
             "layout": "padded, length-bucketed (<= tokens_per_batch padded target tokens)",
-            "steps": len(timed), "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
-            "seconds": secs, "round_seconds": seconds, "warmup_seconds": warm_s, "final_loss": box["loss"].item(),
+            "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
+            **best_round(seconds, len(timed), tokens), "warmup_seconds": warm_s, "final_loss": box["loss"].item(),
             "params": sum(q.numel() for q in model.parameters()),
             "tied_embeddings": model.get_output_embeddings().weight is model.get_input_embeddings().weight,
-            "target_tokens_per_s": tokens / secs, "steps_per_s": len(timed) / secs,
             "torch_threads": torch.get_num_threads(),
         }
 
