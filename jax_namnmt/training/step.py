@@ -38,14 +38,16 @@ def make_optimizer(b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0) -> optax.GradientTr
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
 
 
-def batch_loss(model, params, batch, masks, label_smoothing, chunk, **apply_kwargs):
+def batch_loss(model, params, batch, masks, label_smoothing, chunk, *, variables=None, mutable=False,
+               **apply_kwargs):
     """``(loss_sum, nll_sum, tokens)`` of a packed batch: the model's last hidden states and the
     tied output embedding through ``output_loss`` (never a ``[tokens, vocab]`` logits array kept
-    for the backward pass). ``apply_kwargs`` go to ``model.apply`` (``rngs``, ``mutable``); with
-    ``mutable`` the result is ``(sums, state)``."""
-    out = model.apply({"params": params, **apply_kwargs.pop("variables", {})}, batch, masks,
-                      return_hidden=True, **apply_kwargs)
-    hidden, state = out if "mutable" in apply_kwargs else (out, None)
+    for the backward pass). ``variables`` (collections besides the params), ``mutable`` and
+    ``apply_kwargs`` (``deterministic``, ``rngs``) go to ``model.apply``; with ``mutable`` the
+    result is ``(sums, state)``."""
+    out = model.apply({"params": params, **(variables or {})}, batch, masks, return_hidden=True,
+                      mutable=mutable, **apply_kwargs)
+    hidden, state = out if mutable else (out, None)
     sums = output_loss(hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"],
                        batch["tgt_labels"].reshape(-1), (batch["tgt_segments"] > 0).reshape(-1),
                        label_smoothing, chunk)
