@@ -50,21 +50,22 @@ def make_sentences(n: int, vocab: int, min_len: int, max_len: int, num_pairs: in
 
 
 def packed_data(tokens_per_batch: int, row_len: int, min_len: int, max_len: int, steps: int, warmup: int,
-                vocab: int, seed: int, num_pairs: int = 8):
+                vocab: int, seed: int, num_pairs: int = 8, layout: str = "rows"):
     """Sentences and the packed fixed-shape batches of ``PackedBatcher`` over them (rows x row_len a
-    side, sentences in corpus order, mixed pair ids), warm-up batches first, then the timed ones.
+    side, sentences in corpus order, mixed pair ids), warm-up batches first, then the timed ones;
+    with ``layout="compact"`` the ``CompactBatcher`` batches of the same sentences.
 
     Returns a dict: rows, src, tgt, pairs, warm (numpy batches), timed (numpy batches),
     warm_ids / timed_ids (the sentence indices each set holds), spare_ids (sentences in no batch).
     """
-    from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
+    from jax_namnmt.data.batching import Examples, make_batcher, rows_for_budget
 
     rows = rows_for_budget(tokens_per_batch, row_len)
     mean = (min_len + max_len) / 2
     need = int((steps + warmup + 2) * rows * (row_len / mean) * 1.1) + rows
     src, tgt, pairs = make_sentences(need, vocab, min_len, max_len, num_pairs, seed)
     examples = Examples(src, tgt, pairs, [("random", i + 1) for i in range(need)])
-    batcher = PackedBatcher(examples, rows, row_len, row_len, seed=seed, shuffle=False)
+    batcher = make_batcher(examples, layout, tokens_per_batch, row_len, row_len, seed=seed, shuffle=False)
     plan = batcher._plan(0)
     if len(plan) < warmup + steps + 1:
         raise SystemExit(f"only {len(plan)} batches planned, need {warmup + steps + 1}")
@@ -88,7 +89,8 @@ def batch_counts(batches) -> dict:
         "target_tokens": int(sum(int((np.asarray(b["tgt_segments"]) > 0).sum()) for b in batches)),
         "source_tokens": int(sum(int((np.asarray(b["src_segments"]) > 0).sum()) for b in batches)),
         "target_slots": int(sum(b["tgt_segments"].size for b in batches)),
-        "sentences": int(sum(int(np.asarray(b["tgt_segments"]).max(axis=1).sum()) for b in batches)),
+        "sentences": int(sum(int(((np.asarray(b["tgt_positions"]) == 0) & (np.asarray(b["tgt_segments"]) > 0)).sum())
+                             for b in batches)),
     }
 
 

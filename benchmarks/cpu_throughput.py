@@ -49,7 +49,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (best_round, build_marian, forced_generate_kwargs, forced_lengths,  # noqa: E402,F401
-                    make_sentences, marian_buckets, marian_sources, marian_tensors, run_steps, torch_available)
+                    make_sentences, marian_buckets, marian_sources, marian_tensors, packed_data, run_steps,
+                    torch_available)
 
 THREADS_DEFAULT = 2
 
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=THREADS_DEFAULT)
     p.add_argument("--tokens-per-batch", type=int, default=4096, help="target token slots a batch")
     p.add_argument("--row-len", type=int, default=64, help="packed row length (src and tgt)")
+    p.add_argument("--layout", choices=("compact", "rows"), default="compact",
+                   help="our batches: compact (what `train` uses on one device) or rows (data.layout)")
     p.add_argument("--min-len", type=int, default=12)
     p.add_argument("--max-len", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -95,24 +98,10 @@ def set_threads(n: int) -> None:
 
 
 def build_jax_batches(args, config):
-    from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
-
-    rows = rows_for_budget(args.tokens_per_batch, args.row_len)
-    # Enough sentences for warm-up + timed batches (~row_len / mean length sentences a row).
-    mean = (args.min_len + args.max_len) / 2
-    need = int((args.steps + args.warmup + 2) * rows * (args.row_len / mean) * 1.1) + rows
-    src, tgt, pairs = make_sentences(need, config.vocab_size, args.min_len, args.max_len, 8, args.seed)
-    examples = Examples(src, tgt, pairs, [("random", i + 1) for i in range(need)])
-    batcher = PackedBatcher(examples, rows, args.row_len, args.row_len, seed=args.seed, shuffle=False)
-    plan = batcher._plan(0)
-    if len(plan) < args.warmup + args.steps + 1:
-        raise SystemExit(f"only {len(plan)} batches planned, need {args.warmup + args.steps}")
-    # Skip the last (padded-with-empty-rows) batch; warm-up first, then the timed ones.
-    warm = [batcher._materialize(b) for b in plan[:args.warmup]]
-    timed_plans = plan[args.warmup:args.warmup + args.steps]
-    timed = [batcher._materialize(b) for b in timed_plans]
-    timed_ids = [i for b in timed_plans for row in b for i in row]
-    return rows, src, tgt, warm, timed, timed_ids
+    """``common.packed_data``: warm-up and timed batches of ``args.layout`` over random sentences."""
+    d = packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps, args.warmup,
+                    config.vocab_size, args.seed, layout=args.layout)
+    return d["rows"], d["src"], d["tgt"], d["warm"], d["timed"], d["timed_ids"]
 
 
 def jax_train_session(args, config, warm_batches, timed_batches):
@@ -141,10 +130,14 @@ def jax_train_session(args, config, warm_batches, timed_batches):
     def result(seconds):
         tokens = int(sum(int((np.asarray(b["tgt_segments"]) > 0).sum()) for b in timed_batches))
         slots = int(sum(b["tgt_segments"].size for b in timed_batches))
-        sentences = int(sum(int(np.asarray(b["tgt_segments"]).max(axis=1).sum()) for b in timed_batches))
+        sentences = int(sum(int(((b["tgt_positions"] == 0) & (b["tgt_segments"] > 0)).sum()) for b in timed_batches))
+        first = timed_batches[0]
+        shape = (f"compact: {first['tgt_segments'].shape[1]} target / {first['src_segments'].shape[1]} source "
+                 f"token slots, attention on {first['tgt_index'].shape[1]} rows x {args.row_len}"
+                 if args.layout == "compact" else f"packed: {first['tgt_segments'].shape[0]} rows x {args.row_len} tokens")
         return {
-            "framework": f"jax {jax.__version__} (jit, packed rows)",
-            "layout": f"packed: {timed_batches[0]['tgt_segments'].shape[0]} rows x {args.row_len} tokens",
+            "framework": f"jax {jax.__version__} (jit, {args.layout} layout)",
+            "layout": shape,
             "sentences": sentences, "target_tokens": tokens, "target_slots": slots,
             **best_round(seconds, len(timed), tokens), "warmup_seconds": warm_s,
             "final_loss": float(box["metrics"]["loss"]), "params": count_params(box["state"]["params"]),

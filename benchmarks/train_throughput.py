@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--profile-dir", default=None,
                    help="after timing, trace 3 more of our steps with jax.profiler into this directory "
                         "(read it with TensorBoard's profile plugin or xprof: per-op device time)")
+    p.add_argument("--layout", choices=("rows", "compact"), default="rows",
+                   help="our batches (data.layout): rows (what `train` uses on a GPU) or compact (unmeasured on GPUs)")
     p.add_argument("--merge", action="store_true",
                    help="keep the results of the sides not run now from an existing --out report (same settings)")
     return common.finish_packed_args(p, p.parse_args(argv), NAME)
@@ -73,7 +75,7 @@ def parse_args(argv=None):
 
 def get_data(args, config):
     return common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
-                              args.warmup, config.vocab_size, args.seed)
+                              args.warmup, config.vocab_size, args.seed, layout=args.layout)
 
 
 def finish(result: dict, args, config, data, secs: float) -> dict:
@@ -120,7 +122,8 @@ def side_jax(args) -> dict:
     result = {
         "profile_dir": profiled,
         "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, packed rows)",
-        "layout": f"packed: {data['rows']} rows x {args.row_len} tokens",
+        "layout": (f"packed: {data['rows']} rows x {args.row_len} tokens" if args.layout == "rows" else
+                   f"compact: {data['timed'][0]['tgt_labels'].shape[1]} target token slots"),
         "steps": len(timed), **counts, "warmup_steps": len(warm), "warmup_seconds": warm_s,
         "final_loss": float(metrics["loss"]), "params": count_params(state["params"]), **info,
     }

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 from jax_namnmt.errors import ConfigError
 
+LAYOUTS = ("auto", "compact", "rows")  # data.layout (see jax_namnmt/data/batching.py)
+
 MANY_TO_MANY_8 = ("de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de")
 
 
@@ -86,6 +88,10 @@ class DataConfig:
     train_max_lines: int = 0  # 0 = all
     src_row_len: int = 64  # packed row lengths (one jit shape)
     tgt_row_len: int = 64
+    # training batches: "compact" (projections, norms and loss on real tokens only, attention on
+    # the packed rows; one device), "rows" (everything on the packed rows), "auto" (compact on
+    # one CPU device, rows on accelerators and meshes)
+    layout: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -321,6 +327,8 @@ class Config:
                 "data.max_len must not exceed data.src_row_len and data.tgt_row_len "
                 "(a sentence must fit in one packed row)"
             )
+        if self.data.layout not in LAYOUTS:
+            raise ConfigError(f"data.layout must be one of {LAYOUTS}, not {self.data.layout!r}")
         if self.data.max_len > self.model.max_positions:
             raise ConfigError("data.max_len must not exceed model.max_positions")
         if self.model.vocab_size != self.data.vocab_size:

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jax_namnmt import packaged
+from jax_namnmt import packaged, parallel
 from jax_namnmt.config import Config
-from jax_namnmt.data.batching import Examples, PackedBatcher, encode_parallel, rows_for_budget
+from jax_namnmt.data.batching import Examples, encode_parallel, make_batcher, resolve_layout
 from jax_namnmt.data.corpus import parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
@@ -221,9 +221,10 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
     run = load_run(run_dir)
     data_dir = data_dir_for(config, workdir or run_dir)
     examples, _ = load_examples(run.config, data_dir, run.vocab, "valid", config.method.importance_max_lines)
-    rows = rows_for_budget(config.method.importance_tokens_per_batch, run.config.data.tgt_row_len)
-    batcher = PackedBatcher(examples, rows, run.config.data.src_row_len, run.config.data.tgt_row_len, seed=0,
-                            shuffle=False)
+    devices = parallel.mesh_from_config(config.parallel)[0].size
+    batcher = make_batcher(examples, resolve_layout(config.data.layout, devices, jax.default_backend()),
+                           config.method.importance_tokens_per_batch, run.config.data.src_row_len,
+                           run.config.data.tgt_row_len, seed=0, shuffle=False)
     with tqdm(total=batcher.num_batches(0), desc=f"importance ({method})", disable=quiet) as bar:
         theta = compute_importance(run.params, batcher.epoch(0), run.model_masks(), config=run.config.model,
                                    num_pairs=len(run.pairs), method=method,

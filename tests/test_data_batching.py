@@ -13,16 +13,20 @@ from hypothesis import strategies as st
 
 from jax_namnmt.data.batching import (
     BATCH_KEYS,
+    COMPACT_KEYS,
+    CompactBatcher,
     Examples,
     PackedBatcher,
     encode_parallel,
+    make_batcher,
     padded_batches,
+    resolve_layout,
     rows_for_budget,
 )
 from jax_namnmt.data.corpus import Pair, ParallelText, read_lines, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, Vocab, train_vocab
-from jax_namnmt.errors import DataError
+from jax_namnmt.errors import ConfigError, DataError
 
 LANGS = ["en", "de", "fr", "cs"]
 PAIRS = "de-en,en-de,fr-en,en-fr,cs-en,en-cs,de-fr,fr-de"
@@ -191,6 +195,90 @@ def test_example_longer_than_a_row_is_rejected():
     examples = random_examples(10, max_len=12)
     with pytest.raises(DataError, match=r"f:\d+: the source has \d+ tokens but a packed row holds"):
         PackedBatcher(examples, rows=2, src_len=4, tgt_len=64, seed=0)
+
+
+# --- CompactBatcher --------------------------------------------------------------------------
+
+
+def compact_to_rows(batch: dict) -> dict:
+    """A compact batch in the rows layout, through its index arrays (as ``model/layout.py`` moves
+    the attention's inputs), after checking that ``index`` and ``slot`` are inverse maps."""
+    out = {}
+    for side in ("src", "tgt"):
+        index, slot = batch[f"{side}_index"][0], batch[f"{side}_slot"][0]
+        n, (rows, width) = slot.shape[0], index.shape
+        real = batch[f"{side}_segments"][0] > 0
+        count = int(real.sum())
+        assert real[:count].all() and not real[count:].any(), "padding only after the tokens"
+        assert np.array_equal(index.reshape(-1)[slot[:count]], np.arange(count))
+        assert (slot[count:] == rows * width).all() and (index == n).sum() == rows * width - count
+        for key in BATCH_KEYS:
+            if key.startswith(side):
+                assert not batch[key][0][count:].any()
+                out[key] = np.append(batch[key][0], 0)[index]
+    return out
+
+
+def fill(batches, side="tgt") -> float:
+    """Share of a side's slots holding tokens, over all batches but the emptiest (one batch of an
+    epoch holds the rest)."""
+    filled = sorted(float((b[f"{side}_segments"] > 0).mean()) for b in batches)
+    return float(np.mean(filled[1:]))
+
+
+def test_compact_batches_hold_every_example_once_within_the_budgets():
+    examples = random_examples(300)
+    batcher = CompactBatcher(examples, 240, src_len=32, tgt_len=24, seed=0, sort_chunk=5)
+    rows, n_src = batcher.rows, batcher.src_tokens
+    assert n_src % 8 == 0 and rows >= 10  # 240 tokens at < 24 a packed row
+    for epoch in (0, 1):
+        batches = list(batcher.epoch(epoch))
+        assert len(batches) == batcher.num_batches(epoch)
+        for batch in batches:
+            assert set(batch) == set(BATCH_KEYS + COMPACT_KEYS)
+            assert all(batch[k].shape == (1, n_src if k.startswith("src") else 240) for k in BATCH_KEYS)
+            assert batch["src_index"].shape == (1, rows, 32) and batch["tgt_index"].shape == (1, rows, 24)
+            assert all(batch[k].dtype == np.int32 for k in batch)
+        found = Counter(item for batch in batches for item in unpack(compact_to_rows(batch)))
+        assert found == as_set(examples)
+    # the budgets, not the rows, end a batch: more of the slots hold tokens than in packed rows
+    packed = list(PackedBatcher(examples, 10, 32, 24, seed=0, sort_chunk=5).epoch(0))
+    assert fill(batches) > 0.93 and fill(batches) > fill(packed) + 0.03
+
+
+def test_compact_same_seed_same_batches_and_resume():
+    def make(seed=3):
+        return CompactBatcher(random_examples(200), 64, 24, 24, seed=seed, sort_chunk=2)
+
+    batcher = make()
+    per_epoch = batcher.num_batches(0)
+    full = list(islice(batcher.iterate(), 2 * per_epoch))
+    for k in (1, per_epoch + 1):
+        epoch, index, _ = full[k]
+        tail = list(islice(make().iterate(epoch, index), 3))
+        for (_, _, a), (_, _, b) in zip(tail, full[k:]):
+            assert all(np.array_equal(a[key], b[key]) for key in BATCH_KEYS + COMPACT_KEYS)
+    other = next(make(seed=4).iterate())[2]
+    assert not np.array_equal(other["tgt_labels"], full[0][2]["tgt_labels"])
+
+
+def test_compact_budget_must_hold_the_longest_example():
+    with pytest.raises(ValueError, match="cannot hold the longest example"):
+        CompactBatcher(random_examples(20, max_len=12), 8, 24, 24, seed=0)
+
+
+def test_layout_resolution():
+    examples = random_examples(30)
+    assert resolve_layout("auto", 1) == "compact" and resolve_layout("auto", 8) == "rows"
+    assert resolve_layout("auto", 1, "gpu") == "rows" and resolve_layout("compact", 1, "gpu") == "compact"
+    assert resolve_layout("rows", 1) == "rows"
+    with pytest.raises(ConfigError, match="one device only"):
+        resolve_layout("compact", 2)
+    with pytest.raises(ConfigError, match="data.layout must be one of"):
+        resolve_layout("compactt", 1)
+    assert isinstance(make_batcher(examples, "compact", 64, 24, 24, seed=0), CompactBatcher)
+    rows = make_batcher(examples, "rows", 64, 24, 24, seed=0)
+    assert type(rows) is PackedBatcher and rows.rows == 64 // 24
 
 
 def test_rows_for_budget():

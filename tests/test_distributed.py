@@ -253,7 +253,8 @@ def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) ->
     config = dataclasses.replace(
         base,
         model=dataclasses.replace(base.model, vocab_size=vocab, d_model=16, ffn_dim=32, max_positions=row_len),
-        data=dataclasses.replace(base.data, src_row_len=row_len, tgt_row_len=row_len),
+        # rows on both sides: a one-process run would otherwise take the compact layout (one device)
+        data=dataclasses.replace(base.data, src_row_len=row_len, tgt_row_len=row_len, layout="rows"),
         train=dataclasses.replace(base.train, steps=LOOP_STEPS, tokens_per_batch=8 * row_len, learning_rate=LR,
                                   warmup_steps=2, warmup_init_lr=1e-4, save_every=2, log_every=1, eval_every=1000,
                                   keep_checkpoints=5),

@@ -50,6 +50,7 @@ import numpy as np
 
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.model.dropout import Dropout
+from jax_namnmt.model.layout import heads_to_compact, heads_to_rows, int_rows
 from jax_namnmt.parallel import constrain
 
 Masks = Any  # nested dict of [num_pairs, features] arrays, or None
@@ -177,7 +178,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_q, x_kv, bias, masks, pairs_q, pairs_kv, deterministic, decode=False,
-                 route_q=None, route_kv=None):
+                 route_q=None, route_kv=None, layout_q=None, layout_kv=None):
+        """``layout_q``/``layout_kv``: ``(index, slot)`` when ``x_q``/``x_kv`` are in the compact
+        layout (``model/layout.py``): the projections run on the compact tokens, the attention
+        itself on the rows, and ``bias`` is the rows' bias."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         heads, head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
@@ -212,6 +216,8 @@ class Attention(nn.Module):
         if decode and self.causal_cache:
             k, v, bias = self._extend_cache(k, v)
 
+        if layout_q is not None:
+            return self._compact_attention(q, k, v, bias, masks, pairs_q, deterministic, route_q, layout_q, layout_kv)
         rows, q_len = q.shape[0], q.shape[1]
         # Beam search: a sentence's beams are consecutive query rows and share one copy of the
         # source keys/values ([batch, ...] against [batch * beams, ...] queries), so the beams of a
@@ -233,6 +239,24 @@ class Attention(nn.Module):
             context = context.reshape((rows, q_len) + context.shape[2:])
         else:
             context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
+        context = context.reshape(context.shape[:-2] + (cfg.d_model,))
+        mask = lookup_mask(masks, "out", pairs_q, dtype)
+        return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
+                           name="out")(context, mask, route_q)
+
+    def _compact_attention(self, q, k, v, bias, masks, pairs_q, deterministic, route_q, layout_q, layout_kv):
+        """Attention of compact ``q``/``k``/``v`` ``[G, N, H, D]`` on head-major rows ``[G, H, R, L, D]``
+        (``bias``: the rows' ``[G * R, 1, Lq, Lk]``), the context back to compact for the out projection."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        q, k, v = heads_to_rows(q, *layout_q), heads_to_rows(k, *layout_kv), heads_to_rows(v, *layout_kv)
+        logits = jnp.einsum("ghrqd,ghrkd->ghrqk", q, k).astype(jnp.float32)
+        groups = q.shape[0]
+        logits = logits + bias.reshape((groups, 1, -1) + bias.shape[2:])
+        weights = jax.nn.softmax(logits, axis=-1)
+        if cfg.attention_dropout > 0.0 and not deterministic:
+            weights = Dropout(cfg.attention_dropout)(weights, deterministic=False)
+        context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
         mask = lookup_mask(masks, "out", pairs_q, dtype)
         return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
@@ -341,10 +365,11 @@ class EncoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, bias, masks, pairs, deterministic):
+    def __call__(self, x, bias, masks, pairs, deterministic, layout=None):
         attn = Attention(self.config, name="self_attn")
         x = Residual(self.config, name="self_attn_res")(
-            x, lambda h: attn(h, h, bias, _sub(masks, "self_attn"), pairs, pairs, deterministic), deterministic
+            x, lambda h: attn(h, h, bias, _sub(masks, "self_attn"), pairs, pairs, deterministic,
+                              layout_q=layout, layout_kv=layout), deterministic
         )
         ffn = FeedForward(self.config, name="ffn")
         x = Residual(self.config, name="ffn_res")(
@@ -360,22 +385,23 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, y, encoded, self_bias, cross_bias, masks, pairs, src_pairs, deterministic, decode,
-                 routes=None, src_routes=None):
-        """``routes``/``src_routes``: target-language ids of the target/source tokens (+TS only)."""
+                 routes=None, src_routes=None, layout=None, src_layout=None):
+        """``routes``/``src_routes``: target-language ids of the target/source tokens (+TS only);
+        ``layout``/``src_layout``: the compact layouts of ``y``/``encoded`` (or None)."""
         cfg = self.config
         ts = cfg.ts_languages
         self_attn = Attention(cfg, causal_cache=True, routes=ts if cfg.ts_self_attn else 0, name="self_attn")
         y = Residual(cfg, name="self_attn_res")(
             y,
             lambda h: self_attn(h, h, self_bias, _sub(masks, "self_attn"), pairs, pairs, deterministic, decode,
-                                routes, routes),
+                                routes, routes, layout, layout),
             deterministic,
         )
         cross = Attention(cfg, routes=ts, name="cross_attn")
         y = Residual(cfg, name="cross_attn_res")(
             y,
             lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), pairs, src_pairs, deterministic, decode,
-                            routes, src_routes),
+                            routes, src_routes, layout, src_layout),
             deterministic,
         )
         ffn = FeedForward(cfg, name="ffn")
@@ -425,11 +451,13 @@ class Transformer(nn.Module):
         x = self.dropout(x.astype(jnp.dtype(cfg.dtype)), deterministic=deterministic)
         return constrain(x, ACTIVATION)
 
-    def encode(self, tokens, segments, positions, pairs, masks=None, deterministic=True):
+    def encode(self, tokens, segments, positions, pairs, masks=None, deterministic=True, layout=None):
+        """``layout``: ``(index, slot)`` when the arrays are in the compact layout."""
         x = self._embed(tokens, positions, deterministic)
-        bias = attention_bias(segments, segments)
+        rows = segments if layout is None else int_rows(segments, layout[0])
+        bias = attention_bias(rows, rows)
         for i, layer in enumerate(self.encoder_layers):
-            x = layer(x, bias, _sub(masks, "encoder", f"layer_{i}"), pairs, deterministic)
+            x = layer(x, bias, _sub(masks, "encoder", f"layer_{i}"), pairs, deterministic, layout)
         if self.config.pre_norm:
             x = self.encoder_norm(x).astype(x.dtype)
         return x
@@ -447,19 +475,24 @@ class Transformer(nn.Module):
         deterministic=True,
         decode=False,
         return_hidden=False,
+        layout=None,
+        src_layout=None,
     ):
         """Logits [B, Lt, V] (float32). With decode=True, one step using the 'cache' collection.
         With ``return_hidden``, the last hidden states ``[B, Lt, d_model]`` (float32) instead:
         the logits are ``hidden @ params["embed"]["embedding"].T`` (``training.loss.output_loss``
-        computes the loss from them without keeping the logits)."""
+        computes the loss from them without keeping the logits). ``layout``/``src_layout``: the
+        compact layouts of the target/source arrays (training only; see ``model/layout.py``)."""
         y = self._embed(tgt_inputs, tgt_positions, deterministic)
         if decode and tgt_inputs.shape[0] != encoded.shape[0]:
             # beam search: `encoded` holds one row per sentence, the target one row per beam (see
             # Attention); every beam of a sentence sees the sentence's non-padding source tokens
             cross_bias = jnp.where(src_segments > 0, 0.0, NEG_INF)[:, None, None, :].astype(jnp.float32)
         else:
-            cross_bias = attention_bias(tgt_segments, src_segments)
-        self_bias = None if decode else attention_bias(tgt_segments, tgt_segments, causal=True)
+            tgt_rows = tgt_segments if layout is None else int_rows(tgt_segments, layout[0])
+            src_rows = src_segments if src_layout is None else int_rows(src_segments, src_layout[0])
+            cross_bias = attention_bias(tgt_rows, src_rows)
+        self_bias = None if decode else attention_bias(tgt_rows, tgt_rows, causal=True)
         routes = src_routes = None
         if self.config.ts_target_of_pair:
             table = jnp.asarray(self.config.ts_target_of_pair, jnp.int32)
@@ -467,7 +500,7 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             y = layer(
                 y, encoded, self_bias, cross_bias, _sub(masks, "decoder", f"layer_{i}"),
-                tgt_pairs, src_pairs, deterministic, decode, routes, src_routes,
+                tgt_pairs, src_pairs, deterministic, decode, routes, src_routes, layout, src_layout,
             )
         if self.config.pre_norm:
             y = self.decoder_norm(y)
@@ -476,14 +509,20 @@ class Transformer(nn.Module):
         return constrain(self.embed.attend(y.astype(jnp.float32)), ("batch", "length", "vocab"))
 
     def __call__(self, batch, masks=None, deterministic=True, return_hidden=False):
+        """A packed batch in the rows layout, or in the compact one (``src_index`` and the other
+        ``COMPACT_KEYS`` present, see ``data/batching.py: CompactBatcher``)."""
+        src_layout = tgt_layout = None
+        if "src_index" in batch:
+            src_layout = (batch["src_index"], batch["src_slot"])
+            tgt_layout = (batch["tgt_index"], batch["tgt_slot"])
         encoded = self.encode(
             batch["src_tokens"], batch["src_segments"], batch["src_positions"], batch["src_pairs"],
-            masks, deterministic,
+            masks, deterministic, src_layout,
         )
         return self.decode(
             encoded, batch["src_segments"], batch["src_pairs"], batch["tgt_inputs"],
             batch["tgt_segments"], batch["tgt_positions"], batch["tgt_pairs"], masks, deterministic,
-            return_hidden=return_hidden,
+            return_hidden=return_hidden, layout=tgt_layout, src_layout=src_layout,
         )
 
 

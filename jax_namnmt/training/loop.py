@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jax_namnmt import parallel
 from jax_namnmt.config import Config
-from jax_namnmt.data.batching import Examples, PackedBatcher, rows_for_budget
+from jax_namnmt.data.batching import Examples, make_batcher, resolve_layout
 from jax_namnmt.errors import CheckpointError, TrainingDiverged
 from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
 from jax_namnmt.training.metrics_log import MetricsLogger
@@ -99,6 +99,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     tc = config.train
     mc = config.model
     mesh, rules = parallel.mesh_from_config(config.parallel)
+    layout = resolve_layout(config.data.layout, mesh.size, jax.default_backend())
     if mesh.size == 1:  # one device: exactly the unsharded program (and its numbers)
         mesh = rules = None
     first_process = jax.process_index() == 0  # multi-host: one process writes metrics and reports
@@ -112,12 +113,11 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             print(f"[{phase}] mesh {parallel.describe(mesh)} over {mesh.size} devices, "
                   f"{jax.process_count()} process(es)")
         sched, key = parallel.put((sched, key), parallel.replicated(mesh))
-    rows = rows_for_budget(tc.tokens_per_batch, config.data.tgt_row_len)
-    batcher = PackedBatcher(train_examples, rows, config.data.src_row_len, config.data.tgt_row_len, seed=tc.seed)
+    rows_args = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
+    batcher = make_batcher(train_examples, layout, *rows_args, seed=tc.seed)
     valid_batches = []
     if valid_examples is not None and len(valid_examples):
-        valid_batches = list(PackedBatcher(valid_examples, rows, config.data.src_row_len, config.data.tgt_row_len,
-                                           seed=0, shuffle=False).epoch(0))
+        valid_batches = list(make_batcher(valid_examples, layout, *rows_args, seed=0, shuffle=False).epoch(0))
 
     ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
     state = init_state(init_params, optimizer)
