@@ -52,6 +52,17 @@ def test_train_throughput_quick(run_quick, tmp_path):
     assert "| jax |" in stdout
 
 
+def test_train_throughput_quick_compact_layout(run_quick):
+    """--layout compact (the CPU default of `train`, run_gpu.sh measures it on a GPU): the same
+    sentences fill more of the slots than packed rows do."""
+    report, _ = run_quick("train_throughput", "--layout", "compact")
+    r = report["results"]["jax"]
+    assert "error" not in r, r
+    assert r["layout"].startswith("compact:") and r["steps"] == 2
+    assert 0.9 * r["target_slots"] < r["target_tokens"] <= r["target_slots"]
+    assert r["sentences"] > 0 and r["final_loss"] > 0
+
+
 def test_train_matmul_flops_formula():
     import importlib.util
 

@@ -13,8 +13,10 @@ packing and back,
   at the end, which reads a zero).
 
 Each real token sits in exactly one row slot, so the two moves are inverse permutations (up to
-the zeros), and the gradient of one is the other: ``regroup`` is a gather whose VJP is a gather
-too (autodiff of a gather would scatter-add, which XLA's CPU backend runs as a serial loop).
+the zeros), and the gradient of one is the other: ``regroup`` is a gather of whole token rows
+whose VJP is a gather too (autodiff of a gather would scatter-add, which XLA's CPU backend runs
+as a serial loop). The attention heads then go head-major (``[H, R * L, D]``) with a transpose
+(a gather that moves the head axis itself, element by element, measured no faster).
 """
 
 from __future__ import annotations
@@ -23,26 +25,37 @@ import jax
 import jax.numpy as jnp
 
 
-@jax.custom_vjp
-def regroup(x, take, inverse):
-    """``x[take]`` along axis 0, with index ``len(x)`` reading zeros; ``inverse`` is the
-    inverse map (``take[inverse[i]] == i`` for every row ``i`` of ``x`` that ``take`` reads,
-    ``len(take)`` for the others), used by the gradient."""
+def _take_rows(x, take):
+    """``x[take]`` along axis 0 (whole rows: one contiguous copy each), zeros where ``take == len(x)``."""
     padded = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
     return jnp.take(padded, take, axis=0, mode="clip")
 
 
-def _regroup_fwd(x, take, inverse):
-    return regroup(x, take, inverse), (take, inverse)
+@jax.custom_vjp
+def regroup(x, take, inverse):
+    """``x[take]`` along axis 0 (zeros at ``take == len(x)``); ``inverse`` is the inverse map
+    (``take[inverse[n]] == n`` for every row ``n`` that ``take`` reads, ``len(take)`` for the
+    others), which makes the gradient a gather too."""
+    return _take_rows(x, take)
 
 
-def _regroup_bwd(residual, g):
-    take, inverse = residual
-    # x's rows that `take` never reads (the padding) get inverse == len(take): zero gradient
-    return regroup(g, inverse, take), None, None
+regroup.defvjp(lambda x, take, inverse: (_take_rows(x, take), (take, inverse)),
+               lambda res, g: (_take_rows(g, res[1]), None, None))
 
 
-regroup.defvjp(_regroup_fwd, _regroup_bwd)
+def heads_to_rows(x, index, slot):
+    """Attention heads ``x [G, N, H, D]`` (compact) -> ``[G, H, R, L, D]``: head-major rows, so
+    that the attention dots have their batch dimensions (g, h, r) leading."""
+    groups, rows, row_len = index.shape
+    flat = jax.vmap(regroup)(x, index.reshape(groups, rows * row_len), slot)  # [G, M, H, D]
+    return jnp.swapaxes(flat, 1, 2).reshape((groups, x.shape[2], rows, row_len) + x.shape[3:])
+
+
+def heads_to_compact(y, index, slot):
+    """``y [G, H, R, L, D]`` (head-major rows) -> ``[G, N, H, D]`` (compact)."""
+    groups, rows, row_len = index.shape
+    flat = jnp.swapaxes(y.reshape(y.shape[:2] + (rows * row_len,) + y.shape[4:]), 1, 2)  # [G, M, H, D]
+    return jax.vmap(regroup)(flat, slot, index.reshape(groups, rows * row_len))
 
 
 def int_rows(values, index):
@@ -51,21 +64,3 @@ def int_rows(values, index):
     groups, rows, row_len = index.shape
     padded = jnp.concatenate([values, jnp.zeros((groups, 1), values.dtype)], axis=1)
     return jnp.take_along_axis(padded, index.reshape(groups, rows * row_len), axis=1).reshape(groups * rows, row_len)
-
-
-def heads_to_rows(x, index, slot):
-    """Attention heads ``x [G, N, H, D]`` (compact) -> ``[G, H, R, L, D]``: head-major rows, so
-    that the attention dots have their batch dimensions (g, h, r) leading with no transpose
-    beside the gather (which XLA fuses with the move of the head axis)."""
-    groups, rows, row_len = index.shape
-    per_head = jax.vmap(regroup, in_axes=(0, None, None))
-    flat = jax.vmap(per_head)(jnp.swapaxes(x, 1, 2), index.reshape(groups, rows * row_len), slot)
-    return flat.reshape(flat.shape[:2] + (rows, row_len) + x.shape[3:])
-
-
-def heads_to_compact(y, index, slot):
-    """``y [G, H, R, L, D]`` (head-major rows) -> ``[G, N, H, D]`` (compact)."""
-    groups, rows, row_len = index.shape
-    per_head = jax.vmap(regroup, in_axes=(0, None, None))
-    flat = y.reshape(y.shape[:2] + (rows * row_len,) + y.shape[4:])
-    return jnp.swapaxes(jax.vmap(per_head)(flat, slot, index.reshape(groups, rows * row_len)), 1, 2)
