@@ -181,3 +181,25 @@ def test_finetune_leaves_unallocated_neurons_unchanged(workdir, full_run):
             assert 7 in changed
     # parameters outside the masked projections were trained as usual
     assert not np.array_equal(get(before, ("embed",), "embedding"), get(after, ("embed",), "embedding"))
+
+
+def test_a_run_resumes_in_the_layout_of_its_checkpoint(workdir):
+    """A run trained in packed rows (as every run before ``data.layout`` existed) and resumed with
+    the default layout (compact on one CPU device) goes on in rows: its data position counts rows
+    batches, so it equals an uninterrupted rows run."""
+    root, config = workdir
+    rows = config.override(["data.layout=rows"])
+    full = workflow.run_pretrain(rows.override([f"train.steps={STEPS}"]).validate(), root, root / "rows_full",
+                                 quiet=True)
+    out = root / "rows_resumed"
+    workflow.run_pretrain(rows.override([f"train.steps={STEPS // 2}"]).validate(), root, out, quiet=True)
+    assert config.data.layout == "auto"
+    workflow.run_pretrain(config.override([f"train.steps={STEPS}"]).validate(), root, out, quiet=True)
+    got, want = _leaves(workflow.load_run(out).params), _leaves(workflow.load_run(full).params)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    tc = config.train
+    target = init_state(init_params(config.model), make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps,
+                                                                  tc.clip_norm))
+    with Checkpointer(out) as ckpt:
+        assert ckpt.restore(target)[1]["data"]["layout"] == "rows"

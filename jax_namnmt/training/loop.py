@@ -113,12 +113,6 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             print(f"[{phase}] mesh {parallel.describe(mesh)} over {mesh.size} devices, "
                   f"{jax.process_count()} process(es)")
         sched, key = parallel.put((sched, key), parallel.replicated(mesh))
-    rows_args = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
-    batcher = make_batcher(train_examples, layout, *rows_args, seed=tc.seed)
-    valid_batches = []
-    if valid_examples is not None and len(valid_examples):
-        valid_batches = list(make_batcher(valid_examples, layout, *rows_args, seed=0, shuffle=False).epoch(0))
-
     ckpt = Checkpointer(run_dir, max_to_keep=tc.keep_checkpoints)
     state = init_state(init_params, optimizer)
     if mesh is not None:  # before a restore: the checkpoint is then restored onto these shardings
@@ -129,6 +123,21 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
         epoch, index = meta["data"]["epoch"], meta["data"]["index"]
         if not quiet and first_process:
             print(f"[{phase}] resuming from {ckpt.directory}/{ckpt.latest_step()} (epoch {epoch}, batch {index})")
+        # the data position counts batches of the checkpoint's layout (checkpoints written before
+        # data.layout existed used rows): resume in that layout, so the stream goes on unchanged
+        saved = meta["data"].get("layout", "rows")
+        if saved != layout and (saved == "rows" or mesh is None):
+            layout = saved
+        elif saved != layout and not quiet and first_process:
+            print(f"[{phase}] the checkpoint was trained in the compact layout, which a mesh cannot use: "
+                  f"continuing in rows from batch {index} of epoch {epoch} of the rows' stream")
+    rows_args = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
+    batcher = make_batcher(train_examples, layout, *rows_args, seed=tc.seed)
+    if index > batcher.num_batches(epoch):
+        epoch, index = epoch + 1, 0
+    valid_batches = []
+    if valid_examples is not None and len(valid_examples):
+        valid_batches = list(make_batcher(valid_examples, layout, *rows_args, seed=0, shuffle=False).epoch(0))
     # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
     # ones are not, and jit compiles once per placement, so without this a resumed run, and every
     # fine-tuning (committed params, fresh step counter), compiled the train step again.
@@ -158,7 +167,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
 
     def save(step_now, position):
         check_diverged(step_now)
-        ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1]}, "step": step_now,
+        ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1], "layout": layout},
+                                    "step": step_now,
                                     "phase": phase, "config": config.to_dict(),
                                     "vocabulary": str((run_dir / "spm.model").resolve())})
 
