@@ -231,14 +231,25 @@ class Attention(nn.Module):
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if bias is not None:
             logits = logits + bias
-        weights = jax.nn.softmax(logits, axis=-1)
-        if cfg.attention_dropout > 0.0 and not deterministic:
-            weights = Dropout(cfg.attention_dropout)(weights, deterministic=False)
+        weights = self._weights(logits, deterministic)
         if head_major:
             context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v).transpose(0, 2, 1, 3)
             context = context.reshape((rows, q_len) + context.shape[2:])
         else:
             context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
+        return self._out(context, masks, pairs_q, route_q)
+
+    def _weights(self, logits, deterministic):
+        """Softmax over the keys, then attention dropout."""
+        weights = jax.nn.softmax(logits, axis=-1)
+        if self.config.attention_dropout > 0.0 and not deterministic:
+            weights = Dropout(self.config.attention_dropout)(weights, deterministic=False)
+        return weights
+
+    def _out(self, context, masks, pairs_q, route_q):
+        """The masked out projection of the heads' context ``[..., heads, head_dim]``."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
         mask = lookup_mask(masks, "out", pairs_q, dtype)
         return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
@@ -252,15 +263,9 @@ class Attention(nn.Module):
         q, k, v = heads_to_rows(q, *layout_q), heads_to_rows(k, *layout_kv), heads_to_rows(v, *layout_kv)
         logits = jnp.einsum("ghrqd,ghrkd->ghrqk", q, k).astype(jnp.float32)
         groups = q.shape[0]
-        logits = logits + bias.reshape((groups, 1, -1) + bias.shape[2:])
-        weights = jax.nn.softmax(logits, axis=-1)
-        if cfg.attention_dropout > 0.0 and not deterministic:
-            weights = Dropout(cfg.attention_dropout)(weights, deterministic=False)
+        weights = self._weights(logits + bias.reshape((groups, 1, -1) + bias.shape[2:]), deterministic)
         context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
-        context = context.reshape(context.shape[:-2] + (cfg.d_model,))
-        mask = lookup_mask(masks, "out", pairs_q, dtype)
-        return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
-                           name="out")(context, mask, route_q)
+        return self._out(context, masks, pairs_q, route_q)
 
     def _extend_cache(self, k, v):
         """Write this step's key/value (head-major ``[batch, heads, 1, head_dim]``) at the cache
