@@ -276,6 +276,10 @@ def test_layout_resolution():
         resolve_layout("compact", 2)
     with pytest.raises(ConfigError, match="data.layout must be one of"):
         resolve_layout("compactt", 1)
+    from jax_namnmt.config import load_config
+
+    with pytest.raises(ConfigError, match="data.layout must be one of .* not 'compactt'"):
+        load_config("tiny", ["data.layout=compactt"]).validate()
     assert isinstance(make_batcher(examples, "compact", 64, 24, 24, seed=0), CompactBatcher)
     rows = make_batcher(examples, "rows", 64, 24, 24, seed=0)
     assert type(rows) is PackedBatcher and rows.rows == 64 // 24
