@@ -215,16 +215,17 @@ class PackedBatcher:
         chunk = self.sort_chunk * self.rows
         packed: list[list[int]] = []
         for start in range(0, n, chunk):
-            part = order[start:start + chunk]
-            key = np.maximum(self._src_lens[part], self._tgt_lens[part])
-            part = part[np.argsort(-key, kind="stable")]
-            packed += _pack_first_fit(
-                part, self._src_lens, self._tgt_lens, self.src_len, self.tgt_len
-            )
+            packed += self._pack_chunk(order[start:start + chunk])
         batches = self._group(packed)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
+
+    def _pack_chunk(self, part: np.ndarray) -> list[list[int]]:
+        """The examples ``part``, longest first, packed first-fit into rows."""
+        key = np.maximum(self._src_lens[part], self._tgt_lens[part])
+        return _pack_first_fit(part[np.argsort(-key, kind="stable")], self._src_lens, self._tgt_lens,
+                               self.src_len, self.tgt_len)
 
     def _group(self, packed: list[list[int]]) -> list[list[list[int]]]:
         """Rows into batches of ``rows`` rows, the last one completed with empty rows."""
@@ -362,9 +363,7 @@ class CompactBatcher(PackedBatcher):
         """Rows that the budgets take at the fill of a packed sample (one sort chunk, seeded)."""
         rng = np.random.default_rng([self.seed, 2**31])  # a stream no epoch uses
         sample = rng.permutation(len(self.examples))[:self.sort_chunk * self.rows]
-        key = np.maximum(self._src_lens[sample], self._tgt_lens[sample])
-        sample = sample[np.argsort(-key, kind="stable")]
-        packed = len(_pack_first_fit(sample, self._src_lens, self._tgt_lens, self.src_len, self.tgt_len))
+        packed = len(self._pack_chunk(sample))
         need = max(tgt_tokens * packed / self._tgt_lens[sample].sum(),
                    src_tokens * packed / self._src_lens[sample].sum())
         return int(np.ceil(need * 1.05)) + 1

@@ -62,5 +62,4 @@ def int_rows(values, index):
     """Integer ``values [G, N]`` (segment ids) in the rows layout ``[G * R, L]``, 0 at empty
     slots (not differentiated, so a plain gather)."""
     groups, rows, row_len = index.shape
-    padded = jnp.concatenate([values, jnp.zeros((groups, 1), values.dtype)], axis=1)
-    return jnp.take_along_axis(padded, index.reshape(groups, rows * row_len), axis=1).reshape(groups * rows, row_len)
+    return jax.vmap(_take_rows)(values, index.reshape(groups, rows * row_len)).reshape(groups * rows, row_len)
