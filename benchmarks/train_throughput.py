@@ -114,7 +114,7 @@ def side_jax(args) -> dict:
 
     profiled = None
     if args.profile_dir:  # untimed: the trace of a few steps, for what bounds the step on this device
-        with jax.profiler.trace(args.profile_dir):
+        with jax.profiler.trace(args.profile_dir, create_perfetto_trace=True):
             state, metrics, _ = common.run_steps(train_step, state, timed[:3], None, key, sched)
         profiled = str(args.profile_dir)
 

@@ -134,6 +134,19 @@ def forward(params, batch, masks, *, config):
     """Logits [B, Lt, V] (the same compiled program as ``forward_h``)."""
     return forward_h(params, batch, masks, config=config)[0]
 
+def dot_equations(jaxpr) -> list:
+    """Every ``dot_general`` equation of a jaxpr, sub-jaxprs (scan, jit, custom VJPs) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += dot_equations(inner)
+    return found
+
 
 @pytest.fixture(scope="session")
 def fns():

@@ -44,6 +44,16 @@ def test_train_throughput_quick(run_quick, tmp_path):
     r = report["results"]["jax"]
     assert "error" not in r, r
     assert r["profile_dir"] == str(profile) and list(profile.rglob("*.xplane.pb"))  # a trace to read
+    # profile_summary.py reads the trace's Perfetto JSON: the 3 profiled steps' executions are in it
+    summary_json = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_summary.py"), str(profile),
+                           "--out", str(summary_json)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(summary_json.read_text())
+    steps = [n for g in summary.values() for name, _, n in g["by_name"] if name == "PjitFunction(train_step)"]
+    assert steps and max(steps) >= 3, summary.keys()
+    assert all(g["busy_ms"] >= 0 and g["span_ms"] >= 0 for g in summary.values())
+    assert "| op (stem) | ms | share | count |" in proc.stdout
     assert r["steps"] == 2 and r["target_tokens"] > 0
     assert r["target_tokens"] <= r["target_slots"]
     assert r["target_tokens_per_s"] > 0 and r["matmul_flops"] > 0 and 0 < r["mfu"] < 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import dot_equations
 from jax_namnmt.method.masks import flatten, nest
 from jax_namnmt.training.loss import label_smoothed_nll, output_loss
 from jax_namnmt.training.step import init_state, inverse_sqrt_lr, make_optimizer, make_train_step, schedule_args
@@ -74,6 +76,36 @@ def test_output_loss_equals_loss_through_logits(chunk):
     # padding tokens get exactly zero gradient
     grad_h = jax.grad(fused)(hidden, emb, 1.0, 0.3)
     assert not np.asarray(grad_h)[~weights].any() and np.asarray(grad_h)[weights].any()
+
+
+def test_output_loss_in_bfloat16_matmuls_float32_softmax():
+    """bfloat16 hidden states: the output layer's three matmuls take bfloat16 operands (float32
+    accumulation), the sums equal the float32 loss of the bfloat16-rounded operands (products of
+    bfloat16 numbers are exact in float32), the gradients equal theirs up to the rounding of the
+    logits' gradient to bfloat16, and the hidden gradient comes back in bfloat16."""
+    rng = np.random.default_rng(1)
+    n, d, vocab = 96, 32, 53
+    hidden = jnp.asarray(rng.normal(size=(n, d)), jnp.bfloat16)
+    emb = (0.3 * rng.normal(size=(vocab, d))).astype(np.float32)
+    emb_rounded = np.asarray(jnp.asarray(emb, jnp.bfloat16).astype(jnp.float32))
+    labels = rng.integers(0, vocab, n).astype(np.int32)
+    weights = rng.random(n) < 0.8
+
+    def reference(h, e):
+        return label_smoothed_nll(h @ e.T, labels, weights, 0.1)[0]
+
+    def fused(h, e):
+        return output_loss(h, e, labels, weights, 0.1, 0)[0]
+
+    want = jax.value_and_grad(reference, argnums=(0, 1))(hidden.astype(jnp.float32), emb_rounded)
+    got = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))(hidden, emb)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
+    assert got[1][0].dtype == jnp.bfloat16 and got[1][1].dtype == jnp.float32
+    for g, w in zip(got[1], want[1]):
+        scale = float(np.abs(np.asarray(w)).max())
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), atol=2e-2 * scale)
+    dots = dot_equations(jax.make_jaxpr(jax.grad(fused, argnums=(0, 1)))(hidden, emb).jaxpr)
+    assert [[v.aval.dtype for v in eqn.invars] for eqn in dots] == [[jnp.bfloat16] * 2] * 3, dots
 
 
 def test_output_loss_of_no_tokens_is_zero():

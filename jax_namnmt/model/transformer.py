@@ -484,9 +484,10 @@ class Transformer(nn.Module):
         src_layout=None,
     ):
         """Logits [B, Lt, V] (float32). With decode=True, one step using the 'cache' collection.
-        With ``return_hidden``, the last hidden states ``[B, Lt, d_model]`` (float32) instead:
-        the logits are ``hidden @ params["embed"]["embedding"].T`` (``training.loss.output_loss``
-        computes the loss from them without keeping the logits). ``layout``/``src_layout``: the
+        With ``return_hidden``, the last hidden states ``[B, Lt, d_model]`` (in the compute
+        dtype, ``config.dtype``) instead: the logits are ``hidden @ params["embed"]["embedding"].T``
+        (``training.loss.output_loss`` computes the float32 loss from them, with matmuls in that
+        dtype, without keeping the logits). ``layout``/``src_layout``: the
         compact layouts of the target/source arrays (training only; see ``model/layout.py``)."""
         y = self._embed(tgt_inputs, tgt_positions, deterministic)
         if decode and tgt_inputs.shape[0] != encoded.shape[0]:
@@ -509,8 +510,8 @@ class Transformer(nn.Module):
             )
         if self.config.pre_norm:
             y = self.decoder_norm(y)
-        if return_hidden:
-            return constrain(y.astype(jnp.float32), ACTIVATION)
+        if return_hidden:  # the compute dtype: output_loss's matmuls take it (bfloat16: tensor cores)
+            return constrain(y.astype(jnp.dtype(self.config.dtype)), ACTIVATION)
         return constrain(self.embed.attend(y.astype(jnp.float32)), ("batch", "length", "vocab"))
 
     def __call__(self, batch, masks=None, deterministic=True, return_hidden=False):

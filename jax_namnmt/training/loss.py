@@ -59,9 +59,22 @@ def _chunked(hidden, labels, weights, chunk: int):
     return hidden.reshape(k, chunk, hidden.shape[-1]), labels.reshape(k, chunk), weights.reshape(k, chunk)
 
 
+def _matmul_dtype(hidden):
+    """The output layer's matmul operand dtype: the hidden states' compute dtype when it is a
+    16-bit float (bfloat16 on accelerators: tensor-core matmuls, float32 accumulation), else
+    float32. The logits, softmax and loss are float32 either way."""
+    return hidden.dtype if jnp.dtype(hidden.dtype).itemsize == 2 else jnp.dtype(jnp.float32)
+
+
+def _dot(a, b):
+    """``a @ b`` accumulated and returned in float32 (operands in their own dtype)."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
 def _chunk_terms(h, embedding, labels, epsilon):
-    """Per-token loss and nll of one chunk, and the unnormalised softmax ``(e, s)``."""
-    z = h @ embedding.T  # [c, V] float32
+    """Per-token loss and nll of one chunk, and the unnormalised softmax ``(e, s)``; ``h`` and
+    ``embedding`` in the matmul dtype, everything after the matmul in float32."""
+    z = _dot(h, embedding.T)  # [c, V] float32
     vocab = z.shape[-1]
     a, eps_i = _coefficients(epsilon, vocab)
     m = jnp.max(z, axis=-1, keepdims=True)
@@ -74,7 +87,9 @@ def _chunk_terms(h, embedding, labels, epsilon):
 
 
 def _sums(hidden, embedding, labels, weights, epsilon, chunk):
-    hc, lc, wc = _chunked(hidden.astype(jnp.float32), labels, weights.astype(jnp.float32), chunk)
+    cd = _matmul_dtype(hidden)
+    hc, lc, wc = _chunked(hidden.astype(cd), labels, weights.astype(jnp.float32), chunk)
+    embedding = embedding.astype(cd)
 
     def body(acc, xs):
         h, lab, w = xs
@@ -93,19 +108,21 @@ def _output_loss(hidden, embedding, labels, weights, epsilon, chunk):
 
 def _output_loss_fwd(hidden, embedding, labels, weights, epsilon, chunk):
     hidden, embedding, labels, weights = hidden.value, embedding.value, labels.value, weights.value
-    hc, lc, wc = _chunked(hidden.astype(jnp.float32), labels, weights.astype(jnp.float32), chunk)
+    cd = _matmul_dtype(hidden)
+    hc, lc, wc = _chunked(hidden.astype(cd), labels, weights.astype(jnp.float32), chunk)
+    emb_c = embedding.astype(cd)
     vocab, d = embedding.shape
     a, eps_i = _coefficients(epsilon, vocab)
 
     def body(acc, xs):
         d_emb_t, loss_sum, nll_sum = acc
         h, lab, w = xs
-        loss, nll, e, s = _chunk_terms(h, embedding, lab, epsilon)
+        loss, nll, e, s = _chunk_terms(h, emb_c, lab, epsilon)
         # d loss / d z = softmax - a * onehot(label) - eps_i (per token, times its weight)
         dz = (e * (1.0 / s)[:, None] - eps_i) * w[:, None]
-        dz = dz - jnp.where(jnp.arange(vocab)[None, :] == lab[:, None], (a * w)[:, None], 0.0)
+        dz = (dz - jnp.where(jnp.arange(vocab)[None, :] == lab[:, None], (a * w)[:, None], 0.0)).astype(cd)
         # h.T @ dz transposes the small [c, d] operand, not the [c, V] one
-        return (d_emb_t + h.T @ dz, loss_sum + jnp.sum(loss * w), nll_sum + jnp.sum(nll * w)), dz @ embedding
+        return (d_emb_t + _dot(h.T, dz), loss_sum + jnp.sum(loss * w), nll_sum + jnp.sum(nll * w)), _dot(dz, emb_c)
 
     zero = jnp.zeros((), jnp.float32)
     (d_emb_t, loss, nll), d_hidden = jax.lax.scan(body, (jnp.zeros((d, vocab), jnp.float32), zero, zero),
@@ -137,7 +154,10 @@ _output_loss.defvjp(_output_loss_fwd, _output_loss_bwd, symbolic_zeros=True)
 def output_loss(hidden, embedding, labels, weights, epsilon: float, chunk: int | None = None):
     """``label_smoothed_nll(hidden @ embedding.T, labels, weights, epsilon)`` for flat tokens
     (``hidden [N, d]``, ``embedding [V, d]``, ``labels``/``weights [N]``), float32 logits,
-    ``chunk`` tokens at a time (``None``: ``default_loss_chunk()``; 0: all at once).
+    ``chunk`` tokens at a time (``None``: ``default_loss_chunk()``; 0: all at once). With bfloat16
+    ``hidden`` the three output-layer matmuls (logits, and the gradients of hidden and embedding)
+    take bfloat16 operands with float32 accumulation, as every other matmul of the model does;
+    softmax, loss and the embedding's gradient sum stay float32.
 
     Same values and gradients as through the logits (tests compare both, for the loss and the
     nll), without a ``[N, V]`` array kept for the backward pass."""
