@@ -55,7 +55,8 @@ def packed_data(tokens_per_batch: int, row_len: int, min_len: int, max_len: int,
     side, sentences in corpus order, mixed pair ids), warm-up batches first, then the timed ones;
     with ``layout="compact"`` the ``CompactBatcher`` batches of the same sentences.
 
-    Returns a dict: rows, src, tgt, pairs, warm (numpy batches), timed (numpy batches),
+    Returns a dict: rows (a batch's rows: of both sides, or of attention in the compact layout),
+    src, tgt, pairs, warm (numpy batches), timed (numpy batches),
     warm_ids / timed_ids (the sentence indices each set holds), spare_ids (sentences in no batch).
     """
     from jax_namnmt.data.batching import Examples, make_batcher, rows_for_budget
@@ -73,7 +74,7 @@ def packed_data(tokens_per_batch: int, row_len: int, min_len: int, max_len: int,
     ids = lambda plans: [i for b in plans for row in b for i in row]  # noqa: E731
     used = set(ids(warm_plans)) | set(ids(timed_plans))
     return {
-        "rows": rows, "src": src, "tgt": tgt, "pairs": pairs,
+        "rows": batcher.rows, "src": src, "tgt": tgt, "pairs": pairs,
         "warm": [batcher._materialize(b) for b in warm_plans],
         "timed": [batcher._materialize(b) for b in timed_plans],
         "warm_ids": ids(warm_plans), "timed_ids": ids(timed_plans),
