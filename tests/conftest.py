@@ -134,6 +134,7 @@ def forward(params, batch, masks, *, config):
     """Logits [B, Lt, V] (the same compiled program as ``forward_h``)."""
     return forward_h(params, batch, masks, config=config)[0]
 
+
 def dot_equations(jaxpr) -> list:
     """Every ``dot_general`` equation of a jaxpr, sub-jaxprs (scan, jit, custom VJPs) included."""
     found = []
