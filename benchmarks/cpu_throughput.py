@@ -23,7 +23,9 @@ output tokens/s (N per sentence), after an untimed warm-up (compilation) on the 
 
 Rounds: each measurement runs ``--rounds`` times (default 3), ours and Marian alternating, and
 each side's fastest round counts (all rounds are in the JSON): this 2-core VM's speed drifts by
-+-10% over minutes, and alternating makes the drift hit both sides alike.
++-10% over minutes, and alternating makes the drift hit both sides alike. The JSON also has the
+ratio of each back-to-back round pair and their median (``paired_ratio_jax_over_marian``), which
+a drift between rounds does not move; ``--rounds 8 --steps 8`` gives more, shorter pairs.
 
     python benchmarks/cpu_throughput.py                # full benchmark (needs torch + transformers)
     python benchmarks/cpu_throughput.py --quick        # tiny shapes, 2 steps, 2 decode batches, JAX only if no torch
@@ -43,6 +45,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -321,6 +324,15 @@ def interleaved(sessions: dict, rounds: int) -> dict:
     return {name: result(seconds[name]) for name, (_, result) in sessions.items()}
 
 
+def paired_ratios(ours_seconds: list[float], theirs_seconds: list[float]) -> dict:
+    """Ours / theirs throughput of each round pair (the same work each side, so the ratio of
+    their seconds to ours), and the median: the two rounds of a pair ran back to back, so a slow
+    drift of the machine cancels in each pair, where the fastest rounds of the two sides may
+    come from different machine states."""
+    ratios = [t / o for o, t in zip(ours_seconds, theirs_seconds)]
+    return {"per_round": ratios, "median": statistics.median(ratios) if ratios else None}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -364,6 +376,8 @@ def main(argv=None) -> dict:
     if use_torch:
         report["ratio_jax_over_marian"] = (results["jax"]["target_tokens_per_s"]
                                            / results["marian"]["target_tokens_per_s"])
+        report["paired_ratio_jax_over_marian"] = paired_ratios(results["jax"]["round_seconds"],
+                                                               results["marian"]["round_seconds"])
 
     dsrc, dpairs, dbatches = decode_setup(args, config)
     sessions = {"jax": jax_decode_session(args, config, dsrc, dpairs, dbatches)}
@@ -379,6 +393,8 @@ def main(argv=None) -> dict:
     if use_torch:
         report["decode"]["ratio_jax_over_marian"] = (dres["jax"]["sentences_per_s"]
                                                      / dres["marian"]["sentences_per_s"])
+        report["decode"]["paired_ratio_jax_over_marian"] = paired_ratios(dres["jax"]["round_seconds"],
+                                                                         dres["marian"]["round_seconds"])
 
     print(f"\nCPU training throughput ({args.threads} threads, {os.cpu_count()} cores), "
           f"same {results['jax']['sentences']} sentences each side")
@@ -389,7 +405,9 @@ def main(argv=None) -> dict:
         print(f"| {name}: {r['framework']} | {r['layout']} | {r['steps']} | {r['sentences']} | "
               f"{r['target_tokens']} | {pad:.1%} | {r['seconds']:.2f} | {r['target_tokens_per_s']:,.0f} |")
     if use_torch:
-        print(f"\nJAX / Marian ratio (target tokens/s): {report['ratio_jax_over_marian']:.3f}")
+        paired = report["paired_ratio_jax_over_marian"]
+        print(f"\nJAX / Marian ratio (target tokens/s): {report['ratio_jax_over_marian']:.3f} (fastest rounds); "
+              f"round by round {', '.join(f'{r:.3f}' for r in paired['per_round'])}, median {paired['median']:.3f}")
 
     print(f"\nCPU beam-{args.beam} decoding ({args.threads} threads), same {args.decode_sentences} source "
           f"sentences and batches of {args.decode_batch} each side, every output forced to "

@@ -45,3 +45,14 @@ def test_cpu_throughput_quick(tmp_path):
     if "marian" in decode["results"]:
         assert decode["ratio_jax_over_marian"] > 0
     assert "decode beam 4: sentences/s" in proc.stdout
+
+
+def test_paired_ratios_are_per_round_pairs_and_their_median(monkeypatch):
+    """Ours / Marian throughput per back-to-back round pair (their seconds / ours: same work),
+    and the median; a machine twice as slow in round 2 leaves the pair's ratio unchanged."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from cpu_throughput import paired_ratios
+
+    got = paired_ratios([10.0, 20.0, 10.0], [11.0, 22.0, 9.0])
+    assert got["per_round"] == [1.1, 1.1, 0.9] and got["median"] == 1.1
+    assert paired_ratios([], []) == {"per_round": [], "median": None}
