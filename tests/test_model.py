@@ -13,7 +13,9 @@ import pytest
 from conftest import dot_equations
 from jax_namnmt.method.importance import module_name, reads_source_tokens
 from jax_namnmt.method.masks import all_ones, flatten, nest
-from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, count_params, init_params, mask_lookup_method, module_sizes
+from jax_namnmt.model.transformer import (MASK_LOOKUP_ENV, Transformer, count_params, init_params, mask_lookup_method,
+                                          module_sizes)
+from jax_namnmt.training.step import batch_loss
 
 NUM_PAIRS = 3
 
@@ -262,9 +264,6 @@ def test_bfloat16_model_output_layer_runs_bfloat16_matmuls(tiny_config, tiny_par
     last hidden states and of the tied embedding) runs bfloat16 matmuls with float32 results, like
     every other projection (it ran float32/TF32 matmuls on GPUs, ~20% of an H100 step); the loss
     stays close to the float32 model's on the same parameters."""
-    from jax_namnmt.model.transformer import Transformer
-    from jax_namnmt.training.step import batch_loss
-
     batch = _mixed_batch(pack, example)
     bf16 = dataclasses.replace(tiny_config, dtype="bfloat16")
 
@@ -279,4 +278,3 @@ def test_bfloat16_model_output_layer_runs_bfloat16_matmuls(tiny_config, tiny_par
     for eqn in vocab_dots:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
-

@@ -86,14 +86,19 @@ def _chunk_terms(h, embedding, labels, epsilon):
     return a * nll + eps_i * smooth, nll, e, s
 
 
-def _sums(hidden, embedding, labels, weights, epsilon, chunk):
+def _operands(hidden, embedding, labels, weights, chunk):
+    """The chunked ``(hidden, labels, weights)`` and the embedding, the matmul operands in
+    ``_matmul_dtype(hidden)``, the weights in float32."""
     cd = _matmul_dtype(hidden)
-    hc, lc, wc = _chunked(hidden.astype(cd), labels, weights.astype(jnp.float32), chunk)
-    embedding = embedding.astype(cd)
+    return _chunked(hidden.astype(cd), labels, weights.astype(jnp.float32), chunk), embedding.astype(cd)
+
+
+def _sums(hidden, embedding, labels, weights, epsilon, chunk):
+    (hc, lc, wc), emb_c = _operands(hidden, embedding, labels, weights, chunk)
 
     def body(acc, xs):
         h, lab, w = xs
-        loss, nll, _, _ = _chunk_terms(h, embedding, lab, epsilon)
+        loss, nll, _, _ = _chunk_terms(h, emb_c, lab, epsilon)
         return (acc[0] + jnp.sum(loss * w), acc[1] + jnp.sum(nll * w)), None
 
     zero = jnp.zeros((), jnp.float32)
@@ -108,9 +113,8 @@ def _output_loss(hidden, embedding, labels, weights, epsilon, chunk):
 
 def _output_loss_fwd(hidden, embedding, labels, weights, epsilon, chunk):
     hidden, embedding, labels, weights = hidden.value, embedding.value, labels.value, weights.value
-    cd = _matmul_dtype(hidden)
-    hc, lc, wc = _chunked(hidden.astype(cd), labels, weights.astype(jnp.float32), chunk)
-    emb_c = embedding.astype(cd)
+    (hc, lc, wc), emb_c = _operands(hidden, embedding, labels, weights, chunk)
+    cd = emb_c.dtype
     vocab, d = embedding.shape
     a, eps_i = _coefficients(epsilon, vocab)
 
