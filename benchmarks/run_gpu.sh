@@ -15,8 +15,7 @@
 #   TRAIN_ARGS, DECODE_ARGS, MASKED_ARGS, IMPORTANCE_ARGS   extra flags for one script, e.g.
 #                        TRAIN_ARGS="--min-len 20 --max-len 60 --row-len 128" (WMT-like lengths)
 #   NO_COMPILE=1         skip the torch.compile side
-#   ABLATIONS=1          also time our step with vocab 8000, with dropout 0, with 128-token rows,
-#                        with rbg dropout bits
+#   ABLATIONS=1          also time our step with vocab 8000, with dropout 0, with 128-token rows
 #   TRAIN_ARGS="--profile-dir OUTDIR/profile"   a jax.profiler trace of 3 of our train steps
 set -u
 
@@ -91,8 +90,6 @@ if [ -n "${ABLATIONS:-}" ]; then
   run ablate_vocab8k train_throughput 60 --steps 20 --warmup 3 --sides jax --vocab 8000
   run ablate_no_dropout train_throughput 60 --steps 20 --warmup 3 --sides jax --dropout 0
   run ablate_rows128 train_throughput 60 --steps 20 --warmup 3 --sides jax --row-len 128 --min-len 20 --max-len 60
-  # dropout bits from the rbg generator (XLA's RngBitGenerator) instead of threefry (dropout is ~7% of an H100 step)
-  JAX_DEFAULT_PRNG_IMPL=rbg run ablate_rbg train_throughput 60 --steps 20 --warmup 3 --sides jax
 fi
 
 echo "total $(( $(date +%s) - START )) s of the ${BUDGET} s budget"
