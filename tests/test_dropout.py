@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_namnmt.model.dropout import Dropout, draws, dropout
+from jax_namnmt.model.dropout import Dropout, draws, dropout, linear_index
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3])
@@ -59,3 +59,9 @@ def test_module_deterministic_and_edge_rates():
     # gradients flow through kept elements only, scaled like the values
     g = jax.grad(lambda v: dropout(jax.random.key(3), v, 0.5).sum())(x)
     np.testing.assert_array_equal(np.asarray(g), np.asarray(dropout(jax.random.key(3), jnp.ones_like(x), 0.5)))
+
+
+def test_linear_index_is_the_row_major_index():
+    for shape in [(), (5,), (3, 4), (2, 3, 5, 7)]:
+        np.testing.assert_array_equal(np.asarray(linear_index(shape)),
+                                      np.arange(int(np.prod(shape)), dtype=np.uint32).reshape(shape))

@@ -43,8 +43,19 @@ def draws(key, shape) -> jnp.ndarray:
     if size > MAX_ELEMENTS:
         raise ValueError(f"dropout over {size} elements (shape {tuple(shape)}): at most 2**32 in one array")
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, size).reshape(shape)
-    return fmix32(fmix32(index ^ seed[0]) ^ seed[1])
+    return fmix32(fmix32(linear_index(shape) ^ seed[0]) ^ seed[1])
+
+
+def linear_index(shape) -> jnp.ndarray:
+    """Each element's row-major index (uint32), as a sum of per-dimension iotas: every term is
+    elementwise in the array's own dimensions, so it fuses, and under a mesh each device computes
+    its own shard's indices (a reshaped 1-D iota would have to be resharded)."""
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for dim in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
+        stride *= shape[dim]
+    return index
 
 
 def dropout(key, x, rate: float):
