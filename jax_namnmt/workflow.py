@@ -221,15 +221,15 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
     run = load_run(run_dir)
     data_dir = data_dir_for(config, workdir or run_dir)
     examples, _ = load_examples(run.config, data_dir, run.vocab, "valid", config.method.importance_max_lines)
-    devices = parallel.mesh_from_config(config.parallel)[0].size
-    batcher = make_batcher(examples, resolve_layout(config.data.layout, devices, jax.default_backend()),
+    mesh, rules = parallel.mesh_from_config(config.parallel)
+    batcher = make_batcher(examples, resolve_layout(config.data.layout, mesh.size, jax.default_backend()),
                            config.method.importance_tokens_per_batch, run.config.data.src_row_len,
                            run.config.data.tgt_row_len, seed=0, shuffle=False)
     with tqdm(total=batcher.num_batches(0), desc=f"importance ({method})", disable=quiet) as bar:
         theta = compute_importance(run.params, batcher.epoch(0), run.model_masks(), config=run.config.model,
                                    num_pairs=len(run.pairs), method=method,
                                    label_smoothing=run.config.train.label_smoothing, progress=bar,
-                                   mesh=config.parallel)
+                                   mesh=mesh, rules=rules)
     path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)
