@@ -1,7 +1,9 @@
 """CPU throughput, training and beam decoding: ours (JAX/Flax) against HuggingFace MarianMTModel
 (PyTorch eager, float32) on the same sentences, same shapes, same thread count.
 
-Training: our jit train step against Marian with AdamW.
+Training: our jit train step (Adam) against Marian with AdamW (weight decay 0), both at a
+constant learning rate of 5e-4 with label smoothing 0.1 from random initialisations, so
+each side's ``final_loss`` in the JSON is a check that both do the same work.
 
 Both sides train on one identical set of random token sentences with Multi30k-like lengths
 (12-25 tokens a side, tag and EOS included). JAX gets them as the packed fixed-shape batches
@@ -118,7 +120,7 @@ def jax_train_session(args, config, warm_batches, timed_batches):
 
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
     box = {"state": init_state(init_params(config, seed=args.seed), make_optimizer(0.9, 0.98, 1e-9))}
-    sched = schedule_args(5e-4, 4000, 1e-7)
+    sched = schedule_args(5e-4, 4000, 5e-4)  # a constant 5e-4 (warm-up from 5e-4 to 5e-4), Marian's AdamW lr
     key = jax.random.key(args.seed)
     to_dev = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
     warm = [to_dev(b) for b in warm_batches]

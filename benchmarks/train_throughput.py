@@ -105,7 +105,7 @@ def side_jax(args) -> dict:
     data = get_data(args, config)
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
     state = init_state(common.init_params(config, args.seed), make_optimizer(0.9, 0.98, 1e-9))
-    sched = schedule_args(5e-4, 4000, 1e-7)
+    sched = schedule_args(5e-4, 4000, 5e-4)  # a constant 5e-4 (warm-up from 5e-4 to 5e-4), Marian's AdamW lr
     key = jax.random.key(args.seed)
     warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
     jax.block_until_ready(state)
