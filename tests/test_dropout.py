@@ -38,7 +38,7 @@ def test_draws_are_uniform_distinct_and_independent_across_keys():
     a, b = (np.asarray(draws(jax.random.fold_in(jax.random.key(0), s), (n,))) < 2**31 for s in (0, 1))
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
     with pytest.raises(ValueError, match="2\\*\\*32"):
-        draws(jax.random.key(0), (2**16, 2**16, 2))
+        draws(jax.random.key(0), (2**16, 2**16))  # 2**32 elements: one too many
 
 
 def test_same_key_same_mask_other_key_other_mask():

@@ -19,11 +19,13 @@ An element is dropped when its draw is ``< round(rate * 2**32)``; kept values ar
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-MAX_ELEMENTS = 2**32  # the hash counts elements with 32-bit indices
+MAX_ELEMENTS = 2**32 - 1  # the hash counts elements (and strides) with 32-bit indices
 
 
 def fmix32(h):
@@ -33,17 +35,6 @@ def fmix32(h):
     h = h ^ (h >> 13)
     h = h * jnp.uint32(0xC2B2AE35)
     return h ^ (h >> 16)
-
-
-def draws(key, shape) -> jnp.ndarray:
-    """Uniform uint32 draws ``[*shape]``: the hash of each element's linear index and the key's seed."""
-    size = 1
-    for n in shape:
-        size *= n
-    if size > MAX_ELEMENTS:
-        raise ValueError(f"dropout over {size} elements (shape {tuple(shape)}): at most 2**32 in one array")
-    seed = jax.random.bits(key, (2,), jnp.uint32)
-    return fmix32(fmix32(linear_index(shape) ^ seed[0]) ^ seed[1])
 
 
 def linear_index(shape) -> jnp.ndarray:
@@ -56,6 +47,15 @@ def linear_index(shape) -> jnp.ndarray:
         index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
         stride *= shape[dim]
     return index
+
+
+def draws(key, shape) -> jnp.ndarray:
+    """Uniform uint32 draws ``[*shape]``: the hash of each element's linear index and the key's seed."""
+    size = math.prod(shape)
+    if size > MAX_ELEMENTS:
+        raise ValueError(f"dropout over {size} elements (shape {tuple(shape)}): at most 2**32 - 1 in one array")
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    return fmix32(fmix32(linear_index(shape) ^ seed[0]) ^ seed[1])
 
 
 def dropout(key, x, rate: float):
