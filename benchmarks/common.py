@@ -26,6 +26,15 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/x.py`` from a checko
     sys.path.insert(1, str(ROOT))
 
 H100_BF16_DENSE_PEAK = 989e12  # H100/H200 SXM dense bf16 tensor-core peak, FLOP/s
+LEARNING_RATE = 5e-4  # both sides of a training comparison: our Adam and Marian's AdamW
+
+
+def constant_schedule():
+    """Our ``schedule_args`` at a constant ``LEARNING_RATE`` (a warm-up from the rate to itself,
+    longer than any benchmark runs), so our side trains at Marian's learning rate."""
+    from jax_namnmt.training.step import schedule_args
+
+    return schedule_args(LEARNING_RATE, 4000, LEARNING_RATE)
 
 
 # ----------------------------------------------------------------------------- data

@@ -53,9 +53,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (best_round, build_marian, forced_generate_kwargs, forced_lengths,  # noqa: E402,F401
-                    make_sentences, marian_buckets, marian_sources, marian_tensors, packed_data, run_steps,
-                    torch_available)
+from common import (LEARNING_RATE, best_round, build_marian, constant_schedule,  # noqa: E402,F401
+                    forced_generate_kwargs, forced_lengths, make_sentences, marian_buckets, marian_sources,
+                    marian_tensors, packed_data, run_steps, torch_available)
 
 THREADS_DEFAULT = 2
 
@@ -116,11 +116,11 @@ def jax_train_session(args, config, warm_batches, timed_batches):
     import numpy as np
 
     from jax_namnmt.model.transformer import count_params, init_params
-    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
+    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step
 
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
     box = {"state": init_state(init_params(config, seed=args.seed), make_optimizer(0.9, 0.98, 1e-9))}
-    sched = schedule_args(5e-4, 4000, 5e-4)  # a constant 5e-4 (warm-up from 5e-4 to 5e-4), Marian's AdamW lr
+    sched = constant_schedule()
     key = jax.random.key(args.seed)
     to_dev = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
     warm = [to_dev(b) for b in warm_batches]
@@ -164,7 +164,7 @@ def marian_train_session(args, config, src, tgt, warm_ids, timed_ids):
     torch.set_num_threads(args.threads)
     model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=PAD_ID)
     warm = [marian_tensors(b, src, tgt, PAD_ID, BOS_ID)
             for b in marian_buckets(warm_ids, src, tgt, args.tokens_per_batch)][:args.warmup]

@@ -98,14 +98,14 @@ def side_jax(args) -> dict:
     import jax
 
     from jax_namnmt.model.transformer import count_params
-    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
+    from jax_namnmt.training.step import init_state, make_optimizer, make_train_step
 
     config = common.model_config(args)
     info = common.jax_device_info()
     data = get_data(args, config)
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
     state = init_state(common.init_params(config, args.seed), make_optimizer(0.9, 0.98, 1e-9))
-    sched = schedule_args(5e-4, 4000, 5e-4)  # a constant 5e-4 (warm-up from 5e-4 to 5e-4), Marian's AdamW lr
+    sched = common.constant_schedule()
     key = jax.random.key(args.seed)
     warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
     jax.block_until_ready(state)
@@ -152,7 +152,7 @@ def side_marian(args, compiled: bool) -> dict:
     model = common.build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).to(device)
     model.train()
     fused = device.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
+    opt = torch.optim.AdamW(model.parameters(), lr=common.LEARNING_RATE, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
                             **({"fused": True} if fused else {}))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=PAD_ID)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
