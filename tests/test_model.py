@@ -14,21 +14,21 @@ from conftest import dot_equations
 from jax_namnmt.method.importance import module_name, reads_source_tokens
 from jax_namnmt.method.masks import all_ones, flatten, nest
 from jax_namnmt.model.transformer import (MASK_LOOKUP_ENV, Transformer, count_params, init_params, mask_lookup_method,
-                                          module_sizes)
+                                          module_sizes, on_token_rows)
 from jax_namnmt.training.step import batch_loss
 
 NUM_PAIRS = 3
 
 
-def _mixed_batch(pack, example, seed=0):
-    """Three rows of 16: row 0 packs pairs 0, 1, 2; row 1 packs pairs 2, 0; row 2 pair 1."""
+def _mixed_batch(pack, example, seed=0, length=16):
+    """Three rows of ``length``: row 0 packs pairs 0, 1, 2; row 1 packs pairs 2, 0; row 2 pair 1."""
     rng = np.random.default_rng(seed)
     rows = [
         [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
         [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
         [example(rng, 7, 6, 1)],
     ]
-    return pack(rows, 16, 16)
+    return pack(rows, length, length)
 
 
 def test_all_ones_masks_equal_no_masks(tiny_config, tiny_params, pack, example, fns):
@@ -278,3 +278,42 @@ def test_bfloat16_model_output_layer_runs_bfloat16_matmuls(tiny_config, tiny_par
     for eqn in vocab_dots:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+
+
+@pytest.mark.parametrize("system", ["plain", "ts_adapter"])
+def test_weight_gradients_contract_one_token_dimension(tiny_config, pack, example, system):
+    """Every projection runs on ``[tokens, features]`` (``on_token_rows``), so each weight
+    gradient is a dot over one token dimension, never over (rows, length): XLA's CPU backend
+    compiles the two-dimension contraction with a transposed copy of the output gradient and a
+    slow transposed-transposed dot (README "CPU speed"). Checked in the loss gradient's jaxpr: no
+    dot contracts the batch's rows and length together (several dimensions whose sizes multiply
+    to the rows x length token slots), while the weight gradients over the flat tokens are there;
+    ``on_token_rows`` itself changes no value."""
+    config = tiny_config
+    if system == "ts_adapter":
+        config = dataclasses.replace(tiny_config, ts_target_of_pair=(1, 0, 1), ts_self_attn=True,
+                                     adapter_pairs=3, adapter_dim=8)
+    params = init_params(config, seed=1)
+    batch = _mixed_batch(pack, example, length=20)  # 60 slots: no product of the model's sizes
+    assert batch["src_tokens"].ndim == 2  # [rows, length]: the projections' inputs are 3-D
+
+    def loss(p):
+        return batch_loss(Transformer(config), p, batch, None, 0.1, 0, deterministic=True)[0]
+
+    slots = batch["src_tokens"].size
+    assert batch["tgt_labels"].size == slots
+    over_tokens = 0
+    for eqn in dot_equations(jax.make_jaxpr(jax.grad(loss))(params).jaxpr):
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        sizes = [eqn.invars[0].aval.shape[i] for i in contract]
+        assert not (len(sizes) > 1 and np.prod(sizes) == slots), eqn
+        over_tokens += sizes == [slots]
+    assert over_tokens >= 6 * config.enc_layers + 10 * config.dec_layers + 1  # q k v out fc1 fc2, cross q k v out, output
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 5, 6)), jnp.float32)
+    route = jnp.asarray(rng.integers(0, 3, (2, 5)), jnp.int32)
+    w = jnp.asarray(rng.standard_normal((3, 6, 4)), jnp.float32)
+    direct = jnp.einsum("bli,blio->blo", x, w[route])
+    flat = on_token_rows(lambda x, r: jnp.einsum("ti,tio->to", x, w[r]), x, route)
+    np.testing.assert_allclose(flat, direct, rtol=1e-6)
