@@ -131,13 +131,13 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
         elif saved != layout and not quiet and first_process:
             print(f"[{phase}] the checkpoint was trained in the compact layout, which a mesh cannot use: "
                   f"continuing in rows from batch {index} of epoch {epoch} of the rows' stream")
-    rows_args = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
-    batcher = make_batcher(train_examples, layout, *rows_args, seed=tc.seed)
+    batch_shape = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)  # budget, row lengths
+    batcher = make_batcher(train_examples, layout, *batch_shape, seed=tc.seed)
     if index > batcher.num_batches(epoch):
         epoch, index = epoch + 1, 0
     valid_batches = []
     if valid_examples is not None and len(valid_examples):
-        valid_batches = list(make_batcher(valid_examples, layout, *rows_args, seed=0, shuffle=False).epoch(0))
+        valid_batches = list(make_batcher(valid_examples, layout, *batch_shape, seed=0, shuffle=False).epoch(0))
     # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
     # ones are not, and jit compiles once per placement, so without this a resumed run, and every
     # fine-tuning (committed params, fresh step counter), compiled the train step again.
