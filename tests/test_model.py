@@ -308,7 +308,8 @@ def test_weight_gradients_contract_one_token_dimension(tiny_config, pack, exampl
         sizes = [eqn.invars[0].aval.shape[i] for i in contract]
         assert not (len(sizes) > 1 and np.prod(sizes) == slots), eqn
         over_tokens += sizes == [slots]
-    assert over_tokens >= 6 * config.enc_layers + 10 * config.dec_layers + 1  # q k v out fc1 fc2, cross q k v out, output
+    # encoder: q k v out fc1 fc2; decoder: those and cross-attention's q k v out; the output layer
+    assert over_tokens >= 6 * config.enc_layers + 10 * config.dec_layers + 1
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 5, 6)), jnp.float32)
