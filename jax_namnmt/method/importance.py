@@ -17,7 +17,6 @@ replicated, so the result equals one device's (up to float summation order).
 from __future__ import annotations
 
 import functools
-from functools import partial
 from typing import Iterable, Mapping
 
 import jax
@@ -28,6 +27,7 @@ from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig, ParallelConfig
 from jax_namnmt.model.transformer import Transformer, module_sizes
 from jax_namnmt.training.step import batch_loss, loss_chunk_for
+from jax_namnmt.xla_options import training_compiler_options
 
 METHODS = ("taylor", "absolute")
 
@@ -73,8 +73,8 @@ def batch_importance(params, batch, masks, *, config: ModelConfig, num_pairs: in
     ``mesh``/``rules``: compiled for a device mesh (inputs placed by the caller), results replicated.
     """
     if mesh is None or mesh.size == 1:
-        return _batch_importance(params, batch, masks, config=config, num_pairs=num_pairs, method=method,
-                                 label_smoothing=label_smoothing)
+        return _one_device_batch_importance()(params, batch, masks, config=config, num_pairs=num_pairs,
+                                              method=method, label_smoothing=label_smoothing)
     return _sharded_batch_importance(mesh, rules)(params, batch, masks, config=config, num_pairs=num_pairs,
                                                   method=method, label_smoothing=label_smoothing,
                                                   loss_chunk=loss_chunk_for(mesh))
@@ -89,7 +89,8 @@ def _sharded_batch_importance(mesh, rules):
         with parallel.activate(mesh, rules):
             return _importance_sums(params, batch, masks, **static)
 
-    return jax.jit(run, static_argnames=_STATIC, out_shardings=parallel.replicated(mesh))
+    return jax.jit(run, static_argnames=_STATIC, out_shardings=parallel.replicated(mesh),
+                   compiler_options=training_compiler_options())
 
 
 def _importance_sums(params, batch, masks, *, config: ModelConfig, num_pairs: int, method: str,
@@ -130,7 +131,10 @@ def _importance_sums(params, batch, masks, *, config: ModelConfig, num_pairs: in
     return sums, counts["src"], counts["tgt"]
 
 
-_batch_importance = partial(jax.jit, static_argnames=_STATIC)(_importance_sums)
+@functools.lru_cache(maxsize=None)
+def _one_device_batch_importance():
+    """The one-device jit, made at first use: its compiler options depend on the backend."""
+    return jax.jit(_importance_sums, static_argnames=_STATIC, compiler_options=training_compiler_options())
 
 
 def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], masks, *, config: ModelConfig,

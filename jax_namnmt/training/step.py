@@ -13,6 +13,7 @@ from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.model.transformer import Transformer
 from jax_namnmt.training.loss import default_loss_chunk, output_loss
+from jax_namnmt.xla_options import training_compiler_options
 
 
 def inverse_sqrt_lr(step, peak_lr, warmup_steps, warmup_init_lr):
@@ -90,7 +91,7 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
     optimizer = make_optimizer(b1, b2, eps, clip_norm)
     chunk = loss_chunk_for(mesh)
     shardings = None
-    jit_kwargs = {}
+    jit_kwargs = {"compiler_options": training_compiler_options()}
     if mesh is not None:
         shardings = parallel.state_shardings(config, optimizer, mesh, rules)
         jit_kwargs["out_shardings"] = (shardings, parallel.replicated(mesh))
@@ -135,7 +136,9 @@ def make_eval_step(config: ModelConfig, label_smoothing: float, mesh=None, rules
     """``eval(params, batch, masks) -> (loss_sum, nll_sum, tokens)``, no dropout; ``mesh`` and
     ``rules`` as for ``make_train_step`` (the sums come back replicated)."""
     model = Transformer(config)
-    jit_kwargs = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
+    jit_kwargs = {"compiler_options": training_compiler_options()}
+    if mesh is not None:
+        jit_kwargs["out_shardings"] = parallel.replicated(mesh)
     chunk = loss_chunk_for(mesh)
 
     @partial(jax.jit, **jit_kwargs)
