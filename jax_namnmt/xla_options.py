@@ -5,12 +5,13 @@ On CPU, XLA hands dots to YNNPACK and, by default, also groups of elementwise an
 more than XLA's own loop fusions: a YNNPACK fusion cannot absorb a broadcast, so XLA writes each
 layer norm's broadcast scale ([tokens, d_model]) and the loss's broadcast row maxima ([512, 8000]
 a chunk) to memory, among others. Dots only (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``): +6% median
-tokens/s on 2 cores, A/B in one process (8 rounds), +8-20% in separate processes; same loss to
-the last digit. Beam decoding measured no gain (77.8 vs 81.3 sentences/s, within the noise) and
+tokens/s on 2 cores, A/B in one process (8 rounds), +8-22% in separate processes; same loss to
+the last digit; masked steps neutral. Beam decoding measured no gain (77.8 vs 81.3 sentences/s, within the noise) and
 keeps XLA's default.
 
 Set ``JAX_NAMNMT_XLA_DEFAULTS=0`` to compile with XLA's defaults; a value of the option in
-``XLA_FLAGS`` is left to XLA as well.
+``XLA_FLAGS`` is left to XLA as well. Both are read when a step function is made (the steps are
+cached per process).
 """
 
 from __future__ import annotations
