@@ -394,6 +394,10 @@ def add_common_args(p, *, steps: int, warmup: int) -> None:
     p.add_argument("--vocab", type=int, default=40000)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="our compute dtype")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout of both models (0: an ablation of its cost)")
+    p.add_argument("--attention-kernel", default="xla", choices=("xla", "cudnn"),
+                   help="our model.attention_kernel (cudnn: cuDNN fused attention on GPUs)")
+    p.add_argument("--logits-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="our model.logits_dtype (the output layer's logits as its matmul writes them)")
     p.add_argument("--min-len", type=int, default=12, help="shortest sentence a side (tag and EOS included)")
     p.add_argument("--max-len", type=int, default=25, help="longest sentence a side (20-60 for WMT-like)")
     p.add_argument("--time-budget", type=float, default=0.0,
@@ -432,12 +436,13 @@ def argparse_suppress():
 def model_config(args):
     from jax_namnmt.config import ModelConfig
 
-    if args.quick:
+    kernels = {"attention_kernel": args.attention_kernel, "logits_dtype": args.logits_dtype}
+    if args.quick:  # (float32: the cuDNN kernel's bfloat16 check is skipped; CPUs use the einsums anyway)
         return ModelConfig(vocab_size=256, d_model=32, num_heads=2, ffn_dim=64, enc_layers=1, dec_layers=1,
-                           max_positions=128, dtype="float32")
+                           max_positions=128, dtype="float32", **kernels)
     return ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads, ffn_dim=args.ffn,
                        enc_layers=args.layers, dec_layers=args.layers, dropout=args.dropout,
-                       max_positions=max(256, 2 * args.max_len + 8), dtype=args.dtype)
+                       max_positions=max(256, 2 * args.max_len + 8), dtype=args.dtype, **kernels).validate()
 
 
 class Driver:

@@ -15,7 +15,14 @@
 #   TRAIN_ARGS, DECODE_ARGS, MASKED_ARGS, IMPORTANCE_ARGS   extra flags for one script, e.g.
 #                        TRAIN_ARGS="--min-len 20 --max-len 60 --row-len 128" (WMT-like lengths)
 #   NO_COMPILE=1         skip the torch.compile side
-#   ABLATIONS=1          also time our step with vocab 8000, with dropout 0, with 128-token rows
+#   ABLATIONS=1          also time our step with one thing changed, each of the list below;
+#   ABLATIONS="cudnn_attention bf16_logits"   only those (names as below, without "ablate_"):
+#     cudnn_attention    model.attention_kernel=cudnn (cuDNN fused attention)
+#     bf16_logits        model.logits_dtype=bfloat16 (the output layer writes bfloat16 logits)
+#     cudnn_bf16         both of the above
+#     cudnn_layer_norm   XLA_FLAGS=--xla_gpu_enable_cudnn_layer_norm=true
+#     no_triton_gemm     XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (cuBLAS for every matmul)
+#     vocab8k, no_dropout, rows128   vocabulary 8000; dropout 0; 128-token rows of 20-60-token sentences
 #   TRAIN_ARGS="--profile-dir OUTDIR/profile"   a jax.profiler trace of 3 of our train steps
 set -u
 
@@ -85,12 +92,25 @@ if [ -z "${NO_COMPILE:-}" ]; then
   run train_throughput train_throughput 600 --steps 20 --warmup 3 --sides marian_compiled --merge ${TRAIN_ARGS:-}
 fi
 
-# ABLATIONS=1: our step alone with one thing changed, to see what bounds it (each ~30-50 s on a GPU)
-if [ -n "${ABLATIONS:-}" ]; then
-  run ablate_vocab8k train_throughput 60 --steps 20 --warmup 3 --sides jax --vocab 8000
-  run ablate_no_dropout train_throughput 60 --steps 20 --warmup 3 --sides jax --dropout 0
-  run ablate_rows128 train_throughput 60 --steps 20 --warmup 3 --sides jax --row-len 128 --min-len 20 --max-len 60
-fi
+# ABLATIONS: our step alone with one thing changed, to see what bounds it (each ~30-50 s on a GPU)
+ablation() {  # ablation NAME [ARGS...]: run it if ABLATIONS is 1 or lists NAME
+  local name=$1
+  shift
+  case "${ABLATIONS:-}" in
+    "") return 0 ;;
+    1 | all) ;;
+    *) [[ " ${ABLATIONS//,/ } " == *" $name "* ]] || return 0 ;;
+  esac
+  run "ablate_$name" train_throughput 60 --steps 20 --warmup 3 --sides jax "$@"
+}
+ablation cudnn_attention --attention-kernel cudnn
+ablation bf16_logits --logits-dtype bfloat16
+ablation cudnn_bf16 --attention-kernel cudnn --logits-dtype bfloat16
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_cudnn_layer_norm=true" ablation cudnn_layer_norm
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" ablation no_triton_gemm
+ablation vocab8k --vocab 8000
+ablation no_dropout --dropout 0
+ablation rows128 --row-len 128 --min-len 20 --max-len 60
 
 echo "total $(( $(date +%s) - START )) s of the ${BUDGET} s budget"
 for f in "$OUT"/*.log; do

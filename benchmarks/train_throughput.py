@@ -123,6 +123,7 @@ def side_jax(args) -> dict:
     result = {
         "profile_dir": profiled,
         "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, {args.layout} layout)",
+        "attention_kernel": config.attention_kernel, "logits_dtype": config.logits_dtype,
         "prng_impl": str(jax.random.key_impl(key)),  # JAX_DEFAULT_PRNG_IMPL (it seeds the dropout hash)
         "layout": (f"packed: {data['rows']} rows x {args.row_len} tokens" if args.layout == "rows" else
                    f"compact: {data['timed'][0]['tgt_labels'].shape[1]} target token slots"),

@@ -39,6 +39,12 @@ class ModelConfig:
     pre_norm: bool = False  # post-norm like fairseq's transformer base by default
     max_positions: int = 256
     dtype: str = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+    # "xla": attention as XLA einsums; "cudnn": training/scoring attention as cuDNN's fused kernel
+    # on GPUs (bfloat16, no attention dropout); CPUs and decoding keep the einsums either way.
+    attention_kernel: str = "xla"
+    # The output layer's logits as its matmul writes them: "float32", or "bfloat16" (half the memory
+    # traffic of the [tokens, vocab] logits; softmax and loss still computed in float32).
+    logits_dtype: str = "float32"
     # +TS (Blackwood et al. 2018): target-language-specific decoder attention. Entry i is the
     # target-language id of pair i (data.pairs order); () = off. Every decoder layer then holds
     # max+1 copies of its cross-attention q/k/v/out projections, one per target language, and
@@ -68,6 +74,18 @@ class ModelConfig:
         if bad:
             raise ConfigError(f"{where}.ts_target_of_pair = {list(self.ts_target_of_pair)!r}: entries must be "
                               "target-language ids >= 0 (one per pair)")
+        for name, allowed in (("attention_kernel", ("xla", "cudnn")), ("logits_dtype", ("float32", "bfloat16"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must be one of {', '.join(allowed)}")
+        if self.attention_kernel == "cudnn":
+            head_dim = self.d_model // self.num_heads
+            why = ("a bfloat16 compute dtype" if self.dtype != "bfloat16" else
+                   f"{where}.attention_dropout = 0" if self.attention_dropout > 0 else
+                   "a head size (d_model / num_heads) that is a multiple of 8 and at most 128"
+                   if head_dim % 8 or head_dim > 128 else None)
+            if why:
+                raise ConfigError(f"{where}.attention_kernel = 'cudnn' needs {why} "
+                                  f"({where}.dtype = {self.dtype!r}, head size {head_dim})")
         if self.ts_self_attn and not self.ts_target_of_pair:
             raise ConfigError(f"{where}.ts_self_attn needs {where}.ts_target_of_pair (+TS is off without it)")
         return self

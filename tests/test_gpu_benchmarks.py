@@ -64,10 +64,13 @@ def test_train_throughput_quick(run_quick, tmp_path):
 
 def test_train_throughput_quick_compact_layout(run_quick):
     """--layout compact (the CPU default of `train`, run_gpu.sh measures it on a GPU): the same
-    sentences fill more of the slots than packed rows do."""
-    report, _ = run_quick("train_throughput", "--layout", "compact")
+    sentences fill more of the slots than packed rows do. The kernel flags of run_gpu.sh's
+    ablations reach the model config and the report (on CPU the attention stays XLA's einsums)."""
+    report, _ = run_quick("train_throughput", "--layout", "compact", "--attention-kernel", "cudnn",
+                          "--logits-dtype", "bfloat16")
     r = report["results"]["jax"]
     assert "error" not in r, r
+    assert (r["attention_kernel"], r["logits_dtype"]) == ("cudnn", "bfloat16")
     assert r["layout"].startswith("compact:") and r["steps"] == 2
     assert 0.9 * r["target_slots"] < r["target_tokens"] <= r["target_slots"]
     assert r["sentences"] > 0 and r["final_loss"] > 0
@@ -131,3 +134,26 @@ def test_decode_speed_quick(run_quick):
     assert r["output_tokens"] == 8 * 6 and r["sentences_per_s"] > 0
     assert report["ratio_jax_over_marian"] is None
     assert "| jax |" in stdout
+
+
+def test_run_gpu_sh_runs_the_chosen_ablations(tmp_path):
+    """``ABLATIONS="a b"`` runs exactly those ablations after the four benchmarks, each with its
+    flags or its XLA_FLAGS (a stand-in interpreter records the calls instead of running them)."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "XLA_FLAGS=${{XLA_FLAGS:-}} ARGS=$*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), BUDGET="600", NO_COMPILE="1",
+               ABLATIONS="bf16_logits,cudnn_layer_norm")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), str(tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = [line for line in calls.read_text().splitlines() if "benchmarks/" in line]
+    scripts = [line.split("ARGS=benchmarks/")[1].split(".py")[0] for line in runs]
+    assert scripts == ["train_throughput", "train_throughput", "decode_speed", "masked_overhead", "masked_overhead",
+                       "importance_throughput", "train_throughput", "train_throughput"]
+    bf16, layer_norm = runs[-2:]
+    assert "--logits-dtype bfloat16" in bf16 and "ablate_bf16_logits.json" in bf16
+    assert "--xla_gpu_enable_cudnn_layer_norm=true" in layer_norm and "ablate_cudnn_layer_norm.json" in layer_norm
+    assert all(line.startswith("XLA_FLAGS= ARGS=") for line in runs[:-1])  # the flag is the ablation's only

@@ -108,6 +108,39 @@ def test_output_loss_in_bfloat16_matmuls_float32_softmax():
     assert [[v.aval.dtype for v in eqn.invars] for eqn in dots] == [[jnp.bfloat16] * 2] * 3, dots
 
 
+@pytest.mark.parametrize("chunk", [0, 40])
+def test_output_loss_with_bfloat16_logits(chunk):
+    """``logits_dtype="bfloat16"``: the logits matmul writes bfloat16 (float32 accumulation) and the
+    loss is the float32 loss of those rounded logits; the gradients are those of the float32 logits
+    up to that rounding; the other two matmuls and everything else are unchanged."""
+    rng = np.random.default_rng(2)
+    n, d, vocab = 96, 32, 53
+    hidden = jnp.asarray(rng.normal(size=(n, d)), jnp.bfloat16)
+    emb = (0.3 * rng.normal(size=(vocab, d))).astype(np.float32)
+    emb_rounded = jnp.asarray(emb, jnp.bfloat16)
+    labels = rng.integers(0, vocab, n).astype(np.int32)
+    weights = rng.random(n) < 0.8
+
+    def fused(h, e, logits_dtype):
+        return output_loss(h, e, labels, weights, 0.1, chunk, logits_dtype)[0]
+
+    logits = jnp.matmul(hidden, emb_rounded.T, preferred_element_type=jnp.float32)
+    want = label_smoothed_nll(logits.astype(jnp.bfloat16), labels, weights, 0.1)[0]
+    # XLA's CPU backend computes a bfloat16-output dot in float32 and rounds after it; by default
+    # it may then drop that round trip (excess precision): here it must not, to see the rounding
+    grad = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)), static_argnums=2)
+    got = grad.lower(hidden, emb, "bfloat16").compile(compiler_options={"xla_allow_excess_precision": False})(
+        hidden, emb)
+    np.testing.assert_allclose(float(got[0]), float(want), rtol=1e-5)
+    assert float(got[0]) != float(label_smoothed_nll(logits, labels, weights, 0.1)[0])  # it did round
+    full = grad(hidden, emb, "float32")
+    for g, w in zip(got[1], full[1]):
+        scale = float(np.abs(np.asarray(w, np.float32)).max())
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2 * scale)
+    dots = dot_equations(jax.make_jaxpr(jax.grad(fused, argnums=(0, 1)), static_argnums=2)(hidden, emb, "bfloat16").jaxpr)
+    assert sorted(str(eqn.outvars[0].aval.dtype) for eqn in dots) == ["bfloat16", "float32", "float32"], dots
+
+
 def test_output_loss_of_no_tokens_is_zero():
     emb = np.ones((5, 4), np.float32)
     args = (np.zeros((0, 4), np.float32), emb, np.zeros((0,), np.int32), np.zeros((0,), np.float32), 0.1, 3)

@@ -104,6 +104,26 @@ def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype) -> jnp.ndarr
     return jax.nn.one_hot(pairs, table.shape[0], dtype=dtype) @ table
 
 
+def use_cudnn_attention(config: ModelConfig) -> bool:
+    """Whether training/scoring attention runs as cuDNN's fused kernel: ``model.attention_kernel
+    = "cudnn"`` and the backend is a GPU (decided when a step is traced). Elsewhere (CPU, and
+    decoding with its caches everywhere) attention is XLA's einsums, so a config or checkpoint
+    made for GPUs also runs on CPUs."""
+    return config.attention_kernel == "cudnn" and jax.default_backend() == "gpu"
+
+
+def fused_attention(q, k, v, bias, implementation: str):
+    """Attention contexts ``[B, Lq, H, D]`` of ``q [B, Lq, H, D]`` (already scaled) and ``k``/``v``
+    ``[B, Lk, H, D]`` by ``jax.nn.dot_product_attention``: ``implementation="cudnn"`` is cuDNN's
+    fused (flash) attention, which never writes the ``[B, H, Lq, Lk]`` scores and takes the
+    sequence-major layout as it is (no transposes to head-major). ``bias`` is this module's additive
+    ``[B, 1, Lq, Lk]`` bias (0 or ``NEG_INF``): it goes in as the boolean mask, which the cuDNN path
+    turns into its own safe large negative. Keys that no query may see (padding) are excluded like
+    the einsums exclude them; the contexts of padding queries are unused either way."""
+    visible = bias > NEG_INF / 2
+    return jax.nn.dot_product_attention(q, k, v, mask=visible, scale=1.0, implementation=implementation)
+
+
 def on_token_rows(projection, x, *per_token):
     """``projection`` applied to ``x [..., features]`` as one matrix ``[tokens, features]`` (the
     leading dimensions merged; ``per_token`` arrays ``[...]`` merged alike), the result reshaped back.
@@ -236,6 +256,8 @@ class Attention(nn.Module):
 
         if layout_q is not None:
             return self._compact_attention(q, k, v, bias, masks, pairs_q, deterministic, route_q, layout_q, layout_kv)
+        if not decode and bias is not None and use_cudnn_attention(cfg):
+            return self._out(fused_attention(q, k, v, bias, "cudnn"), masks, pairs_q, route_q)
         rows, q_len = q.shape[0], q.shape[1]
         # Beam search: a sentence's beams are consecutive query rows and share one copy of the
         # source keys/values ([batch, ...] against [batch * beams, ...] queries), so the beams of a

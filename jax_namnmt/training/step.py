@@ -51,7 +51,7 @@ def batch_loss(model, params, batch, masks, label_smoothing, chunk, *, variables
     hidden, state = out if mutable else (out, None)
     sums = output_loss(hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"],
                        batch["tgt_labels"].reshape(-1), (batch["tgt_segments"] > 0).reshape(-1),
-                       label_smoothing, chunk)
+                       label_smoothing, chunk, model.config.logits_dtype)
     return sums if state is None else (sums, state)
 
 
