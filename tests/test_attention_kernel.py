@@ -128,3 +128,44 @@ def test_kernel_and_logits_fields_are_checked(fields, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict({"model": fields}).model.validate("model")
     ModelConfig(attention_kernel="cudnn", dtype="bfloat16", logits_dtype="bfloat16").validate("model")
+
+
+def test_cudnn_kernel_needs_even_rows():
+    """cuDNN's fused attention with a mask trains on even lengths only: named before training."""
+    cudnn = {"attention_kernel": "cudnn", "dtype": "bfloat16"}
+    base = Config.from_dict({"model": cudnn, "data": {"src_row_len": 64, "tgt_row_len": 64, "max_len": 60}})
+    base.validate()
+    with pytest.raises(ConfigError, match="even length: data.tgt_row_len = 63"):
+        base.override(["data.tgt_row_len=63"]).validate()
+    base.override(["data.tgt_row_len=63", "model.attention_kernel=xla"]).validate()
+
+
+def test_cudnn_training_step_lowers_for_cuda(monkeypatch, pack, example):
+    """The loss gradient of a bfloat16 model with ``attention_kernel="cudnn"`` lowers for CUDA on
+    this CPU-only machine (``jax.export`` to StableHLO, not compiled): JAX's trace-time checks of
+    the cuDNN call (layout, dtypes, mask shape, packed rows' lengths) pass, and every attention of
+    the step is a cuDNN fused-attention call, forward and backward. JAX asks the (absent) GPU for
+    its cuDNN version and compute capability; the test answers for an H100 with cuDNN 9.10."""
+    from jax import export
+
+    fa = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    for name, answer in (("check_cudnn_version", lambda: 91000), ("check_compute_capability", lambda c: True),
+                         ("is_cuda_compute_capability_equal", lambda c: False)):
+        if not hasattr(fa, name):
+            pytest.skip(f"this JAX has no {fa.__name__}.{name} to stand in for a GPU")
+        monkeypatch.setattr(fa, name, answer)
+    config = ModelConfig(vocab_size=64, d_model=32, num_heads=2, ffn_dim=64, enc_layers=2, dec_layers=1,
+                         dtype="bfloat16", attention_kernel="cudnn", logits_dtype="bfloat16").validate()
+    params = transformer.init_params(config)  # (before the switch: initialising runs on this CPU)
+    monkeypatch.setattr(transformer, "use_cudnn_attention", lambda c: c.attention_kernel == "cudnn")
+    batch = {k: jnp.asarray(v) for k, v in _mixed_batch(pack, example, length=16).items()}
+
+    def loss(p):
+        return batch_loss(Transformer(config), p, batch, None, 0.1, 0, deterministic=True)[0]
+
+    calls = ("__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward")
+    exported = export.export(jax.jit(jax.grad(loss)), platforms=["cuda"],
+                             disabled_checks=[export.DisabledSafetyCheck.custom_call(c) for c in calls])(params)
+    text = exported.mlir_module()
+    attentions = config.enc_layers + 2 * config.dec_layers
+    assert [text.count(f"custom_call @{c}(") for c in calls] == [attentions, attentions]
