@@ -15,6 +15,7 @@
 #   TRAIN_ARGS, DECODE_ARGS, MASKED_ARGS, IMPORTANCE_ARGS   extra flags for one script, e.g.
 #                        TRAIN_ARGS="--min-len 20 --max-len 60 --row-len 128" (WMT-like lengths)
 #   NO_COMPILE=1         skip the torch.compile side
+#   SKIP="train_throughput_compact masked_overhead_onehot"   runs (OUTDIR names) not to run
 #   ABLATIONS=1          also time our step with one thing changed, each of the list below;
 #   ABLATIONS="cudnn_attention bf16_logits"   only those (names as below, without "ablate_"):
 #     cudnn_attention    model.attention_kernel=cudnn (cuDNN fused attention)
@@ -63,6 +64,7 @@ EOF
 run() {
   local name=$1 script=$2 cap=$3
   shift 3
+  [[ " ${SKIP:-} " == *" $name "* ]] && return 0
   local limit
   limit=$(left)
   [ "$limit" -gt "$cap" ] && limit=$cap

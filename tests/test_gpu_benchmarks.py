@@ -137,22 +137,24 @@ def test_decode_speed_quick(run_quick):
 
 
 def test_run_gpu_sh_runs_the_chosen_ablations(tmp_path):
-    """``ABLATIONS="a b"`` runs exactly those ablations after the four benchmarks, each with its
-    flags or its XLA_FLAGS (a stand-in interpreter records the calls instead of running them)."""
+    """``ABLATIONS="a b"`` runs exactly those ablations after the benchmarks, each with its flags
+    or its XLA_FLAGS, and ``SKIP`` leaves runs out (a stand-in interpreter records the calls
+    instead of running them)."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "fake_python"
     fake.write_text(f'#!/usr/bin/env bash\necho "XLA_FLAGS=${{XLA_FLAGS:-}} ARGS=$*" >> {calls}\n')
     fake.chmod(0o755)
     env = dict(os.environ, PYTHON=str(fake), BUDGET="600", NO_COMPILE="1",
-               ABLATIONS="bf16_logits,cudnn_layer_norm")
+               ABLATIONS="bf16_logits,cudnn_layer_norm", SKIP="train_throughput_compact masked_overhead_onehot")
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), str(tmp_path / "out")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = [line for line in calls.read_text().splitlines() if "benchmarks/" in line]
     scripts = [line.split("ARGS=benchmarks/")[1].split(".py")[0] for line in runs]
-    assert scripts == ["train_throughput", "train_throughput", "decode_speed", "masked_overhead", "masked_overhead",
-                       "importance_throughput", "train_throughput", "train_throughput"]
+    assert scripts == ["train_throughput", "decode_speed", "masked_overhead", "importance_throughput",
+                       "train_throughput", "train_throughput"]
+    assert "--mask-lookup gather" in runs[2] and "--layout compact" not in " ".join(runs)
     bf16, layer_norm = runs[-2:]
     assert "--logits-dtype bfloat16" in bf16 and "ablate_bf16_logits.json" in bf16
     assert "--xla_gpu_enable_cudnn_layer_norm=true" in layer_norm and "ablate_cudnn_layer_norm.json" in layer_norm
