@@ -345,7 +345,8 @@ class Config:
                 "data.max_len must not exceed data.src_row_len and data.tgt_row_len "
                 "(a sentence must fit in one packed row)"
             )
-        odd = [f"data.{n} = {getattr(self.data, n)}" for n in ("src_row_len", "tgt_row_len") if getattr(self.data, n) % 2]
+        odd = [f"data.{n} = {getattr(self.data, n)}" for n in ("src_row_len", "tgt_row_len")
+               if getattr(self.data, n) % 2]
         if self.model.attention_kernel == "cudnn" and odd:
             raise ConfigError(f"model.attention_kernel = 'cudnn' trains on rows of an even length: {', '.join(odd)}")
         if self.data.layout not in LAYOUTS:

@@ -137,7 +137,8 @@ def test_output_loss_with_bfloat16_logits(chunk):
     for g, w in zip(got[1], full[1]):
         scale = float(np.abs(np.asarray(w, np.float32)).max())
         np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=2e-2 * scale)
-    dots = dot_equations(jax.make_jaxpr(jax.grad(fused, argnums=(0, 1)), static_argnums=2)(hidden, emb, "bfloat16").jaxpr)
+    jaxpr = jax.make_jaxpr(jax.grad(fused, argnums=(0, 1)), static_argnums=2)(hidden, emb, "bfloat16").jaxpr
+    dots = dot_equations(jaxpr)
     assert sorted(str(eqn.outvars[0].aval.dtype) for eqn in dots) == ["bfloat16", "float32", "float32"], dots
 
 

@@ -99,7 +99,8 @@ class ImportReport:
         rows = [f"TFDS: {', '.join(f'{pair} <- {spec}' for pair, spec in self.sources.items())}"]
         for split in dict.fromkeys(name.split(".")[0] for name in self.lines):
             counts = {name.split(".")[1]: n for name, n in self.lines.items() if name.startswith(f"{split}.")}
-            joined = [f"{name}: {n}" for name, n in self.joined_line_breaks.items() if n and name.startswith(f"{split}.")]
+            joined = [f"{name}: {n}" for name, n in self.joined_line_breaks.items()
+                      if n and name.startswith(f"{split}.")]
             rows.append(f"{split}: " + ", ".join(f"{pair} {n}" for pair, n in counts.items()) + " sentence pairs"
                         + (f"; sentences with line breaks joined: {', '.join(joined)}" if joined else ""))
         return "\n".join(rows)
