@@ -21,12 +21,7 @@ from pathlib import Path
 from jax_namnmt import cli, packaged, systems, workflow
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.metrics import format_table
-from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
-
-
-def _done(run_dir: Path, steps: int) -> bool:
-    step = Checkpointer(run_dir).latest_intact_step() if (run_dir / "checkpoints").exists() else None
-    return step is not None and step >= steps
+from jax_namnmt.training.checkpoint import load_json, save_json
 
 
 def _start_model(args) -> Path | None:
@@ -107,14 +102,14 @@ class Pipeline:
     # -- training ------------------------------------------------------------------
 
     def pretrain(self, config, out: Path) -> Path:
-        if not _done(out, config.train.steps):
+        if not workflow.is_finished(out, config.train.steps):
             label = str(out.relative_to(self.workdir)).replace("/", "_")
             self.phase("pretrain" if label == "pretrain" else f"pretrain_{label}",
                        lambda: workflow.run_pretrain(config, self.workdir, out, self.quiet))
         return out
 
     def finetune(self, config, source: Path, out: Path, masks: Path | None) -> Path:
-        if not _done(out, config.finetune.steps):
+        if not workflow.is_finished(out, config.finetune.steps):
             self.phase(f"finetune_{out.name}",
                        lambda: workflow.run_finetune(config, self.workdir, source, out, masks, self.quiet))
         return out

@@ -177,6 +177,13 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bfloat16", info: dict | N
                                  dtype, details)
 
 
+def is_finished(run_dir: Path, steps: int) -> bool:
+    """Whether ``run_dir`` holds an intact checkpoint of at least ``steps`` steps."""
+    run_dir = Path(run_dir)
+    step = Checkpointer(run_dir).latest_intact_step() if (run_dir / "checkpoints").exists() else None
+    return step is not None and step >= steps
+
+
 def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) -> Path:
     """Pre-train the plain multilingual model (resumes if ``out`` holds checkpoints)."""
     workdir, out = Path(workdir), Path(out)

@@ -1,14 +1,18 @@
 """``pipeline --systems all`` on the tiny config: every system of the paper's Table 1 is trained and
-evaluated by the same code, with the paper's parameter accounting."""
+evaluated by the same code, with the paper's parameter accounting; then the paper's analyses
+(``jax_namnmt.analyze``) over that work directory."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jax_namnmt import systems, workflow
+from jax_namnmt import analyze, systems, workflow
+from jax_namnmt.analysis.erasure import erase_general, erase_specific
+from jax_namnmt.analysis.scores import lscore
 from jax_namnmt.config import load_config
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.method.allocation import load_masks
@@ -89,3 +93,65 @@ def test_av_and_te_use_their_own_importance(run_all):
     assert any(not np.array_equal(te[k], av[k]) for k in te)  # different scores, different allocations
     with np.load(workdir / "importance_method_av.npz") as a, np.load(workdir / "importance_method_te.npz") as t:
         assert not np.allclose(a[a.files[-1]], t[t.files[-1]])
+
+
+# ----------------------------------------------------------------------------- analyses over this work directory
+
+
+def _png(path) -> bool:
+    return Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_importance_and_scores(run_all):
+    workdir = run_all["workdir"]
+    report = analyze.importance(analyze_args(workdir, "importance", show_pairs="de-en,fr-en"))
+    theta, pairs = workflow.load_importance(workdir / "importance_method_te.npz")
+    assert report["module"] == "decoder/layer_0/ffn/fc1" and report["pairs"] == ["de-en", "fr-en"]
+    np.testing.assert_allclose(report["importance"], theta[report["module"]][[pairs.index("de-en"),
+                                                                           pairs.index("fr-en")]], rtol=1e-6)
+    assert _png(report["figure"])
+    scores = analyze.scores_command(analyze_args(workdir, "scores"))
+    masks, pairs, _ = load_masks(workdir / "masks_method_te.npz")
+    layers, table = lscore(masks)
+    assert scores["lscore"]["layers"] == layers and _png(scores["figure"])
+    assert json.loads((workdir / "analysis" / "scores.json").read_text())["pairs"] == pairs
+
+
+def test_analyze_erasure(run_all):
+    workdir = run_all["workdir"]
+    report = analyze.erasure_command(analyze_args(workdir, "erasure", max_lines=2))
+    pairs = list(run_all["config"].data.pairs)
+    run = workflow.load_run(workdir / "method_te")
+    assert list(report["bleu"]) == ["none", "general 20%"] + [f"{p} specific 50%" for p in pairs]
+    assert report["erased_neurons"]["general 20%"] == erase_general(run.masks, 0.2, 0)[1] > 0
+    assert report["erased_neurons"][f"{pairs[1]} specific 50%"] == erase_specific(run.masks, 1, 0.5, 0)[1]
+    for name, drop in report["drop"].items():
+        assert drop["avg"] == pytest.approx(report["bleu"]["none"]["avg"] - report["bleu"][name]["avg"])
+    assert _png(report["figure"])
+
+
+def test_analyze_sweep_keeps_finished_points(run_all, monkeypatch):
+    workdir = run_all["workdir"]
+    record = analyze.sweep(analyze_args(workdir, "sweep", param="k", values="0,1", max_lines=2))
+    assert sorted(record["points"]) == ["0", "1"]
+    assert set(record["baseline"]) == set(run_all["config"].data.pairs) | {"avg"}
+    every, _, _ = load_masks(workdir / "analysis" / "sweep_k" / "masks_k0.npz")
+    assert all(m.all() for m in every.values())  # k = 0: every neuron to every pair
+    only, _, _ = load_masks(workdir / "analysis" / "sweep_k" / "masks_k1.npz")
+    assert not all(m.all() for m in only.values())
+    assert workflow.is_finished(workdir / "analysis" / "sweep_k" / "k1", run_all["config"].finetune.steps)
+    assert _png(record["figure"])
+    trained = []
+    real = workflow.run_finetune
+    monkeypatch.setattr(workflow, "run_finetune", lambda *a, **k: trained.append(a[3].name) or real(*a, **k))
+    again = analyze.sweep(analyze_args(workdir, "sweep", param="k", values="0,0.5,1", max_lines=2))
+    assert trained == ["k0.5"] and sorted(again["points"], key=float) == ["0", "0.5", "1"]
+    assert again["points"]["0"] == record["points"]["0"]
+
+
+def analyze_args(workdir, command, **fields):
+    """The parsed command line ``analyze COMMAND --workdir W --quiet --field value ...``."""
+    argv = [command, "--workdir", str(workdir), "--quiet"]
+    for key, value in fields.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return analyze.parse_args(argv)
