@@ -42,8 +42,9 @@ class ModelConfig:
     # "xla": attention as XLA einsums; "cudnn": training/scoring attention as cuDNN's fused kernel
     # on GPUs (bfloat16, no attention dropout); CPUs and decoding keep the einsums either way.
     attention_kernel: str = "xla"
-    # The output layer's logits as its matmul writes them: "float32", or "bfloat16" (half the memory
-    # traffic of the [tokens, vocab] logits; softmax and loss still computed in float32).
+    # The loss's logits (training, scoring) as the output layer's matmul writes them: "float32", or
+    # "bfloat16" (half the memory traffic of the [tokens, vocab] logits; softmax and loss still
+    # computed in float32). Decoding's logits stay float32.
     logits_dtype: str = "float32"
     # +TS (Blackwood et al. 2018): target-language-specific decoder attention. Entry i is the
     # target-language id of pair i (data.pairs order); () = off. Every decoder layer then holds

@@ -159,7 +159,7 @@ _output_loss.defvjp(_output_loss_fwd, _output_loss_bwd, symbolic_zeros=True)
 def output_loss(hidden, embedding, labels, weights, epsilon: float, chunk: int | None = None,
                 logits_dtype="float32"):
     """``label_smoothed_nll(hidden @ embedding.T, labels, weights, epsilon)`` for flat tokens
-    (``hidden [N, d]``, ``embedding [V, d]``, ``labels``/``weights [N]``), float32 logits,
+    (``hidden [N, d]``, ``embedding [V, d]``, ``labels``/``weights [N]``), float32 softmax,
     ``chunk`` tokens at a time (``None``: ``default_loss_chunk()``; 0: all at once). With bfloat16
     ``hidden`` the three output-layer matmuls (logits, and the gradients of hidden and embedding)
     take bfloat16 operands with float32 accumulation, as every other matmul of the model does;
