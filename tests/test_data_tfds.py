@@ -127,6 +127,9 @@ def test_dataset_errors_name_the_dataset_and_what_is_missing(data_dir, tmp_path)
         open_dataset(str(tmp_path))
     with pytest.raises(DataError, match="TFDS dataset 'no_such_dataset_xyz' not found"):
         open_dataset("no_such_dataset_xyz", data_dir)
+    # a TFDS catalogue dataset (its builder registered, nothing downloaded here): named as unprepared
+    with pytest.raises(DataError, match="'wmt14_translate/de-en' is not prepared in .*add --tfds-download"):
+        open_dataset("wmt14_translate/de-en", tmp_path / "empty")
 
 
 def test_slices_and_download(data_dir, tmp_path):

@@ -142,6 +142,10 @@ def open_dataset(spec: str, data_dir: str | Path | None = None, download: bool =
             raise DataError(f"{spec}: not a prepared TFDS dataset directory (the folder holding "
                             f"dataset_info.json and the record files): {e}") from None
     else:
+        try:  # TFDS imports its older builders lazily: wmt*_translate and friends register on this import
+            import tensorflow_datasets.translate  # noqa: F401
+        except Exception:  # noqa: BLE001 (a builder module needing what is not installed: names still resolve
+            pass  # from prepared dataset directories)
         try:
             builder = tfds.builder(spec, data_dir=None if data_dir is None else str(data_dir))
         except Exception as e:  # noqa: BLE001
