@@ -58,7 +58,8 @@ def _bleu_row(result: dict, pairs: list[str]) -> dict[str, float]:
     return row
 
 
-def _evaluate(run, workdir: Path, max_lines: int | None, quiet: bool) -> dict[str, float]:
+def _evaluate(run, workdir: Path, max_lines: int | None) -> dict[str, float]:
+    """BLEU per pair and on average (the callers show one progress bar over all evaluations)."""
     dc = run.config.decode
     result = workflow.evaluate_run(run, workflow.data_dir_for(run.config, workdir), dc.test_split,
                                    dc.test_max_lines if max_lines is None else max_lines, quiet=True)
@@ -134,7 +135,7 @@ def erasure_command(args) -> dict:
                 run.masks, m, args.specific, seed)
     bleu = {}
     for name, (masks, _) in tqdm(settings.items(), desc="erasure", disable=args.quiet):
-        bleu[name] = _evaluate(dataclasses.replace(run, masks=masks), p["workdir"], args.max_lines, args.quiet)
+        bleu[name] = _evaluate(dataclasses.replace(run, masks=masks), p["workdir"], args.max_lines)
     cols = pairs + ["avg"]
     drops = {name: {c: bleu["none"][c] - row[c] for c in cols} for name, row in bleu.items() if name != "none"}
     figure = plots.erasure_heatmap(np.array([[row[c] for c in pairs] for row in drops.values()]), list(drops), pairs,
@@ -170,7 +171,7 @@ def sweep(args) -> dict:
         record = {"settings": settings, "points": {}}
     if "baseline" not in record:
         baseline = _require(p["workdir"] / "multilingual", "the baseline run", "multilingual")
-        record["baseline"] = _evaluate(workflow.load_run(baseline), p["workdir"], args.max_lines, args.quiet)
+        record["baseline"] = _evaluate(workflow.load_run(baseline), p["workdir"], args.max_lines)
         save_json(record_path, record)
     for value in tqdm(values, desc=f"{args.param} sweep", disable=args.quiet):
         key = f"{value:g}"
@@ -183,7 +184,7 @@ def sweep(args) -> dict:
         run_out = out / f"{args.param}{key}"
         if not workflow.is_finished(run_out, point.finetune.steps):
             workflow.run_finetune(point, p["workdir"], source, run_out, masks, args.quiet)
-        record["points"][key] = _evaluate(workflow.load_run(run_out), p["workdir"], args.max_lines, args.quiet)
+        record["points"][key] = _evaluate(workflow.load_run(run_out), p["workdir"], args.max_lines)
         save_json(record_path, record)  # a finished point is never redone
     keys = sorted(record["points"], key=float)
     cols = list(config.data.pairs) + ["avg"]
