@@ -180,7 +180,6 @@ def assign_pairs(pairs: Sequence[Pair], datasets: Sequence[TfdsDataset]) -> dict
 
 
 def _split_source(dataset: TfdsDataset, split: str):
-    tfds, _ = _libraries()
     try:
         return dataset.builder.as_data_source(split=split)
     except Exception as e:  # noqa: BLE001 (unknown split names and bad slices raise various errors)
