@@ -121,6 +121,11 @@ def scores_command(args) -> dict:
 
 
 def erasure_command(args) -> dict:
+    for flag, value in (("--general", args.general), ("--specific", args.specific)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag} {value}: a share of the neurons, in [0, 1]")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: at least 1")
     p = _paths(args)
     run = workflow.load_run(_require(p["run"], "fine-tuned run", args.system))
     if run.masks is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jax_namnmt import analyze
 from jax_namnmt.analysis.erasure import erase_general, erase_specific
 from jax_namnmt.analysis.scores import lscore, mscore, scores_report
+from jax_namnmt.errors import ConfigError
 
 HAND = {
     # 3 pairs. fc1: neuron 0 general; 1, 2, 3 specific to pairs 0, 1, 2.
@@ -74,3 +76,12 @@ def test_erasing_one_pairs_specific_neurons():
     assert erase_specific(masks, 2, 0.0)[1] == 0
     with pytest.raises(ValueError, match="fraction must be in"):
         erase_general(masks, 1.5)
+
+
+@pytest.mark.parametrize("flags, message", [(["--general", "1.5"], "--general 1.5: a share"),
+                                            (["--specific", "-0.1"], "--specific -0.1: a share"),
+                                            (["--seeds", "0"], "--seeds 0: at least 1")])
+def test_erasure_flags_are_checked_first(tmp_path, flags, message):
+    args = analyze.parse_args(["erasure", "--workdir", str(tmp_path), *flags])
+    with pytest.raises(ConfigError, match=message):
+        analyze.erasure_command(args)
