@@ -157,7 +157,10 @@ def erasure_command(args) -> dict:
 
 def sweep(args) -> dict:
     p = _paths(args)
-    values = [float(v) for v in _csv(args.values)]
+    try:
+        values = [float(v) for v in _csv(args.values)]
+    except ValueError:
+        values = []
     if args.param not in ("k", "rho") or not values or any(not 0.0 <= v <= 1.0 for v in values):
         raise ConfigError(f"--param {args.param} --values {args.values}: k or rho, values in [0, 1]")
     run_dir = _require(p["run"], "fine-tuned run", args.system)

@@ -85,3 +85,9 @@ def test_erasure_flags_are_checked_first(tmp_path, flags, message):
     args = analyze.parse_args(["erasure", "--workdir", str(tmp_path), *flags])
     with pytest.raises(ConfigError, match=message):
         analyze.erasure_command(args)
+
+
+@pytest.mark.parametrize("flags", [["--param", "beta"], ["--values", "0,x"], ["--values", "0.5,2"], ["--values", ""]])
+def test_sweep_flags_are_checked_first(tmp_path, flags):
+    with pytest.raises(ConfigError, match="k or rho, values in"):
+        analyze.sweep(analyze.parse_args(["sweep", "--workdir", str(tmp_path), *flags]))
