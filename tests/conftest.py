@@ -56,6 +56,17 @@ def random_example(rng, src_len: int, tgt_len: int, pair: int, vocab: int = TINY
     return src, tgt, pair
 
 
+def mixed_batch(pack, example, seed: int = 0, length: int = 16) -> dict[str, np.ndarray]:
+    """Three rows of ``length``: row 0 packs pairs 0, 1, 2; row 1 packs pairs 2, 0; row 2 pair 1."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
+        [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
+        [example(rng, 7, 6, 1)],
+    ]
+    return pack(rows, length, length)
+
+
 def random_masks(config: ModelConfig, num_pairs: int, seed: int, keep: float = 0.7) -> dict:
     """Random 0/1 float32 masks, nested like the model expects, different for every pair."""
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import mixed_batch
 from conftest import test_jit as fast_jit
 from jax_namnmt.config import Config, ModelConfig
 from jax_namnmt.errors import ConfigError
@@ -22,16 +23,6 @@ from jax_namnmt.model.transformer import Transformer, attention_bias, fused_atte
 from jax_namnmt.training.step import batch_loss
 
 NUM_PAIRS = 3
-
-
-def _mixed_batch(pack, example, seed=0, length=16):
-    rng = np.random.default_rng(seed)
-    rows = [
-        [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
-        [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
-        [example(rng, 7, 6, 1)],
-    ]
-    return pack(rows, length, length)
 
 
 def _einsum_attention(q, k, v, bias):
@@ -45,7 +36,7 @@ def _einsum_attention(q, k, v, bias):
 def test_fused_attention_equals_einsum_attention(pack, example, kind):
     """Same contexts at every real query, and the same gradients of q, k, v for a loss over real
     queries (padding queries' contexts are unused, so they may differ)."""
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     q_seg = batch["tgt_segments"] if kind != "encoder" else batch["src_segments"]
     k_seg = batch["src_segments"] if kind != "causal" else batch["tgt_segments"]
     bias = attention_bias(jnp.asarray(q_seg), jnp.asarray(k_seg), causal=kind == "causal")
@@ -83,7 +74,7 @@ def test_cudnn_switch_routes_training_attention(monkeypatch, tiny_config, tiny_p
 
     monkeypatch.setattr(transformer, "use_cudnn_attention", lambda config: config.attention_kernel == "cudnn")
     monkeypatch.setattr(transformer, "fused_attention", fused_on_cpu)
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     masks = make_masks(tiny_config, NUM_PAIRS, seed=1)
 
     def loss_and_grad(config):
@@ -159,7 +150,7 @@ def test_cudnn_training_step_lowers_for_cuda(monkeypatch, pack, example):
                          dtype="bfloat16", attention_kernel="cudnn", logits_dtype="bfloat16").validate()
     params = transformer.init_params(config)  # (before the switch: initialising runs on this CPU)
     monkeypatch.setattr(transformer, "use_cudnn_attention", lambda c: c.attention_kernel == "cudnn")
-    batch = {k: jnp.asarray(v) for k, v in _mixed_batch(pack, example, length=16).items()}
+    batch = {k: jnp.asarray(v) for k, v in mixed_batch(pack, example, length=16).items()}
 
     def loss(p):
         return batch_loss(Transformer(config), p, batch, None, 0.1, 0, deterministic=True)[0]

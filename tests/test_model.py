@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import dot_equations
+from conftest import dot_equations, mixed_batch
 from jax_namnmt.method.importance import module_name, reads_source_tokens
 from jax_namnmt.method.masks import all_ones, flatten, nest
 from jax_namnmt.model.transformer import (MASK_LOOKUP_ENV, Transformer, count_params, init_params, mask_lookup_method,
@@ -20,19 +20,8 @@ from jax_namnmt.training.step import batch_loss
 NUM_PAIRS = 3
 
 
-def _mixed_batch(pack, example, seed=0, length=16):
-    """Three rows of ``length``: row 0 packs pairs 0, 1, 2; row 1 packs pairs 2, 0; row 2 pair 1."""
-    rng = np.random.default_rng(seed)
-    rows = [
-        [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
-        [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
-        [example(rng, 7, 6, 1)],
-    ]
-    return pack(rows, length, length)
-
-
 def test_all_ones_masks_equal_no_masks(tiny_config, tiny_params, pack, example, fns):
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     plain = np.asarray(fns.forward(tiny_params, batch, None, config=tiny_config))
     ones = np.asarray(fns.forward(tiny_params, batch, all_ones(tiny_config, NUM_PAIRS), config=tiny_config))
     assert np.isfinite(plain).all()
@@ -43,7 +32,7 @@ def test_all_ones_masks_equal_no_masks(tiny_config, tiny_params, pack, example, 
 
 
 def test_masked_neurons_are_exactly_zero_per_pair(tiny_config, tiny_params, pack, example, make_masks, fns):
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     masks = make_masks(tiny_config, NUM_PAIRS, seed=1)
     flat = flatten(masks)
     _, acts = fns.forward_h(tiny_params, batch, masks, config=tiny_config)
@@ -123,7 +112,7 @@ def test_dropped_neuron_weights_get_no_gradient_from_the_pair(tiny_config, tiny_
 
 def test_changing_one_pairs_masks_leaves_other_pairs_logits_unchanged(
         tiny_config, tiny_params, pack, example, make_masks, fns):
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     masks = flatten(make_masks(tiny_config, NUM_PAIRS, seed=1))
     other = flatten(make_masks(tiny_config, NUM_PAIRS, seed=2))
     b = 1
@@ -153,7 +142,7 @@ def test_packed_example_equals_example_alone(tiny_config, tiny_params, pack, exa
 
 
 def test_post_norm_and_pre_norm(tiny_config, pack, example, make_masks, make_params, fns):
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     masks = make_masks(tiny_config, NUM_PAIRS, seed=1)
     pre_config = dataclasses.replace(tiny_config, pre_norm=True)
     post, pre = make_params(tiny_config, 0), make_params(pre_config, 0)
@@ -241,7 +230,7 @@ def test_count_params_hand_count(tiny_config, pre_norm):
 def test_mask_lookup_gather_equals_onehot(tiny_config, tiny_params, pack, example, make_masks, fns, monkeypatch):
     """The accelerator lookup (a gather) and the CPU one (a one-hot matmul) give the same loss and
     gradients; a typo in the environment variable is an error naming it."""
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     masks = make_masks(tiny_config, NUM_PAIRS, seed=2)
     results = {}
     for method in ("onehot", "gather"):
@@ -264,7 +253,7 @@ def test_bfloat16_model_output_layer_runs_bfloat16_matmuls(tiny_config, tiny_par
     last hidden states and of the tied embedding) runs bfloat16 matmuls with float32 results, like
     every other projection (it ran float32/TF32 matmuls on GPUs, ~20% of an H100 step); the loss
     stays close to the float32 model's on the same parameters."""
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     bf16 = dataclasses.replace(tiny_config, dtype="bfloat16")
 
     def loss(params, config):
@@ -294,7 +283,7 @@ def test_weight_gradients_contract_one_token_dimension(tiny_config, pack, exampl
         config = dataclasses.replace(tiny_config, ts_target_of_pair=(1, 0, 1), ts_self_attn=True,
                                      adapter_pairs=3, adapter_dim=8)
     params = init_params(config, seed=1)
-    batch = _mixed_batch(pack, example, length=20)  # 60 slots: no product of the model's sizes
+    batch = mixed_batch(pack, example, length=20)  # 60 slots: no product of the model's sizes
     assert batch["src_tokens"].ndim == 2  # [rows, length]: the projections' inputs are 3-D
 
     def loss(p):

@@ -23,7 +23,7 @@ from jax_namnmt.method.masks import all_ones, flatten
 from jax_namnmt.model.transformer import (Transformer, count_params, init_params, module_sizes, param_breakdown,
                                           target_language_table)
 
-from conftest import FAST_COMPILE, TINY
+from conftest import FAST_COMPILE, TINY, mixed_batch
 
 NUM_PAIRS = 3
 TABLE = (1, 0, 1)  # pairs 0 and 2 translate into target language 1, pair 1 into language 0
@@ -49,17 +49,6 @@ def _params(make_params, config, seed=0):
     return jax.tree_util.tree_map_with_path(
         lambda path, x: x * np.float32(np.sqrt(x.shape[0] / x.shape[1]))
         if path[-1].key == "kernel" and x.ndim == 3 else x, params)
-
-
-def _mixed_batch(pack, example, seed=0):
-    """Three rows of 16: row 0 packs pairs 0, 1, 2; row 1 packs pairs 2, 0; row 2 pair 1."""
-    rng = np.random.default_rng(seed)
-    rows = [
-        [example(rng, 4, 3, 0), example(rng, 3, 5, 1), example(rng, 5, 4, 2)],
-        [example(rng, 6, 4, 2), example(rng, 2, 3, 0)],
-        [example(rng, 7, 6, 1)],
-    ]
-    return pack(rows, 16, 16)
 
 
 def _edit(params, path, fn):
@@ -148,7 +137,7 @@ def test_paper_scale_adapter_count_matches_the_paper():
 def test_ts_changes_only_its_target_languages_tokens(block, pack, example, make_params, fns):
     config = TS_SELF
     params = _params(make_params, config)
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     before = np.asarray(fns.forward(params, batch, None, config=config))
     real = batch["tgt_segments"] > 0
     language = np.asarray(TABLE)[batch["tgt_pairs"]]
@@ -171,7 +160,7 @@ def test_ts_kv_cross_attention_reads_source_tokens_by_target_language(pack, exam
     language of the source token's pair (the encoder itself is shared)."""
     config = TS
     params = _params(make_params, config)
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     before = np.asarray(fns.forward(params, batch, None, config=config))
     # language 1's key projection only (the queries and values stay as they were)
     changed = _edit(params, ("decoder_layer_0", "cross_attn", "k", "dense", "kernel"),
@@ -186,7 +175,7 @@ def test_ts_kv_cross_attention_reads_source_tokens_by_target_language(pack, exam
 def test_adapter_changes_only_its_pairs_tokens(pack, example, make_params, fns):
     config = ADAPTER
     params = _params(make_params, config)
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     before = np.asarray(fns.forward(params, batch, None, config=config))
     real = batch["tgt_segments"] > 0
     rng = np.random.default_rng(6)
@@ -271,7 +260,7 @@ def test_flags_off_is_the_plain_model(tiny_params, pack, example, make_masks, fn
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert abs(float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(a))) - 1259.2928655) < 1e-4
     # The outputs of the code that trained the shipped model.
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     for key, masks in (("none", None), ("masks", make_masks(TINY, NUM_PAIRS, seed=1))):
         for config in (TINY, off):
             logits = np.asarray(fns.forward(tiny_params, batch, masks, config=config))
@@ -283,7 +272,7 @@ def test_flags_off_is_the_plain_model(tiny_params, pack, example, make_masks, fn
 def test_ts_with_equal_copies_and_fresh_adapters_are_the_plain_model(tiny_params, pack, example, make_masks, fns):
     """+TS whose every copy holds the plain weights computes the plain model; +Adapter starts
     as the identity (zero up-projection), so with fresh adapters it is the plain model exactly."""
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     masks = make_masks(TINY, NUM_PAIRS, seed=1)
     plain = np.asarray(fns.forward(tiny_params, batch, masks, config=TINY))
 
@@ -411,7 +400,7 @@ def test_greedy_translation_equals_full_forward_greedy(config, pack, make_params
 @pytest.mark.parametrize("config", [TS_SELF, ADAPTER], ids=["ts", "adapter"])
 def test_masks_compose_with_the_systems(config, pack, example, make_params, make_masks, fns):
     params = _params(make_params, config)
-    batch = _mixed_batch(pack, example)
+    batch = mixed_batch(pack, example)
     plain = np.asarray(fns.forward(params, batch, None, config=config))
     ones = np.asarray(fns.forward(params, batch, all_ones(config, NUM_PAIRS), config=config))
     assert np.isfinite(plain).all()
