@@ -30,6 +30,7 @@ from jax_namnmt.analysis import erasure, plots, scores
 from jax_namnmt.config import Config
 from jax_namnmt.errors import CheckpointError, ConfigError
 from jax_namnmt.method.allocation import load_masks
+from jax_namnmt.metrics import format_table
 from jax_namnmt.training.checkpoint import load_json, save_json
 
 
@@ -67,6 +68,7 @@ def _evaluate(run, workdir: Path, max_lines: int | None) -> dict[str, float]:
 
 
 def _table(rows: dict[str, dict[str, float]], cols: list[str]) -> str:
+    """A matrix of scores (no average column: ``metrics.format_table`` prints the BLEU tables)."""
     width = max(len(name) for name in rows)
     sizes = [max(7, len(c)) for c in cols]
     lines = [f"{'':<{width}} " + " ".join(f"{c:>{n}}" for c, n in zip(cols, sizes))]
@@ -150,7 +152,7 @@ def erasure_command(args) -> dict:
               "bleu": bleu, "drop": drops, "figure": str(figure)}
     save_json(p["out"] / "erasure.json", report)
     print(f"BLEU without erasure: {bleu['none']['avg']:.2f} on average; BLEU lost per pair (columns) by each erasure:")
-    print(_table(drops, cols))
+    print(format_table(drops, pairs))
     print(f"figure: {figure}")
     return report
 
@@ -201,7 +203,8 @@ def sweep(args) -> dict:
                                              p["out"] / f"sweep_{args.param}.png"))
     save_json(record_path, record)
     print(f"BLEU minus the multilingual baseline ({record['baseline']['avg']:.2f} on average) per {args.param}:")
-    print(_table({f"{args.param}={k}": {c: deltas[c][i] for c in cols} for i, k in enumerate(keys)}, cols))
+    print(format_table({f"{args.param}={k}": {c: deltas[c][i] for c in cols} for i, k in enumerate(keys)},
+                       config.data.pairs))
     print(f"figure: {record['figure']}")
     return record
 
