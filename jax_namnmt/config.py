@@ -75,7 +75,9 @@ class ModelConfig:
         if bad:
             raise ConfigError(f"{where}.ts_target_of_pair = {list(self.ts_target_of_pair)!r}: entries must be "
                               "target-language ids >= 0 (one per pair)")
-        for name, allowed in (("attention_kernel", ("xla", "cudnn")), ("logits_dtype", ("float32", "bfloat16"))):
+        choices = (("dtype", ("float32", "bfloat16")), ("attention_kernel", ("xla", "cudnn")),
+                   ("logits_dtype", ("float32", "bfloat16")))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must be one of {', '.join(allowed)}")
         if self.attention_kernel == "cudnn":
@@ -314,7 +316,6 @@ class Config:
             ("data.empty_lines", self.data.empty_lines, ("drop", "fail")),
             ("method.importance", self.method.importance, ("taylor", "absolute")),
             ("method.variant", self.method.variant, ("pair", "source", "target", "separate")),
-            ("model.dtype", self.model.dtype, ("float32", "bfloat16")),
             ("decode.penalty_form", self.decode.penalty_form, ("fairseq", "gnmt")),
             ("decode.stop_early", self.decode.stop_early, ("fairseq", "exact")),
         ]
