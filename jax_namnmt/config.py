@@ -82,13 +82,14 @@ class ModelConfig:
                 raise ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must be one of {', '.join(allowed)}")
         if self.attention_kernel == "cudnn":
             head_dim = self.d_model // self.num_heads
-            why = ("a bfloat16 compute dtype" if self.dtype != "bfloat16" else
-                   f"{where}.attention_dropout = 0" if self.attention_dropout > 0 else
-                   "a head size (d_model / num_heads) that is a multiple of 8 and at most 128"
-                   if head_dim % 8 or head_dim > 128 else None)
-            if why:
-                raise ConfigError(f"{where}.attention_kernel = 'cudnn' needs {why} "
-                                  f"({where}.dtype = {self.dtype!r}, head size {head_dim})")
+            needs = ((self.dtype != "bfloat16", "a bfloat16 compute dtype"),
+                     (self.attention_dropout > 0, f"{where}.attention_dropout = 0"),
+                     (head_dim % 8 or head_dim > 128,
+                      "a head size (d_model / num_heads) that is a multiple of 8 and at most 128"))
+            for unmet, why in needs:
+                if unmet:
+                    raise ConfigError(f"{where}.attention_kernel = 'cudnn' needs {why} "
+                                      f"({where}.dtype = {self.dtype!r}, head size {head_dim})")
         if self.ts_self_attn and not self.ts_target_of_pair:
             raise ConfigError(f"{where}.ts_self_attn needs {where}.ts_target_of_pair (+TS is off without it)")
         return self

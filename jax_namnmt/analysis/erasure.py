@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from jax_namnmt.method.allocation import general_neurons
+
 
 def _erase(masks: Mapping[str, np.ndarray], candidates, fraction: float, seed: int) -> tuple[dict, int]:
     if not 0.0 <= fraction <= 1.0:
@@ -31,10 +33,10 @@ def _erase(masks: Mapping[str, np.ndarray], candidates, fraction: float, seed: i
 
 def erase_general(masks: Mapping[str, np.ndarray], fraction: float, seed: int = 0) -> tuple[dict, int]:
     """``(masks with a random ``fraction`` of each module's general neurons erased, neurons erased)``."""
-    return _erase(masks, lambda mask: mask.all(axis=0), fraction, seed)
+    return _erase(masks, general_neurons, fraction, seed)
 
 
 def erase_specific(masks: Mapping[str, np.ndarray], pair: int, fraction: float, seed: int = 0) -> tuple[dict, int]:
     """``(masks with a random ``fraction`` of pair ``pair``'s specific neurons erased in each module,
     neurons erased)``."""
-    return _erase(masks, lambda mask: mask[pair] & ~mask.all(axis=0), fraction, seed)
+    return _erase(masks, lambda mask: mask[pair] & ~general_neurons(mask), fraction, seed)

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jax_namnmt.method.allocation import general_neurons
+
 
 def split_module(name: str) -> tuple[str, str]:
     """``"decoder/layer_3/ffn/fc1"`` -> ``("decoder/layer_3", "ffn/fc1")``."""
@@ -47,7 +49,7 @@ def _module_key(module: str) -> int:
 def specific_counts(mask) -> tuple[np.ndarray, int]:
     """Per pair, its specific neurons in one module ``[pairs]``, and the module's specific neurons."""
     mask = np.asarray(mask, dtype=bool)
-    specific = mask.sum(axis=0) < mask.shape[0]
+    specific = ~general_neurons(mask)
     return mask[:, specific].sum(axis=1), int(specific.sum())
 
 

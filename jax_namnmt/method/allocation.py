@@ -157,6 +157,13 @@ def allocate(
 # --------------------------------------------------------------------------- summary
 
 
+def general_neurons(mask) -> np.ndarray:
+    """``bool [F]``: the neurons in every row (pair) of a ``[pairs, F]`` mask, the *general* ones
+    (shared by all pairs, whether rho picked them or a small k gave them to every pair); the
+    others are *specific* to the pairs whose rows hold them."""
+    return np.asarray(mask, dtype=bool).all(axis=0)
+
+
 def summary_rows(masks: Mapping[str, np.ndarray], pairs: Sequence[str]) -> list[dict]:
     """Per-module statistics of a mask set, plus a final ``module == "total"`` row.
 
@@ -173,7 +180,7 @@ def summary_rows(masks: Mapping[str, np.ndarray], pairs: Sequence[str]) -> list[
         if mask.ndim != 2 or mask.shape[0] != len(pairs):
             raise ValueError(f"mask of {name} has shape {mask.shape}, expected [{len(pairs)}, F]")
         uses = mask.sum(axis=0)
-        general = uses == len(pairs)
+        general = general_neurons(mask)
         n_spec = int((~general).sum())
         spec_uses = int(uses[~general].sum())
         per_pair = mask.sum(axis=1)
