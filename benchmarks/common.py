@@ -222,6 +222,42 @@ def build_marian(config, pad, eos, bos, seed):
     return model
 
 
+def ctranslate2_available() -> bool:
+    import importlib
+
+    try:
+        importlib.import_module("ctranslate2")
+    except Exception:
+        return False
+    return torch_available()  # the model is converted from the Marian one
+
+
+def ctranslate2_from_marian(model, vocab_size: int, specials: dict, out_dir) -> list[str]:
+    """Converts the ``build_marian`` model (its very weights) with CTranslate2's own
+    ``MarianMTLoader`` into ``out_dir``; returns the token of each id (``t<id>``, the special
+    ids named by ``specials``). The loader follows Marian's conversion: the decoder starts from a
+    zero embedding and the vocabulary's last entry (Marian's ``<pad>``) is dropped, so the
+    CTranslate2 model has ``vocab_size - 1`` words (id ``vocab_size - 1``, if a source holds it,
+    reads as ``<unk>``)."""
+    from ctranslate2.converters.transformers import MarianMTLoader
+
+    names = {**specials, vocab_size - 1: "<pad>"}
+    tokens = [names.get(i, f"t{i}") for i in range(vocab_size)]
+
+    class Vocabulary:  # what the loader asks of a tokenizer
+        eos_token, unk_token, bos_token = "</s>", "<unk>", "<s>"
+
+        @staticmethod
+        def get_vocab():
+            return {t: i for i, t in enumerate(tokens)}
+
+    spec = MarianMTLoader()(model, Vocabulary())
+    spec.validate()
+    spec.optimize(quantization=None)
+    spec.save(str(out_dir))
+    return tokens
+
+
 def torch_device():
     import torch
 

@@ -22,6 +22,10 @@ ours with ``DecodeConfig(max_len_a=0, max_len_b=N, min_len=N-1)`` (EOS banned fo
 N-1 tokens, only EOS allowed at the N-th), Marian with ``min_new_tokens=N-1, max_new_tokens=N,
 forced_eos_token_id=EOS``. The lengths are checked on both sides. Counted: sentences/s and
 output tokens/s (N per sentence), after an untimed warm-up (compilation) on the first batch.
+When ``ctranslate2`` is importable too, the Marian model (its very weights) converted to
+CTranslate2 decodes the same batches as well, one side per ``--ct2-compute-types`` entry
+(float32, ours' precision, and int8), held to N decoding steps a sentence (it cannot force a
+final EOS; ``min_decoding_length = max_decoding_length = N``), ``intra_threads = --threads``.
 
 Rounds: each measurement runs ``--rounds`` times (default 3), ours and Marian alternating, and
 each side's fastest round counts (all rounds are in the JSON): this 2-core VM's speed drifts by
@@ -36,7 +40,7 @@ Run torch from a separate venv (benchmark-only dependencies, never runtime ones)
 
     python3 -m venv /tmp/benchvenv
     /tmp/benchvenv/bin/pip install torch==2.13.0          # the CPU build on this machine's disk
-    /tmp/benchvenv/bin/pip install transformers -r requirements.txt && /tmp/benchvenv/bin/pip install --no-deps -e .
+    /tmp/benchvenv/bin/pip install transformers ctranslate2 -r requirements.txt && /tmp/benchvenv/bin/pip install --no-deps -e .
     /tmp/benchvenv/bin/python benchmarks/cpu_throughput.py
 """
 
@@ -54,8 +58,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (LEARNING_RATE, best_round, build_marian, constant_schedule,  # noqa: E402,F401
-                    forced_generate_kwargs, forced_lengths, make_sentences, marian_buckets, marian_sources,
-                    marian_tensors, packed_data, run_steps, torch_available)
+                    ctranslate2_available, ctranslate2_from_marian, forced_generate_kwargs, forced_lengths,
+                    make_sentences, marian_buckets, marian_sources, marian_tensors, packed_data, run_steps,
+                    torch_available)
 
 THREADS_DEFAULT = 2
 
@@ -74,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="JAX only")
+    p.add_argument("--no-ctranslate2", action="store_true", help="decoding without the CTranslate2 sides")
+    p.add_argument("--ct2-compute-types", default="float32,int8",
+                   help="CTranslate2 decoding sides, one per compute type (float32 is ours' precision)")
     p.add_argument("--decode-sentences", type=int, default=512, help="timed decoding sentences each side")
     p.add_argument("--decode-batch", type=int, default=128, help="sentences a decoding batch")
     p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
@@ -316,6 +324,53 @@ def marian_decode_session(args, config, src, pairs, batches):
     return run_round, result
 
 
+def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: str):
+    """Marian's model converted to CTranslate2 (``ctranslate2_from_marian``: the same weights),
+    ``Translator.translate_batch`` on the same batches, beam ``--beam``, length penalty 0.6,
+    ``intra_threads=--threads``. CTranslate2 cannot force a final EOS, so it is held to exactly
+    ``--decode-len`` decoding steps (``min_decoding_length = max_decoding_length = N``): the same
+    number of decoder steps as ours and Marian's (their N-th token is the forced EOS). Returns
+    ``(run_round() -> seconds, result(seconds) -> dict)``."""
+    import tempfile
+
+    import ctranslate2
+    import torch
+
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+    torch.manual_seed(args.seed)
+    model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).eval()
+    workdir = tempfile.TemporaryDirectory(prefix="ct2_")
+    specials = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
+    tokens = ctranslate2_from_marian(model, config.vocab_size, specials, workdir.name)
+    translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type, inter_threads=1,
+                                        intra_threads=args.threads)
+    n = args.decode_len
+    options = dict(beam_size=args.beam, length_penalty=0.6, min_decoding_length=n, max_decoding_length=n,
+                   return_end_token=True, max_batch_size=args.decode_batch)
+    inputs = [[[tokens[t] for t in src[int(i)]] for i in b[0] if i >= 0] for b in batches]
+    t0 = time.perf_counter()
+    translator.translate_batch(inputs[0], **options)
+    warm_s = time.perf_counter() - t0
+    box = {"workdir": workdir}  # the converted model lives as long as the session
+
+    def run_round():
+        t0 = time.perf_counter()
+        box["outputs"] = [translator.translate_batch(b, **options) for b in inputs]
+        return time.perf_counter() - t0
+
+    def result(seconds):
+        lengths = [len(r.hypotheses[0]) for out in box["outputs"] for r in out]
+        sentences = sum(len(b) for b in inputs)
+        return decode_result(f"ctranslate2 {ctranslate2.__version__} Translator.translate_batch ({compute_type}, "
+                             f"converted from the Marian model)", sentences, sentences * n, seconds, warm_s,
+                             lengths, args, {"batches": len(inputs), "compute_type": compute_type,
+                                             "intra_threads": args.threads, "translate_options": options,
+                                             "lengths": "decoding steps (no forced EOS)"})
+
+    return run_round, result
+
+
 def interleaved(sessions: dict, rounds: int) -> dict:
     """Runs ``rounds`` rounds of every session in turn (ours, then Marian, then ours...), so a
     drift of the machine's speed hits both sides alike; each side's result is its fastest round."""
@@ -385,6 +440,11 @@ def main(argv=None) -> dict:
     sessions = {"jax": jax_decode_session(args, config, dsrc, dpairs, dbatches)}
     if use_torch:
         sessions["marian"] = marian_decode_session(args, config, dsrc, dpairs, dbatches)
+    use_ct2 = use_torch and not args.no_ctranslate2 and ctranslate2_available()
+    ct2_sides = [f"ctranslate2_{t}" for t in args.ct2_compute_types.split(",") if t] if use_ct2 else []
+    for side in ct2_sides:
+        sessions[side] = ctranslate2_decode_session(args, config, dsrc, dpairs, dbatches,
+                                                    side.removeprefix("ctranslate2_"))
     dres = interleaved(sessions, args.rounds)
     report["decode"] = {
         "beam": args.beam, "length_penalty": 0.6, "forced_output_len": args.decode_len,
@@ -397,6 +457,11 @@ def main(argv=None) -> dict:
                                                      / dres["marian"]["sentences_per_s"])
         report["decode"]["paired_ratio_jax_over_marian"] = paired_ratios(dres["jax"]["round_seconds"],
                                                                          dres["marian"]["round_seconds"])
+    for side in ct2_sides:
+        report["decode"][f"ratio_jax_over_{side}"] = dres["jax"]["sentences_per_s"] / dres[side]["sentences_per_s"]
+        report["decode"][f"paired_ratio_jax_over_{side}"] = paired_ratios(dres["jax"]["round_seconds"],
+                                                                          dres[side]["round_seconds"])
+    report["ctranslate2"] = "used" if ct2_sides else "not importable or disabled"
 
     print(f"\nCPU training throughput ({args.threads} threads, {os.cpu_count()} cores), "
           f"same {results['jax']['sentences']} sentences each side")
@@ -432,6 +497,11 @@ def main(argv=None) -> dict:
         theirs = fmt.format(res["marian"][key]) if "marian" in res else "-"
         ratio = f"{res['jax'][key] / res['marian'][key]:.3f}" if "marian" in res else "-"
         print(f"| {label} | {ours} | {theirs} | {ratio} |")
+    for side in ct2_sides:
+        paired = report["decode"][f"paired_ratio_jax_over_{side}"]
+        print(f"decode, ours / {side} (sentences/s): {report['decode'][f'ratio_jax_over_{side}']:.3f} (fastest "
+              f"rounds); round by round {', '.join(f'{r:.3f}' for r in paired['per_round'])}, median "
+              f"{paired['median']:.3f}")
 
     report["load_average_start"], report["load_average_end"] = load_start, list(os.getloadavg())
     print(f"load average (1, 5, 15 min) at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}, "

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,3 +58,38 @@ def test_paired_ratios_are_per_round_pairs_and_their_median(monkeypatch):
     got = paired_ratios([10.0, 20.0, 10.0], [11.0, 22.0, 9.0])
     assert got["per_round"] == [1.1, 1.1, 0.9] and got["median"] == 1.1
     assert paired_ratios([], []) == {"per_round": [], "median": None}
+
+
+def test_ctranslate2_side_is_the_marian_model(monkeypatch, tmp_path):
+    """The CTranslate2 decoding side runs the benchmark's Marian model itself: converted with
+    ``ctranslate2_from_marian``, it scores target sentences with Marian's log-probabilities (the
+    decoder started from a zero embedding, as CTranslate2's Marian conversion does). Runs where
+    torch, transformers and ctranslate2 are installed (benchmark-only dependencies, not in CI)."""
+    pytest.importorskip("ctranslate2")
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import ctranslate2
+    import numpy as np
+    from common import build_marian, ctranslate2_from_marian, make_sentences
+
+    from jax_namnmt.config import ModelConfig
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+    config = ModelConfig(vocab_size=256, d_model=32, num_heads=2, ffn_dim=64, enc_layers=2, dec_layers=2,
+                         max_positions=64)
+    model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, 0).eval()
+    specials = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
+    tokens = ctranslate2_from_marian(model, config.vocab_size, specials, tmp_path)
+    assert tokens[EOS_ID] == "</s>" and tokens[7] == "t7" and len(tokens) == config.vocab_size
+    src, tgt, _ = make_sentences(4, config.vocab_size - 1, 8, 12, 8, 3)  # the last id is dropped (Marian's pad)
+    scored = ctranslate2.Translator(str(tmp_path), device="cpu").score_batch(
+        [[tokens[t] for t in s] for s in src], [[tokens[t] for t in t_[:-1]] for t_ in tgt])  # EOS appended
+    for s, t_, result in zip(src, tgt, scored):
+        decoder_inputs = np.concatenate([[PAD_ID], t_[:-1]])  # Marian's pad embedding row is zero
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor(s[None].astype(np.int64)),
+                           decoder_input_ids=torch.tensor(decoder_inputs[None].astype(np.int64))).logits[0]
+        log_probs = torch.log_softmax(logits[:, :-1], -1)[torch.arange(len(t_)), torch.tensor(t_.astype(np.int64))]
+        assert result.tokens == [tokens[t] for t in t_]
+        np.testing.assert_allclose(result.log_probs, log_probs.numpy(), atol=1e-5)
