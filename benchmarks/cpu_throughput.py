@@ -334,11 +334,9 @@ def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: 
     import tempfile
 
     import ctranslate2
-    import torch
 
     from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-    torch.manual_seed(args.seed)
     model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).eval()
     workdir = tempfile.TemporaryDirectory(prefix="ct2_")
     specials = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}

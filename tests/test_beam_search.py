@@ -218,7 +218,7 @@ def _fixed_scorer(table):
 
 def test_min_len_bans_eos_at_the_first_step():
     # EOS (id 1) is by far the best first token; with min_len=1 it may not come first.
-    V, eos = 4, 1
+    eos = 1  # a vocabulary of 4
     table = np.log(np.array([[0.01, 0.90, 0.08, 0.01]] + [[0.01, 0.97, 0.01, 0.01]] * 5))
     fn = _fixed_scorer(table)
     seqs, _ = beam_search(fn, {"step": jnp.array(0)}, 1, 2, 5, 0, eos, length_penalty=0.0)
@@ -229,7 +229,7 @@ def test_min_len_bans_eos_at_the_first_step():
 
 def test_max_lens_force_eos_per_sentence():
     # A scorer that never wants EOS: each sentence must end exactly at its own limit.
-    V, eos = 4, 1
+    eos = 1  # a vocabulary of 4
     table = np.log(np.array([[0.02, 0.0001, 0.9, 0.0799]] * 8))
     fn = _fixed_scorer(table)
     limits = jnp.array([2, 5], jnp.int32)

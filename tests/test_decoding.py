@@ -13,7 +13,7 @@ import pytest
 
 from jax_namnmt.config import DecodeConfig
 from jax_namnmt.data.batching import padded_batches
-from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from jax_namnmt.data.vocab import BOS_ID, EOS_ID
 from jax_namnmt.decoding import translate_ids
 from jax_namnmt.model.transformer import Transformer
 
