@@ -22,10 +22,12 @@ ours with ``DecodeConfig(max_len_a=0, max_len_b=N, min_len=N-1)`` (EOS banned fo
 N-1 tokens, only EOS allowed at the N-th), Marian with ``min_new_tokens=N-1, max_new_tokens=N,
 forced_eos_token_id=EOS``. The lengths are checked on both sides. Counted: sentences/s and
 output tokens/s (N per sentence), after an untimed warm-up (compilation) on the first batch.
-When ``ctranslate2`` is importable too, the Marian model (its very weights) converted to
-CTranslate2 decodes the same batches as well, one side per ``--ct2-compute-types`` entry
-(float32, ours' precision, and int8), held to N decoding steps a sentence (it cannot force a
-final EOS; ``min_decoding_length = max_decoding_length = N``), ``intra_threads = --threads``.
+Ours decodes ``decoding.decode_workers()`` batches at once (2 on CPU); Marian's ``generate``
+one at a time. When ``ctranslate2`` is importable too, the Marian model (its very weights)
+converted to CTranslate2 decodes the same batches as well, one side per ``--ct2-compute-types``
+entry (float32, ours' precision, and int8) and ``--ct2-layouts`` entry (one batch at a time on
+2 threads, or two at once on one thread each), held to N decoding steps a sentence (it cannot
+force a final EOS; ``min_decoding_length = max_decoding_length = N``).
 
 Rounds: each measurement runs ``--rounds`` times (default 3), ours and Marian alternating, and
 each side's fastest round counts (all rounds are in the JSON): this 2-core VM's speed drifts by
@@ -81,7 +83,10 @@ def parse_args(argv=None):
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--no-ctranslate2", action="store_true", help="decoding without the CTranslate2 sides")
     p.add_argument("--ct2-compute-types", default="float32,int8",
-                   help="CTranslate2 decoding sides, one per compute type (float32 is ours' precision)")
+                   help="CTranslate2 decoding sides, one per compute type (float32 is ours' precision) and layout")
+    p.add_argument("--ct2-layouts", default="1x2,2x1",
+                   help="CTranslate2 thread layouts INTERxINTRA: 1x2 = one batch at a time on 2 threads, 2x1 = "
+                        "two batches at once (two Python threads, inter_threads=2), one thread each")
     p.add_argument("--decode-sentences", type=int, default=512, help="timed decoding sentences each side")
     p.add_argument("--decode-batch", type=int, default=128, help="sentences a decoding batch")
     p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
@@ -324,14 +329,17 @@ def marian_decode_session(args, config, src, pairs, batches):
     return run_round, result
 
 
-def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: str):
+def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: str, layout: str = "1x2"):
     """Marian's model converted to CTranslate2 (``ctranslate2_from_marian``: the same weights),
-    ``Translator.translate_batch`` on the same batches, beam ``--beam``, length penalty 0.6,
-    ``intra_threads=--threads``. CTranslate2 cannot force a final EOS, so it is held to exactly
-    ``--decode-len`` decoding steps (``min_decoding_length = max_decoding_length = N``): the same
-    number of decoder steps as ours and Marian's (their N-th token is the forced EOS). Returns
+    ``Translator.translate_batch`` on the same batches, beam ``--beam``, length penalty 0.6;
+    ``layout`` ``INTERxINTRA``: ``inter_threads`` batches at once (from as many Python threads,
+    as ours decodes two batches at once on CPU), ``intra_threads`` each. CTranslate2 cannot force
+    a final EOS, so it is held to exactly ``--decode-len`` decoding steps
+    (``min_decoding_length = max_decoding_length = N``): the same number of decoder steps as ours
+    and Marian's (their N-th token is the forced EOS). Returns
     ``(run_round() -> seconds, result(seconds) -> dict)``."""
     import tempfile
+    from concurrent.futures import ThreadPoolExecutor
 
     import ctranslate2
 
@@ -341,8 +349,9 @@ def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: 
     workdir = tempfile.TemporaryDirectory(prefix="ct2_")
     specials = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
     tokens = ctranslate2_from_marian(model, config.vocab_size, specials, workdir.name)
-    translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type, inter_threads=1,
-                                        intra_threads=args.threads)
+    inter, intra = (int(x) for x in layout.split("x"))
+    translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type, inter_threads=inter,
+                                        intra_threads=intra)
     n = args.decode_len
     options = dict(beam_size=args.beam, length_penalty=0.6, min_decoding_length=n, max_decoding_length=n,
                    return_end_token=True, max_batch_size=args.decode_batch)
@@ -354,17 +363,19 @@ def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: 
 
     def run_round():
         t0 = time.perf_counter()
-        box["outputs"] = [translator.translate_batch(b, **options) for b in inputs]
+        with ThreadPoolExecutor(inter) as pool:
+            box["outputs"] = list(pool.map(lambda b: translator.translate_batch(b, **options), inputs))
         return time.perf_counter() - t0
 
     def result(seconds):
         lengths = [len(r.hypotheses[0]) for out in box["outputs"] for r in out]
         sentences = sum(len(b) for b in inputs)
         return decode_result(f"ctranslate2 {ctranslate2.__version__} Translator.translate_batch ({compute_type}, "
-                             f"converted from the Marian model)", sentences, sentences * n, seconds, warm_s,
-                             lengths, args, {"batches": len(inputs), "compute_type": compute_type,
-                                             "intra_threads": args.threads, "translate_options": options,
-                                             "lengths": "decoding steps (no forced EOS)"})
+                             f"{inter} batch(es) at once x {intra} thread(s), converted from the Marian model)",
+                             sentences, sentences * n, seconds, warm_s, lengths, args,
+                             {"batches": len(inputs), "compute_type": compute_type, "inter_threads": inter,
+                              "intra_threads": intra, "translate_options": options,
+                              "lengths": "decoding steps (no forced EOS)"})
 
     return run_round, result
 
@@ -439,16 +450,20 @@ def main(argv=None) -> dict:
     if use_torch:
         sessions["marian"] = marian_decode_session(args, config, dsrc, dpairs, dbatches)
     use_ct2 = use_torch and not args.no_ctranslate2 and ctranslate2_available()
-    ct2_sides = [f"ctranslate2_{t}" for t in args.ct2_compute_types.split(",") if t] if use_ct2 else []
-    for side in ct2_sides:
-        sessions[side] = ctranslate2_decode_session(args, config, dsrc, dpairs, dbatches,
-                                                    side.removeprefix("ctranslate2_"))
+    ct2 = {f"ctranslate2_{t}_{lay}": (t, lay) for t in args.ct2_compute_types.split(",") if t
+           for lay in args.ct2_layouts.split(",") if lay} if use_ct2 else {}
+    ct2_sides = list(ct2)
+    for side, (compute_type, lay) in ct2.items():
+        sessions[side] = ctranslate2_decode_session(args, config, dsrc, dpairs, dbatches, compute_type, lay)
     dres = interleaved(sessions, args.rounds)
+    from jax_namnmt.decoding import decode_workers
+
     report["decode"] = {
         "beam": args.beam, "length_penalty": 0.6, "forced_output_len": args.decode_len,
         "sentences": args.decode_sentences, "batch_sentences": args.decode_batch,
         "source_lengths": [args.min_len, args.max_len], "same_sentences": True, "same_batches": True,
         "params": "random init (seed), no masks", "results": dres,
+        "ours_batches_at_once": decode_workers(), "threads": args.threads,
     }
     if use_torch:
         report["decode"]["ratio_jax_over_marian"] = (dres["jax"]["sentences_per_s"]

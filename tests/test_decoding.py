@@ -14,7 +14,7 @@ import pytest
 from jax_namnmt.config import DecodeConfig
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID
-from jax_namnmt.decoding import translate_ids
+from jax_namnmt.decoding import decode_workers, translate_ids
 from jax_namnmt.model.transformer import Transformer
 
 NUM_PAIRS = 3
@@ -191,3 +191,28 @@ def test_sources_longer_than_the_output_limit(setup):
         if EOS_ID not in expected[:2]:
             expected[2] = EOS_ID  # the limit forces EOS at the third token
         np.testing.assert_array_equal(got, expected, err_msg=f"source {i}")
+
+
+def test_concurrent_batches_give_the_same_translations_in_order(setup):
+    """``translate_ids`` decodes several batches at once on CPU (``decode_workers``); the result
+    is the one-at-a-time result, in input order, and the progress bar counts every sentence."""
+    config, params, masks, sources, pair_ids, reference = setup
+    assert decode_workers("cpu") == 2 and decode_workers("gpu") == 1
+
+    class Count:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    decode = dataclasses.replace(GREEDY, beam_size=2, length_penalty=0.6)
+    one = translate_ids(params, config, masks, sources, pair_ids, decode, workers=1)
+    for workers in (2, 3):
+        progress = Count()
+        several = translate_ids(params, config, masks, sources, pair_ids, decode, progress=progress, workers=workers)
+        assert progress.n == len(sources)
+        for i, (a, b) in enumerate(zip(one, several)):
+            np.testing.assert_array_equal(a, b, err_msg=f"source {i}, {workers} workers")
+    greedy = translate_ids(params, config, masks, sources, pair_ids, GREEDY, workers=3)
+    for i, (got, want) in enumerate(zip(greedy, reference)):
+        np.testing.assert_array_equal(got, want, err_msg=f"source {i}")
