@@ -10,6 +10,7 @@ Only numpy and the standard library are imported at module level: the driver pro
 from __future__ import annotations
 
 import datetime
+import importlib
 import importlib.metadata
 import json
 import os
@@ -128,15 +129,18 @@ def train_matmul_flops(src_lens, tgt_lens, config, backward: bool = True) -> flo
 # ----------------------------------------------------------------------------- Marian (PyTorch)
 
 
-def torch_available() -> bool:
-    import importlib
-
+def importable(*modules: str) -> bool:
+    """Whether every one of ``modules`` imports (benchmark-only dependencies may be missing)."""
     try:
-        importlib.import_module("torch")
-        importlib.import_module("transformers")
+        for module in modules:
+            importlib.import_module(module)
     except Exception:
         return False
     return True
+
+
+def torch_available() -> bool:
+    return importable("torch", "transformers")
 
 
 def marian_buckets(ids, src, tgt, tokens_per_batch):
@@ -223,25 +227,21 @@ def build_marian(config, pad, eos, bos, seed):
 
 
 def ctranslate2_available() -> bool:
-    import importlib
-
-    try:
-        importlib.import_module("ctranslate2")
-    except Exception:
-        return False
-    return torch_available()  # the model is converted from the Marian one
+    return importable("ctranslate2", "torch", "transformers")  # the model is converted from the Marian one
 
 
-def ctranslate2_from_marian(model, vocab_size: int, specials: dict, out_dir) -> list[str]:
+def ctranslate2_from_marian(model, vocab_size: int, out_dir) -> list[str]:
     """Converts the ``build_marian`` model (its very weights) with CTranslate2's own
-    ``MarianMTLoader`` into ``out_dir``; returns the token of each id (``t<id>``, the special
-    ids named by ``specials``). The loader follows Marian's conversion: the decoder starts from a
-    zero embedding and the vocabulary's last entry (Marian's ``<pad>``) is dropped, so the
-    CTranslate2 model has ``vocab_size - 1`` words (id ``vocab_size - 1``, if a source holds it,
-    reads as ``<unk>``)."""
+    ``MarianMTLoader`` into ``out_dir``; returns the token of each id (``t<id>``; our special
+    ids as ``<blank>`` (padding), ``<unk>``, ``<s>``, ``</s>``). The loader follows Marian's
+    conversion: the decoder starts from a zero embedding and the vocabulary's last entry
+    (Marian's ``<pad>``) is dropped, so the CTranslate2 model has ``vocab_size - 1`` words (id
+    ``vocab_size - 1``, if a source holds it, reads as ``<unk>``)."""
     from ctranslate2.converters.transformers import MarianMTLoader
 
-    names = {**specials, vocab_size - 1: "<pad>"}
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+    names = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>", vocab_size - 1: "<pad>"}
     tokens = [names.get(i, f"t{i}") for i in range(vocab_size)]
 
     class Vocabulary:  # what the loader asks of a tokenizer

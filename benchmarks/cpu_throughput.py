@@ -343,12 +343,11 @@ def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: 
 
     import ctranslate2
 
-    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
     model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).eval()
     workdir = tempfile.TemporaryDirectory(prefix="ct2_")
-    specials = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
-    tokens = ctranslate2_from_marian(model, config.vocab_size, specials, workdir.name)
+    tokens = ctranslate2_from_marian(model, config.vocab_size, workdir.name)
     inter, intra = (int(x) for x in layout.split("x"))
     translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type, inter_threads=inter,
                                         intra_threads=intra)
@@ -450,10 +449,9 @@ def main(argv=None) -> dict:
     if use_torch:
         sessions["marian"] = marian_decode_session(args, config, dsrc, dpairs, dbatches)
     use_ct2 = use_torch and not args.no_ctranslate2 and ctranslate2_available()
-    ct2 = {f"ctranslate2_{t}_{lay}": (t, lay) for t in args.ct2_compute_types.split(",") if t
-           for lay in args.ct2_layouts.split(",") if lay} if use_ct2 else {}
-    ct2_sides = list(ct2)
-    for side, (compute_type, lay) in ct2.items():
+    ct2_sides = {f"ctranslate2_{t}_{lay}": (t, lay) for t in args.ct2_compute_types.split(",") if t
+                 for lay in args.ct2_layouts.split(",") if lay} if use_ct2 else {}
+    for side, (compute_type, lay) in ct2_sides.items():
         sessions[side] = ctranslate2_decode_session(args, config, dsrc, dpairs, dbatches, compute_type, lay)
     dres = interleaved(sessions, args.rounds)
     from jax_namnmt.decoding import decode_workers

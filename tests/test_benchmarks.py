@@ -74,13 +74,12 @@ def test_ctranslate2_side_is_the_marian_model(monkeypatch, tmp_path):
     from common import build_marian, ctranslate2_from_marian, make_sentences
 
     from jax_namnmt.config import ModelConfig
-    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+    from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
     config = ModelConfig(vocab_size=256, d_model=32, num_heads=2, ffn_dim=64, enc_layers=2, dec_layers=2,
                          max_positions=64)
     model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, 0).eval()
-    specials = {PAD_ID: "<blank>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
-    tokens = ctranslate2_from_marian(model, config.vocab_size, specials, tmp_path)
+    tokens = ctranslate2_from_marian(model, config.vocab_size, tmp_path)
     assert tokens[EOS_ID] == "</s>" and tokens[7] == "t7" and len(tokens) == config.vocab_size
     src, tgt, _ = make_sentences(4, config.vocab_size - 1, 8, 12, 8, 3)  # the last id is dropped (Marian's pad)
     scored = ctranslate2.Translator(str(tmp_path), device="cpu").score_batch(
