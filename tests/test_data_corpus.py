@@ -15,7 +15,8 @@ from jax_namnmt.data.multiway import (
 )
 from jax_namnmt.errors import ConfigError, DataError
 
-NTREX_DIR = Path("/work/shared/data/ntrex128")
+# ../shared/data/ntrex128 next to the project root, as CI has it (skipped where it is absent)
+NTREX_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ntrex128"
 
 
 def write(path: Path, text: str | bytes) -> Path:

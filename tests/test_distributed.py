@@ -22,7 +22,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,6 @@ def test_two_processes_train_like_one(tmp_path):
     base_env.update({"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
                      "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
     procs = []
-    start = time.perf_counter()
     for pid in (0, 1):
         env = dict(base_env)
         if pid == 1:  # the environment route
@@ -68,7 +66,6 @@ def test_two_processes_train_like_one(tmp_path):
                 proc.wait()
     for pid, (proc, text) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"process {pid} failed:\n{text[-6000:]}"
-    wall = time.perf_counter() - start
     got = [json.loads((tmp_path / f"p{pid}.json").read_text()) for pid in (0, 1)]
     ref = got[0]["reference"]
 
@@ -90,7 +87,6 @@ def test_two_processes_train_like_one(tmp_path):
                     np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"{what}: {name}")
     # not vacuous: the parameters moved
     assert any(not np.allclose(ref["params"][k], got[0]["init"][k]) for k in ref["params"])
-    assert wall < 300
 
 
 def test_two_processes_run_the_training_loop(tmp_path):

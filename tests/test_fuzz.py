@@ -159,10 +159,18 @@ def test_broken_gzip_is_a_data_error(data, cut, garbage):
         path = Path(tmp) / "train.de-en.de.gz"
         path.write_bytes(blob)
         try:
-            read_lines(path)
+            lines = read_lines(path)
         except DataError as err:
             assert str(path) in str(err)
-        # (arbitrary bytes that happen to be a valid gzip stream may read fine)
+        else:
+            # read without an error: the content came back whole, never a silently shortened file
+            if not blob:  # cut to nothing: an empty file (read_parallel reports it as empty)
+                assert lines == []
+            else:
+                # a cut stream is never accepted; arbitrary bytes that happen to be a complete gzip
+                # stream read fine, and then as all of what they hold
+                assert garbage, f"a gzip stream cut to {len(blob)} bytes read without an error: {lines!r}"
+                assert lines == _model_read(gzip.decompress(blob))
 
 
 # -- the vocabulary ----------------------------------------------------------------------------------
