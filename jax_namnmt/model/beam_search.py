@@ -87,6 +87,122 @@ def top_k(x, k: int, block: int = 128):
     return values, jnp.take_along_axis(chosen, idx // block, axis=1) * block + idx % block
 
 
+def _check_search_args(batch_size: int, beam_size: int, max_len: int, penalty_form: str, stop_early: str):
+    """The settings ``beam_search`` refuses: an unknown stop rule or penalty form, a size below 1."""
+    if stop_early not in STOP_RULES:
+        raise ConfigError(f"stop_early must be one of {', '.join(STOP_RULES)}; got {stop_early!r}")
+    if penalty_form not in PENALTY_FORMS:
+        raise ConfigError(
+            f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {penalty_form!r}"
+        )
+    if beam_size < 1 or max_len < 1 or batch_size < 1:
+        raise ValueError(f"batch_size, beam_size and max_len must be >= 1, got "
+                         f"{batch_size}, {beam_size}, {max_len}")
+
+
+def _initial_state(cache, B: int, K: int, max_len: int, bos_id: int) -> dict:
+    """The loop's state before the first step: every sequence is BOS, beam 0 alone alive, no
+    finished hypotheses. Sequences carry BOS at position 0 internally; position t+1 holds the
+    t-th new token."""
+    seqs0 = jnp.zeros((B, K, max_len + 1), jnp.int32).at[:, :, 0].set(bos_id)
+    return dict(
+        step=jnp.array(0, jnp.int32),
+        alive_seqs=seqs0,
+        # Only beam 0 is live at the start: the K beams are identical copies.
+        alive_logp=jnp.full((B, K), NEG_INF, jnp.float32).at[:, 0].set(0.0),
+        fin_seqs=jnp.zeros_like(seqs0),
+        fin_scores=jnp.full((B, K), NEG_INF, jnp.float32),
+        fin_flags=jnp.zeros((B, K), bool),
+        cache=cache,
+    )
+
+
+def _search_continues(s: dict, lp, max_len: int, stop_early: str):
+    """The loop condition: fewer than ``max_len`` steps and some sentence not done (``beam``
+    finished hypotheses, and under ``"exact"`` none an alive one can still beat)."""
+    # Best possible future score of an alive hypothesis: log probs only decrease, and
+    # lp is monotone in the length, so the bound is at the next or the final length.
+    best_alive = s["alive_logp"].max(axis=1)
+    bound = best_alive / jnp.maximum(lp(s["step"] + 1), lp(max_len))
+    worst_fin = jnp.where(s["fin_flags"], s["fin_scores"], NEG_INF).min(axis=1)
+    done = s["fin_flags"].all(axis=1)
+    if stop_early == "exact":
+        done = done & (worst_fin >= bound)
+    return (s["step"] < max_len) & ~done.all()
+
+
+def _constrained_log_probs(logits, step, K: int, eos_id: int, min_len: int, max_lens):
+    """Log-probabilities ``[B * K, V]`` of the next token, EOS banned before ``min_len`` tokens and
+    everything but EOS banned at a sentence's ``max_lens`` limit."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    V = logp.shape[-1]
+    is_eos_tok = jnp.arange(V)[None, :] == eos_id
+    if min_len > 0:
+        logp = jnp.where(is_eos_tok & (step < min_len), NEG_INF, logp)
+    if max_lens is not None:
+        force = jnp.repeat(step + 1 >= max_lens, K)[:, None]
+        logp = jnp.where(force & ~is_eos_tok, NEG_INF, logp)
+    if V < 2:
+        raise ValueError(f"beam search needs a vocabulary of at least 2 tokens, got {V}")
+    return logp
+
+
+def _top_candidates(alive_logp, logp, B: int, K: int):
+    """The ``2K`` best extensions of the alive beams (fewer if ``K * V`` is smaller): their summed
+    log-probabilities, source beams and tokens, best first."""
+    V = logp.shape[-1]
+    cand = (alive_logp[:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)
+    # 2K candidates always contain >= K non-EOS ones (each beam has one EOS candidate).
+    top_logp, top_idx = top_k(cand, min(2 * K, K * V))
+    return top_logp, top_idx // V, (top_idx % V).astype(jnp.int32)
+
+
+def _next_alive(top_logp, top_beam, top_tok, is_eos, K: int):
+    """The ``K`` best non-EOS candidates: ``(log-probabilities, source beams, tokens)``."""
+    alive_rank = jnp.where(is_eos, NEG_INF, top_logp)
+    new_alive_logp, sel = jax.lax.top_k(alive_rank, K)
+    alive_beam = jnp.take_along_axis(top_beam, sel, axis=1)
+    alive_tok = jnp.take_along_axis(top_tok, sel, axis=1)
+    return new_alive_logp, alive_beam, alive_tok
+
+
+def _extend(alive_seqs, rows, beam_idx, tok, length):
+    """The sequences of beams ``beam_idx [B, K']`` of ``alive_seqs`` with ``tok`` written at
+    position ``length``: ``[B, K', max_len + 1]``."""
+    seq = alive_seqs[rows, beam_idx]
+    return seq.at[:, :, length].set(tok)
+
+
+def _merge_finished(s: dict, top_logp, top_beam, top_tok, is_eos, length, lp, K: int, rows):
+    """The ``K`` best finished hypotheses: the old ones and this step's EOS candidates that rank
+    among the step's ``K`` best (fairseq's rule), scored ``logp / lp(length)``; valid entries
+    first, then by score (stable: older first on ties). Returns ``(seqs, scores, flags)``."""
+    rank = jnp.arange(top_logp.shape[1])[None, :]
+    newly = is_eos & (rank < K) & (top_logp > NEG_INF)
+    new_scores = jnp.where(newly, top_logp / lp(length), NEG_INF)
+    all_scores = jnp.concatenate([s["fin_scores"], new_scores], axis=1)
+    all_flags = jnp.concatenate([s["fin_flags"], newly], axis=1)
+    all_seqs = jnp.concatenate([s["fin_seqs"], _extend(s["alive_seqs"], rows, top_beam, top_tok, length)], axis=1)
+    key = jnp.where(all_flags, all_scores, NEG_INF)
+    order = jnp.lexsort((-key, ~all_flags), axis=1)[:, :K]
+    return (all_seqs[rows, order], jnp.take_along_axis(all_scores, order, axis=1),
+            jnp.take_along_axis(all_flags, order, axis=1))
+
+
+def _best_hypotheses(s: dict, lp, B: int, K: int, rows):
+    """The search's result from its final state: the finished hypotheses, slots that none filled
+    taken by the best alive ones (penalised at their current length); BOS dropped."""
+    alive_scores = s["alive_logp"] / lp(s["step"])
+    scores = jnp.concatenate([s["fin_scores"], alive_scores], axis=1)
+    flags = jnp.concatenate([s["fin_flags"], jnp.zeros((B, K), bool)], axis=1)
+    seqs = jnp.concatenate([s["fin_seqs"], s["alive_seqs"]], axis=1)
+    order = jnp.lexsort((-scores, ~flags), axis=1)[:, :K]
+    return (
+        seqs[rows, order][:, :, 1:].astype(jnp.int32),
+        jnp.take_along_axis(scores, order, axis=1).astype(jnp.float32),
+    )
+
+
 def beam_search(
     tokens_to_logits,
     cache,
@@ -118,112 +234,38 @@ def beam_search(
     ``max_lens``: optional int array ``[B]``, a per-sentence limit (e.g. ``a * src_len + b``):
     at that length only EOS is allowed, so the sentence finishes there (fairseq's rule).
     """
-    if stop_early not in STOP_RULES:
-        raise ConfigError(f"stop_early must be one of {', '.join(STOP_RULES)}; got {stop_early!r}")
-    if penalty_form not in PENALTY_FORMS:
-        raise ConfigError(
-            f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {penalty_form!r}"
-        )
-    if beam_size < 1 or max_len < 1 or batch_size < 1:
-        raise ValueError(f"batch_size, beam_size and max_len must be >= 1, got "
-                         f"{batch_size}, {beam_size}, {max_len}")
+    _check_search_args(batch_size, beam_size, max_len, penalty_form, stop_early)
     B, K = batch_size, beam_size
-    alpha = length_penalty
 
     def lp(n):
-        return length_penalty_divisor(n, alpha, penalty_form)
+        return length_penalty_divisor(n, length_penalty, penalty_form)
 
     rows = jnp.arange(B)[:, None]
-
-    # Sequences carry BOS at position 0 internally; position t+1 holds the t-th new token.
-    seqs0 = jnp.zeros((B, K, max_len + 1), jnp.int32).at[:, :, 0].set(bos_id)
-    state0 = dict(
-        step=jnp.array(0, jnp.int32),
-        alive_seqs=seqs0,
-        # Only beam 0 is live at the start: the K beams are identical copies.
-        alive_logp=jnp.full((B, K), NEG_INF, jnp.float32).at[:, 0].set(0.0),
-        fin_seqs=jnp.zeros_like(seqs0),
-        fin_scores=jnp.full((B, K), NEG_INF, jnp.float32),
-        fin_flags=jnp.zeros((B, K), bool),
-        cache=cache,
-    )
-
-    def cond(s):
-        # Best possible future score of an alive hypothesis: log probs only decrease, and
-        # lp is monotone in the length, so the bound is at the next or the final length.
-        best_alive = s["alive_logp"].max(axis=1)
-        bound = best_alive / jnp.maximum(lp(s["step"] + 1), lp(max_len))
-        worst_fin = jnp.where(s["fin_flags"], s["fin_scores"], NEG_INF).min(axis=1)
-        done = s["fin_flags"].all(axis=1)
-        if stop_early == "exact":
-            done = done & (worst_fin >= bound)
-        return (s["step"] < max_len) & ~done.all()
 
     def body(s):
         step = s["step"]
         ids = s["alive_seqs"][:, :, step].reshape(B * K, 1)
         logits, new_cache = tokens_to_logits(ids, s["cache"])
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        V = logp.shape[-1]
-        is_eos_tok = jnp.arange(V)[None, :] == eos_id
-        if min_len > 0:
-            logp = jnp.where(is_eos_tok & (step < min_len), NEG_INF, logp)
-        if max_lens is not None:
-            force = jnp.repeat(step + 1 >= max_lens, K)[:, None]
-            logp = jnp.where(force & ~is_eos_tok, NEG_INF, logp)
-        if V < 2:
-            raise ValueError(f"beam search needs a vocabulary of at least 2 tokens, got {V}")
-        cand = (s["alive_logp"][:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)
-        # 2K candidates always contain >= K non-EOS ones (each beam has one EOS candidate).
-        n_cand = min(2 * K, K * V)
-        top_logp, top_idx = top_k(cand, n_cand)
-        top_beam, top_tok = top_idx // V, (top_idx % V).astype(jnp.int32)
+        logp = _constrained_log_probs(logits, step, K, eos_id, min_len, max_lens)
+        top_logp, top_beam, top_tok = _top_candidates(s["alive_logp"], logp, B, K)
         is_eos = top_tok == eos_id
         length = step + 1
-
-        def extend(beam_idx, tok):
-            seq = s["alive_seqs"][rows, beam_idx]
-            return seq.at[:, :, length].set(tok)
-
-        # Alive: the K best non-EOS candidates.
-        alive_rank = jnp.where(is_eos, NEG_INF, top_logp)
-        new_alive_logp, sel = jax.lax.top_k(alive_rank, K)
-        alive_beam = jnp.take_along_axis(top_beam, sel, axis=1)
-        alive_tok = jnp.take_along_axis(top_tok, sel, axis=1)
-
-        # Finished: EOS candidates among the K best of the step, merged with the old ones.
-        rank = jnp.arange(n_cand)[None, :]
-        newly = is_eos & (rank < K) & (top_logp > NEG_INF)
-        new_scores = jnp.where(newly, top_logp / lp(length), NEG_INF)
-        all_scores = jnp.concatenate([s["fin_scores"], new_scores], axis=1)
-        all_flags = jnp.concatenate([s["fin_flags"], newly], axis=1)
-        all_seqs = jnp.concatenate([s["fin_seqs"], extend(top_beam, top_tok)], axis=1)
-        # Rank valid entries above invalid ones, then by score (stable: older first on ties).
-        key = jnp.where(all_flags, all_scores, NEG_INF)
-        order = jnp.lexsort((-key, ~all_flags), axis=1)[:, :K]
-
+        new_alive_logp, alive_beam, alive_tok = _next_alive(top_logp, top_beam, top_tok, is_eos, K)
+        fin_seqs, fin_scores, fin_flags = _merge_finished(s, top_logp, top_beam, top_tok, is_eos, length, lp, K,
+                                                          rows)
         return dict(
             step=length,
-            alive_seqs=extend(alive_beam, alive_tok),
+            alive_seqs=_extend(s["alive_seqs"], rows, alive_beam, alive_tok, length),
             alive_logp=new_alive_logp,
-            fin_seqs=all_seqs[rows, order],
-            fin_scores=jnp.take_along_axis(all_scores, order, axis=1),
-            fin_flags=jnp.take_along_axis(all_flags, order, axis=1),
+            fin_seqs=fin_seqs,
+            fin_scores=fin_scores,
+            fin_flags=fin_flags,
             cache=_gather_beams(new_cache, alive_beam, B, K),
         )
 
-    s = jax.lax.while_loop(cond, body, state0)
-
-    # Fill slots without a finished hypothesis with the best alive ones.
-    alive_scores = s["alive_logp"] / lp(s["step"])
-    scores = jnp.concatenate([s["fin_scores"], alive_scores], axis=1)
-    flags = jnp.concatenate([s["fin_flags"], jnp.zeros((B, K), bool)], axis=1)
-    seqs = jnp.concatenate([s["fin_seqs"], s["alive_seqs"]], axis=1)
-    order = jnp.lexsort((-scores, ~flags), axis=1)[:, :K]
-    return (
-        seqs[rows, order][:, :, 1:].astype(jnp.int32),
-        jnp.take_along_axis(scores, order, axis=1).astype(jnp.float32),
-    )
+    s = jax.lax.while_loop(lambda s: _search_continues(s, lp, max_len, stop_early), body,
+                           _initial_state(cache, B, K, max_len, bos_id))
+    return _best_hypotheses(s, lp, B, K, rows)
 
 
 def greedy_search(tokens_to_logits, cache, batch_size: int, max_len: int, bos_id: int, eos_id: int):
