@@ -1,9 +1,11 @@
 """Shared fixtures for the model, importance, decoding and loss tests: a tiny float32 model,
-random neuron masks and a packer for the packed-row batch layout of ``data/batching.py``."""
+random neuron masks and a packer for the packed-row batch layout of ``data/batching.py``; and
+``tiny_corpus``, the tiny Multi30k corpus the workflow, pipeline and command-line tests train on."""
 
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -193,3 +195,31 @@ def make_masks():
 @pytest.fixture(scope="session")
 def make_params():
     return noisy_params
+
+
+# The tiny corpus: the first lines of each split of the embedded Multi30k for the tiny config's
+# pairs, in the fairseq layout (``{split}.{src}-{tgt}.{lang}``).
+TINY_LINES = {"train": 300, "valid": 40, "test": 20}
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The tiny corpus directory (absolute), built once per session and shared by every test file
+    that trains on it: read it, never write it (a test that damages a corpus copies it first)."""
+    from jax_namnmt.config import load_config
+    from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    return build_from_multiway(multi30k_dir(), root / "tinydata", load_config("tiny").data.pairs, MULTI30K_SPLITS,
+                               max_lines=TINY_LINES).resolve()
+
+
+def sacrebleu_scores(hyps: list[str], data_dir: Path, split: str, pair: str, max_lines: int) -> tuple[float, float]:
+    """(BLEU, chrF) of ``hyps`` recomputed with sacreBLEU itself (its defaults: 13a, case-sensitive)
+    against the first ``max_lines`` references of ``split`` read straight from the corpus files."""
+    import sacrebleu
+
+    tgt = pair.split("-")[1]
+    refs = (Path(data_dir) / f"{split}.{pair}.{tgt}").read_text(encoding="utf-8").splitlines()[:max_lines]
+    assert len(hyps) == len(refs) and all(r.strip() for r in refs), (pair, len(hyps), len(refs))
+    return sacrebleu.corpus_bleu(list(hyps), [refs]).score, sacrebleu.corpus_chrf(list(hyps), [refs]).score

@@ -14,12 +14,10 @@ import pytest
 
 from jax_namnmt import workflow
 from jax_namnmt.config import load_config
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.method.allocation import save_masks
 from jax_namnmt.model.transformer import module_sizes
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_LINES = {"train": 300, "valid": 40, "test": 20}
 
 
 def door(name: str, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -42,12 +40,10 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles, debug: bool =
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """A tiny corpus, a work directory prepared on it, and a briefly trained run in that work directory."""
+def tiny(tmp_path_factory, tiny_corpus) -> dict:
+    """The tiny corpus, a work directory prepared on it, and a briefly trained run in that work directory."""
     root = tmp_path_factory.mktemp("cli")
-    base = load_config("tiny")
-    data = build_from_multiway(multi30k_dir(), root / "tinydata", base.data.pairs, MULTI30K_SPLITS,
-                               max_lines=TINY_LINES).resolve()
+    data = tiny_corpus
     config = load_config("tiny", [f"data.data_dir={data}", "train.steps=2"])
     workdir = root / "work"
     workflow.prepare(config, workdir, quiet=True)

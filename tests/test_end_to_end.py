@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import sacrebleu_scores
 
 from jax_namnmt.config import load_config
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.method.allocation import load_masks
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_LINES = {"train": 300, "valid": 40, "test": 20}
 PAIRS = list(load_config("tiny").data.pairs)
 
 
@@ -34,10 +34,9 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> dict:
+def pipeline(tmp_path_factory, tiny_corpus) -> dict:
     root = tmp_path_factory.mktemp("e2e")
-    data = build_from_multiway(multi30k_dir(), root / "tinydata", PAIRS, MULTI30K_SPLITS,
-                               max_lines=TINY_LINES).resolve()
+    data = tiny_corpus
     workdir = root / "work"
     proc = door("pipeline", "--config", "configs/tiny.py", "--workdir", workdir, "--data", data, "--quiet",
                 timeout=600)
@@ -54,8 +53,10 @@ def test_pipeline_writes_results_for_both_systems(pipeline, results):
     systems = results["systems"]
     assert set(systems) == {"multilingual", "method_te"}
     for name, row in systems.items():
-        for key in PAIRS + ["avg"]:
-            assert isinstance(row[key], (int, float)) and 0.0 <= row[key] <= 100.0, (name, key, row)
+        for key in PAIRS + ["avg", "chrf_avg"]:
+            assert isinstance(row[key], float), (name, key, row)
+        assert row["avg"] == pytest.approx(np.mean([row[p] for p in PAIRS])), name
+        # (that each number is sacreBLEU's of the system's translations: test_evaluate_matches_the_pipeline_and_sacrebleu)
         assert row["params"] > 0
         run_dir = Path(row["checkpoint"])
         assert run_dir == (pipeline["workdir"] / name).resolve()
@@ -93,13 +94,24 @@ def test_translate_keeps_line_count_and_order(pipeline, results):
     assert outputs[1] == ""
 
 
-def test_evaluate_prints_bleu_table(pipeline, results, tmp_path):
+@pytest.mark.parametrize("system", ["method_te", "multilingual"])
+def test_evaluate_matches_the_pipeline_and_sacrebleu(pipeline, results, tmp_path, system):
     out = tmp_path / "scores.json"
-    proc = ok(door("evaluate", "--checkpoint", pipeline["workdir"] / "method_te", "--quiet", "--out", out))
+    proc = ok(door("evaluate", "--checkpoint", pipeline["workdir"] / system, "--quiet", "--out", out))
     assert "BLEU" in proc.stdout and "chrF" in proc.stdout and "signature:" in proc.stdout
     header = next(line for line in proc.stdout.splitlines() if line.startswith("system"))
     assert header.split()[1:] == PAIRS + ["avg"]
     scores = json.loads(out.read_text(encoding="utf-8"))
-    # the same test lines, the same beam search: the pipeline's numbers again
+    row, lines = results["systems"][system], load_config("tiny").decode.test_max_lines
+    chrf = []
     for pair in PAIRS:
-        assert scores[pair]["bleu"] == pytest.approx(results["systems"]["method_te"][pair])
+        # the same test lines, the same beam search: the pipeline's numbers again
+        assert scores[pair]["bleu"] == pytest.approx(row[pair], abs=1e-9), pair
+        # and they are sacreBLEU's own numbers for the written translations against the corpus's references
+        hyps = scores["hypotheses"][pair]
+        assert len(hyps) == scores[pair]["lines"] == lines, pair
+        bleu, chrf_pair = sacrebleu_scores(hyps, pipeline["data"], "test", pair, lines)
+        assert scores[pair]["bleu"] == pytest.approx(bleu, abs=1e-9), pair
+        assert scores[pair]["chrf"] == pytest.approx(chrf_pair, abs=1e-9), pair
+        chrf.append(chrf_pair)
+    assert row["chrf_avg"] == pytest.approx(np.mean(chrf), abs=1e-9)

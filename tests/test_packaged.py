@@ -14,19 +14,14 @@ import pytest
 
 from jax_namnmt import packaged, workflow
 from jax_namnmt.config import load_config
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.errors import CheckpointError, ConfigError
 from jax_namnmt.pipeline import Pipeline
 
-TINY_LINES = {"train": 300, "valid": 40, "test": 20}
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
+def trained(tmp_path_factory, tiny_corpus) -> dict:
     root = tmp_path_factory.mktemp("pkg")
-    base = load_config("tiny")
-    data = build_from_multiway(multi30k_dir(), root / "tinydata", base.data.pairs, MULTI30K_SPLITS,
-                               max_lines=TINY_LINES).resolve()
+    data = tiny_corpus
     config = load_config("tiny", [f"data.data_dir={data}", "train.steps=4", "finetune.steps=2"])
     workdir = root / "work"
     workflow.prepare(config, workdir, quiet=True)
@@ -101,8 +96,32 @@ def test_pipeline_starts_from_a_package(trained):
     # the package itself was only read
     assert sorted(p.name for p in trained["package"].iterdir()) == sorted(
         ["config.json", "spm.model", packaged.PARAMS_FILE, packaged.PACKAGE_FILE])
-    # fine-tuning started from the package's parameters: the baseline's first step moved them only a little
     assert (workdir / "multilingual" / "checkpoints").is_dir()
+
+
+def test_pipeline_fine_tunes_from_the_package_parameters(trained):
+    """The pipeline's fine-tuning starts from the package's parameters: one step at learning rate 0
+    leaves them where they started, so the fine-tuned run holds the package's parameters bit for bit
+    (and the step did run: a finite loss, not skipped)."""
+    config = load_config(str(trained["package"] / "config.json"),
+                         ["finetune.steps=1", "finetune.learning_rate=0", "finetune.warmup_init_lr=0"])
+    workdir = trained["root"] / "from_package_lr0"
+    Pipeline(config, workdir, trained["package"], quiet=True).run(["multilingual"])
+    run, pkg = workflow.load_run(workdir / "multilingual"), workflow.load_run(trained["package"])
+    assert run.step == 1
+    flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x)  # noqa: E731
+                         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    got, want = flat(run.params), flat(pkg.params)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes(), name
+    # not the pre-trained run's float32 parameters either (the package rounded them to bfloat16)
+    original = flat(workflow.load_run(trained["run"]).params)
+    assert any(original[name].tobytes() != want[name].tobytes() for name in want)
+    records = [json.loads(line) for line in (workdir / "multilingual" / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    steps = [r for r in records if r["phase"] == "continue"]
+    assert [r["step"] for r in steps] == [1] and steps[0]["skipped"] == 0.0 and np.isfinite(steps[0]["loss"])
 
 
 def test_pipeline_refuses_scratch_systems_on_a_package(trained, tmp_path):

@@ -9,24 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sacrebleu_scores
 
 from jax_namnmt import analyze, systems, workflow
 from jax_namnmt.analysis.erasure import erase_general, erase_specific
 from jax_namnmt.analysis.scores import lscore
 from jax_namnmt.config import load_config
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.method.allocation import load_masks
 from jax_namnmt.pipeline import Pipeline
 
-TINY_LINES = {"train": 200, "valid": 24, "test": 8}
-
 
 @pytest.fixture(scope="module")
-def run_all(tmp_path_factory):
+def run_all(tmp_path_factory, tiny_corpus):
     root = tmp_path_factory.mktemp("systems")
-    base = load_config("tiny")
-    data = build_from_multiway(multi30k_dir(), root / "tinydata", base.data.pairs, MULTI30K_SPLITS,
-                               max_lines=TINY_LINES).resolve()
+    data = tiny_corpus
     # rows layout: fixed batch shapes, so the four individual models share one compiled step (the
     # compact layout's shapes follow each corpus: four more compiles, ~30 s of this module)
     config = load_config("tiny", [f"data.data_dir={data}", "train.steps=4", "finetune.steps=2",
@@ -53,7 +49,29 @@ def test_every_system_has_a_row(run_all):
     for name, row in saved["systems"].items():
         assert set(pairs) <= set(row), name
         assert np.isclose(row["avg"], np.mean([row[p] for p in pairs])), name
-        assert all(0.0 <= row[p] <= 100.0 for p in pairs)
+        assert all(isinstance(row[p], float) for p in pairs), name
+        assert row["params"] == run_all["results"][name]["params"] > 0, name
+
+
+@pytest.mark.parametrize("system", ["multilingual", "method_te"])
+def test_row_is_a_direct_evaluate_of_its_checkpoint(run_all, system):
+    """A row's numbers are those of evaluating its checkpoint again (the same test lines, the same
+    beam search), and those are sacreBLEU's own for the translations against the corpus's references."""
+    config, workdir = run_all["config"], run_all["workdir"]
+    row = json.loads((workdir / "results.json").read_text())["systems"][system]
+    assert Path(row["checkpoint"]) == (workdir / system).resolve()
+    dc = config.decode
+    data_dir = workflow.data_dir_for(config, workdir)
+    scores = workflow.evaluate_run(workflow.load_run(workdir / system), data_dir, dc.test_split, dc.test_max_lines,
+                                   quiet=True)
+    for pair in config.data.pairs:
+        assert scores[pair]["bleu"] == pytest.approx(row[pair], abs=1e-9), pair
+        hyps = scores["hypotheses"][pair]
+        assert len(hyps) == dc.test_max_lines, pair
+        bleu, chrf = sacrebleu_scores(hyps, data_dir, dc.test_split, pair, dc.test_max_lines)
+        assert scores[pair]["bleu"] == pytest.approx(bleu, abs=1e-9), pair
+        assert scores[pair]["chrf"] == pytest.approx(chrf, abs=1e-9), pair
+    assert row["chrf_avg"] == pytest.approx(np.mean([scores[p]["chrf"] for p in config.data.pairs]), abs=1e-9)
 
 
 def test_parameter_counts_follow_the_paper(run_all):

@@ -17,13 +17,11 @@ import pytest
 
 from jax_namnmt import workflow
 from jax_namnmt.config import load_config
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.method.allocation import load_masks, save_masks
 from jax_namnmt.model.transformer import init_params, module_sizes
 from jax_namnmt.training.checkpoint import Checkpointer
 from jax_namnmt.training.step import init_state, make_optimizer
 
-TINY_LINES = {"train": 300, "valid": 40, "test": 20}
 STEPS = 12  # the uninterrupted run; the interrupted one stops at STEPS // 2 first
 RUN_OVERRIDES = [
     "data.train_max_lines=40",  # ~6 batches per epoch: the runs cross epoch boundaries
@@ -60,13 +58,10 @@ def _tb_tags(path: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> tuple[Path, object]:
+def workdir(tmp_path_factory, tiny_corpus) -> tuple[Path, object]:
     """A prepared tiny work directory and its config (data.data_dir points at the tiny corpus)."""
     root = tmp_path_factory.mktemp("training")
-    base = load_config("tiny")
-    data = build_from_multiway(multi30k_dir(), root / "tinydata", base.data.pairs, MULTI30K_SPLITS,
-                               max_lines=TINY_LINES)
-    config = load_config("tiny", [f"data.data_dir={data.resolve()}"] + RUN_OVERRIDES)
+    config = load_config("tiny", [f"data.data_dir={tiny_corpus}"] + RUN_OVERRIDES)
     workflow.prepare(config, root, quiet=True)
     return root, config
 
