@@ -35,15 +35,19 @@ each side's fastest round counts (all rounds are in the JSON): this 2-core VM's 
 ratio of each back-to-back round pair and their median (``paired_ratio_jax_over_marian``), which
 a drift between rounds does not move; ``--rounds 8 --steps 8`` gives more, shorter pairs.
 
-    python benchmarks/cpu_throughput.py                # full benchmark (needs torch + transformers)
-    python benchmarks/cpu_throughput.py --quick        # tiny shapes, 2 steps, 2 decode batches, JAX only if no torch
+    python -m benchmarks.cpu_throughput                # full benchmark (needs torch + transformers)
+    python -m benchmarks.cpu_throughput --quick        # tiny shapes, 2 steps, 2 decode batches, JAX only if no torch
+
+(``python benchmarks/cpu_throughput.py`` works too.) A full run writes
+``benchmarks/results/cpu_throughput.json``; a ``--quick`` one a new temporary directory (it says
+which) unless ``--out`` names a path.
 
 Run torch from a separate venv (benchmark-only dependencies, never runtime ones):
 
     python3 -m venv /tmp/benchvenv
     /tmp/benchvenv/bin/pip install torch==2.13.0          # the CPU build on this machine's disk
     /tmp/benchvenv/bin/pip install transformers ctranslate2 -r requirements.txt && /tmp/benchvenv/bin/pip install --no-deps -e .
-    /tmp/benchvenv/bin/python benchmarks/cpu_throughput.py
+    /tmp/benchvenv/bin/python -m benchmarks.cpu_throughput
 """
 
 from __future__ import annotations
@@ -58,11 +62,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (LEARNING_RATE, best_round, build_marian, constant_schedule,  # noqa: E402,F401
-                    ctranslate2_available, ctranslate2_from_marian, forced_generate_kwargs, forced_lengths,
-                    make_sentences, marian_buckets, marian_sources, marian_tensors, packed_data, run_steps,
-                    torch_available)
+if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``python -m benchmarks.NAME``
+    from _as_module import run_as_module
+
+    run_as_module(__file__)
+
+from .ours import constant_schedule, run_steps  # noqa: E402
+from .peers_ct2 import ctranslate2_available, ctranslate2_from_marian  # noqa: E402
+from .peers_torch import (build_marian, forced_generate_kwargs, marian_buckets, marian_sources,  # noqa: E402
+                          marian_tensors, torch_available)
+from .report import best_round, resolve_out  # noqa: E402
+from .shapes import LEARNING_RATE  # noqa: E402
+from .synthetic import forced_lengths, make_sentences, packed_data  # noqa: E402
 
 THREADS_DEFAULT = 2
 
@@ -93,7 +104,9 @@ def parse_args(argv=None):
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3,
                    help="timed rounds each side, ours and Marian alternating; the fastest round counts")
-    p.add_argument("--out", default="benchmarks/results/cpu_throughput.json")
+    p.add_argument("--out", default=None,
+                   help="JSON report (default benchmarks/results/cpu_throughput.json; with --quick a new temporary "
+                        "directory)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.rounds = 2, 1, 1
@@ -102,6 +115,7 @@ def parse_args(argv=None):
         args.decode_sentences, args.decode_batch, args.decode_len = 8, 4, 6
     if args.decode_len < 2:
         p.error("--decode-len must be >= 2 (at least one word, then EOS)")
+    resolve_out(args, "cpu_throughput")
     return args
 
 

@@ -18,8 +18,8 @@ stopping. The output lengths are checked on both sides (``all_lengths_forced``).
 sentences/s and output tokens/s (N a sentence), after an untimed warm-up (compilation) on the
 first batch. Each side runs in its own process; a failing side is recorded as ``{"error": ...}``.
 
-    python benchmarks/decode_speed.py --out results.json            # full (GPU; needs torch + transformers)
-    python benchmarks/decode_speed.py --quick --no-torch            # tiny shapes, CPU, JAX only
+    python -m benchmarks.decode_speed --out results.json            # full (GPU; needs torch + transformers)
+    python -m benchmarks.decode_speed --quick --no-torch            # tiny shapes, CPU, JAX only (report in /tmp)
 """
 
 from __future__ import annotations
@@ -27,19 +27,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``python -m benchmarks.NAME``
+    from _as_module import run_as_module
+
+    run_as_module(__file__)
+
+from .driver import Driver, add_common_args, run_side  # noqa: E402
+from .ours import init_params, jax_device_info  # noqa: E402
+from .peers_torch import (build_marian, forced_generate_kwargs, marian_sources, torch_device,  # noqa: E402
+                          torch_device_info, torch_sync)
+from .report import (base_report, device_names, fmt, model_dict, print_table, ratio, resolve_out,  # noqa: E402
+                     write_json)
+from .shapes import model_config  # noqa: E402
+from .synthetic import forced_lengths, make_sentences  # noqa: E402
 
 NAME = "decode_speed"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(p, steps=0, warmup=1)  # --steps/--warmup unused: sentences and batches decide
+    add_common_args(p, steps=0, warmup=1)  # --steps/--warmup unused: sentences and batches decide
     p.add_argument("--sentences", type=int, default=2048, help="timed source sentences each side")
     p.add_argument("--batch", type=int, default=256, help="sentences a batch")
     p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
@@ -52,7 +61,7 @@ def parse_args(argv=None):
         args.min_len, args.max_len = 4, 10
     if args.decode_len < 2:
         p.error("--decode-len must be >= 2 (at least one word, then EOS)")
-    args.out = args.out or f"benchmarks/results/{NAME}.json"
+    resolve_out(args, NAME)
     return args
 
 
@@ -60,8 +69,8 @@ def decode_setup(args, config):
     """The source sentences and their batches, shared by both sides: ``(src, pairs, batches)``."""
     from jax_namnmt.data.batching import padded_batches
 
-    src, _, pairs = common.make_sentences(args.sentences, config.vocab_size, args.min_len, args.max_len, 8,
-                                          args.seed + 1)
+    src, _, pairs = make_sentences(args.sentences, config.vocab_size, args.min_len, args.max_len, 8,
+                                   args.seed + 1)
     return src, pairs, padded_batches(src, pairs, args.batch)
 
 
@@ -85,8 +94,8 @@ def side_jax(args) -> dict:
     from jax_namnmt.data.vocab import EOS_ID, PAD_ID
     from jax_namnmt.decoding import make_beam_decoder, max_output_len
 
-    config = common.model_config(args)
-    info = common.jax_device_info()
+    config = model_config(args)
+    info = jax_device_info()
     src, pairs, batches = decode_setup(args, config)
     n = args.decode_len
     # max output = 0 * src_len + n; EOS banned for the first n - 1 tokens: exactly n tokens.
@@ -96,7 +105,7 @@ def side_jax(args) -> dict:
     max_len = max_output_len(width, decode, 1024)
     decoder = make_beam_decoder(config, decode.beam_size, max_len, decode.length_penalty, decode.penalty_form,
                                 decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len)
-    params = common.init_params(config, args.seed)
+    params = init_params(config, args.seed)
     inputs = []
     for _, s, p in batches:
         padded = np.full((s.shape[0], width), PAD_ID, np.int32)
@@ -116,7 +125,7 @@ def side_jax(args) -> dict:
     lengths = []
     for (indices, _, _), out in zip(batches, outputs):
         out = np.asarray(out)
-        lengths += common.forced_lengths(out[indices >= 0], EOS_ID)
+        lengths += forced_lengths(out[indices >= 0], EOS_ID)
     return decode_result(
         f"jax {jax.__version__} (decoding.make_beam_decoder, jit lax.while_loop, {config.dtype} compute)",
         len(src), secs, warm_s, lengths, args,
@@ -130,30 +139,30 @@ def side_marian(args) -> dict:
 
     from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
-    config = common.model_config(args)
-    device = common.torch_device()
-    info = common.torch_device_info(device)
+    config = model_config(args)
+    device = torch_device()
+    info = torch_device_info(device)
     src, pairs, batches = decode_setup(args, config)
-    model = common.build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).to(device)
+    model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).to(device)
     dtype = torch.bfloat16 if device.type == "cuda" and args.hf_dtype == "bfloat16" else torch.float32
     model = model.to(dtype)
     model.eval()
     n = args.decode_len
-    gen = {**common.forced_generate_kwargs(n, args.beam, PAD_ID, EOS_ID, BOS_ID), "use_cache": True}
-    inputs = [common.marian_sources(b[0], src, PAD_ID, device) for b in batches]  # our rows minus dummies
-    common.torch_sync(device)
+    gen = {**forced_generate_kwargs(n, args.beam, PAD_ID, EOS_ID, BOS_ID), "use_cache": True}
+    inputs = [marian_sources(b[0], src, PAD_ID, device) for b in batches]  # our rows minus dummies
+    torch_sync(device)
     with torch.inference_mode():
         t0 = time.perf_counter()
         model.generate(**inputs[0], **gen)
-        common.torch_sync(device)
+        torch_sync(device)
         warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         outputs = [model.generate(**b, **gen) for b in inputs]
-        common.torch_sync(device)
+        torch_sync(device)
         secs = time.perf_counter() - t0
 
     # Marian's output starts with the decoder start token; rows are padded to the batch's longest.
-    lengths = [k for out in outputs for k in common.forced_lengths(out[:, 1:].cpu().numpy(), EOS_ID)]
+    lengths = [k for out in outputs for k in forced_lengths(out[:, 1:].cpu().numpy(), EOS_ID)]
     attn = getattr(model.config, "_attn_implementation", "?")
     sentences = sum(int(b["input_ids"].shape[0]) for b in inputs)
     return decode_result(
@@ -165,30 +174,30 @@ def side_marian(args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     sides = {"jax": lambda: side_jax(args), "marian": lambda: side_marian(args)}
-    if common.run_side(args, sides):
+    if run_side(args, sides):
         return None
 
-    config = common.model_config(args)
+    config = model_config(args)
     have_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
     names = ["jax"] + (["marian"] if not args.no_torch and have_torch else [])
-    report = common.base_report(NAME, args)
+    report = base_report(NAME, args)
     report.update({
-        "model": common.model_dict(config), "beam": args.beam, "length_penalty": 0.6,
+        "model": model_dict(config), "beam": args.beam, "length_penalty": 0.6,
         "forced_output_len": args.decode_len, "sentences": args.sentences, "batch_sentences": args.batch,
         "source_lengths": [args.min_len, args.max_len], "same_sentences": True, "same_batches": True,
         "params": "random init (seed), no masks",
         "torch": "used" if len(names) > 1 else ("disabled (--no-torch)" if args.no_torch else "not importable"),
         "sides": names, "results": {},
     })
-    driver = common.Driver(__file__, args, argv)
+    driver = Driver(__spec__.name, args, argv)
     for name in names:
         report["results"][name] = driver.run(name)
-        common.write_json(report, args.out)
+        write_json(report, args.out)
     res = report["results"]
-    report["ratio_jax_over_marian"] = common.ratio(res.get("jax"), res.get("marian"), "sentences_per_s")
+    report["ratio_jax_over_marian"] = ratio(res.get("jax"), res.get("marian"), "sentences_per_s")
     report["wall_seconds"] = time.perf_counter() - driver.start
-    report["devices"] = common.device_names(res)
-    common.write_json(report, args.out)
+    report["devices"] = device_names(res)
+    write_json(report, args.out)
 
     rows = []
     for name, r in res.items():
@@ -196,15 +205,15 @@ def main(argv=None):
             rows.append([name, "error", r["error"][:120]] + ["error"] * 6)
             continue
         rows.append([name, r["framework"], str(r["batches"]), str(r["sentences"]), str(r["output_lengths"]),
-                     f"{r['warmup_seconds']:.1f}", f"{r['seconds']:.2f}", common.fmt(r["sentences_per_s"], "{:,.1f}"),
-                     common.fmt(r["output_tokens_per_s"])])
-    common.print_table(
+                     f"{r['warmup_seconds']:.1f}", f"{r['seconds']:.2f}", fmt(r["sentences_per_s"], "{:,.1f}"),
+                     fmt(r["output_tokens_per_s"])])
+    print_table(
         f"Beam-{args.beam} decoding on {next((r['device_name'] for r in res.values() if 'device_name' in r), '?')}, "
         f"same {args.sentences} sources and batches of {args.batch} each side, every output forced to "
         f"{args.decode_len} tokens (EOS included)",
         ["side", "framework", "batches", "sentences", "output lengths", "warm-up s", "seconds", "sentences/s",
          "output tok/s"], rows)
-    print(f"\nratio ours / Marian (sentences/s): {common.fmt(report['ratio_jax_over_marian'], '{:.2f}')}")
+    print(f"\nratio ours / Marian (sentences/s): {fmt(report['ratio_jax_over_marian'], '{:.2f}')}")
     print(f"wrote {args.out}")
     return report
 

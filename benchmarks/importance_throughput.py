@@ -14,19 +14,25 @@ of ``--steps`` batches each (training, then importance), each closed by ``block_
 at its end; the best round counts. Reported: target tokens/s (non-padding) each, ratio importance /
 training.
 
-    python benchmarks/importance_throughput.py --out results.json
-    python benchmarks/importance_throughput.py --quick              # tiny shapes, CPU
+    python -m benchmarks.importance_throughput --out results.json
+    python -m benchmarks.importance_throughput --quick              # tiny shapes, CPU (report in /tmp)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``python -m benchmarks.NAME``
+    from _as_module import run_as_module
+
+    run_as_module(__file__)
+
+from .driver import Driver, add_common_args, add_packed_args, finish_packed_args, run_side  # noqa: E402
+from .ours import init_params, jax_device_info, run_steps, to_device  # noqa: E402
+from .report import base_report, best_round, device_names, fmt, model_dict, print_table, write_json  # noqa: E402
+from .shapes import model_config  # noqa: E402
+from .synthetic import batch_counts, packed_data  # noqa: E402
 
 NAME = "importance_throughput"
 NUM_PAIRS = 8
@@ -34,11 +40,11 @@ NUM_PAIRS = 8
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(p, steps=20, warmup=2)
-    common.add_packed_args(p)
+    add_common_args(p, steps=20, warmup=2)
+    add_packed_args(p)
     p.add_argument("--method", choices=("taylor", "absolute"), default="taylor")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
-    args = common.finish_packed_args(p, p.parse_args(argv), NAME)
+    args = finish_packed_args(p, p.parse_args(argv), NAME)
     args.warmup = max(args.warmup, 1)
     return args
 
@@ -50,21 +56,21 @@ def side_jax(args) -> dict:
     from jax_namnmt.method.importance import batch_importance
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
-    config = common.model_config(args)
-    info = common.jax_device_info()
-    data = common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
-                              args.warmup, config.vocab_size, args.seed, NUM_PAIRS)
+    config = model_config(args)
+    info = jax_device_info()
+    data = packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
+                       args.warmup, config.vocab_size, args.seed, NUM_PAIRS)
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
-    params = common.init_params(config, args.seed)
+    params = init_params(config, args.seed)
     state = init_state(jax.tree.map(lambda x: x.copy(), params), make_optimizer(0.9, 0.98, 1e-9))
     sched = schedule_args(5e-4, 4000, 1e-7)
     key = jax.random.key(args.seed)
-    warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
+    warm, timed = to_device(data["warm"]), to_device(data["timed"])
     score = lambda b: batch_importance(params, b, None, config=config, num_pairs=NUM_PAIRS,  # noqa: E731
                                        method=args.method, label_smoothing=0.1)
     add = jax.jit(lambda a, b: jax.tree.map(lambda x, y: x + y, a, b))
 
-    state, metrics, compile_train = common.run_steps(train_step, state, warm, None, key, sched)
+    state, metrics, compile_train = run_steps(train_step, state, warm, None, key, sched)
     t0 = time.perf_counter()
     acc = score(warm[0])
     for b in warm:
@@ -74,7 +80,7 @@ def side_jax(args) -> dict:
 
     rounds = {"train": [], "importance": []}
     for _ in range(args.repeats):
-        state, metrics, secs = common.run_steps(train_step, state, timed, None, key, sched)
+        state, metrics, secs = run_steps(train_step, state, timed, None, key, sched)
         rounds["train"].append(secs)
         t0 = time.perf_counter()
         acc = score(timed[0])
@@ -83,11 +89,11 @@ def side_jax(args) -> dict:
         jax.block_until_ready(acc)
         rounds["importance"].append(time.perf_counter() - t0)
 
-    counts = common.batch_counts(data["timed"])
+    counts = batch_counts(data["timed"])
     sums, src_tokens, tgt_tokens = jax.device_get(acc)
     scored_src, scored_tgt = int(round(float(np.sum(src_tokens)))), int(round(float(np.sum(tgt_tokens))))
     finite = bool(all(np.isfinite(v).all() for v in sums.values()))
-    sides = {name: common.best_round(rounds[name], len(timed), counts["target_tokens"])
+    sides = {name: best_round(rounds[name], len(timed), counts["target_tokens"])
              for name in ("train", "importance")}
     sides["train"]["final_loss"] = float(metrics["loss"])
     sides["importance"].update({
@@ -107,28 +113,28 @@ def side_jax(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    if common.run_side(args, {"jax": lambda: side_jax(args)}):
+    if run_side(args, {"jax": lambda: side_jax(args)}):
         return None
-    config = common.model_config(args)
-    report = common.base_report(NAME, args)
-    report.update({"model": common.model_dict(config), "tokens_per_batch": args.tokens_per_batch,
+    config = model_config(args)
+    report = base_report(NAME, args)
+    report.update({"model": model_dict(config), "tokens_per_batch": args.tokens_per_batch,
                    "row_len": args.row_len, "sentence_lengths": [args.min_len, args.max_len],
                    "num_pairs": NUM_PAIRS, "method": args.method})
-    driver = common.Driver(__file__, args, argv)
+    driver = Driver(__spec__.name, args, argv)
     r = report["results"] = {"jax": driver.run("jax")}["jax"]
     report["wall_seconds"] = time.perf_counter() - driver.start
-    report["devices"] = common.device_names({"jax": r})
-    common.write_json(report, args.out)
+    report["devices"] = device_names({"jax": r})
+    write_json(report, args.out)
 
     title = (f"All-pairs importance ({args.method}, one pass, {NUM_PAIRS} pairs mixed) against a training step "
              f"on {r.get('device_name', '?')}, model {config.enc_layers}+{config.dec_layers} d {config.d_model} "
              f"vocab {config.vocab_size}, same batches")
     if "error" in r:
-        common.print_table(title, ["side", "result"], [["train", "error"], ["importance", "error: " + r["error"][:200]]])
+        print_table(title, ["side", "result"], [["train", "error"], ["importance", "error: " + r["error"][:200]]])
     else:
         rows = [[name, r["layout"], str(r[name]["steps"]), str(r["target_tokens"]), f"{r[name]['step_ms']:.2f}",
-                 common.fmt(r[name]["target_tokens_per_s"])] for name in ("train", "importance")]
-        common.print_table(title, ["side", "layout", "batches", "target tokens", "ms/batch", "target tok/s"], rows)
+                 fmt(r[name]["target_tokens_per_s"])] for name in ("train", "importance")]
+        print_table(title, ["side", "layout", "batches", "target tokens", "ms/batch", "target tok/s"], rows)
         imp = r["importance"]
         print(f"\nratio importance / training (target tokens/s): {r['ratio_importance_over_train']:.2f}")
         print(f"importance scored {imp['scored_target_tokens']} target and {imp['scored_source_tokens']} source tokens "

@@ -15,20 +15,26 @@ Timing: both steps compiled (warm-up, untimed), then ``--repeats`` rounds of ``-
 each, plain then masked, each round closed by ``block_until_ready`` only at its end; the best round
 of each counts. Reported: ms/step, target tokens/s (non-padding), overhead = masked / plain - 1.
 
-    python benchmarks/masked_overhead.py --out results.json
-    python benchmarks/masked_overhead.py --quick                    # tiny shapes, CPU
+    python -m benchmarks.masked_overhead --out results.json
+    python -m benchmarks.masked_overhead --quick                    # tiny shapes, CPU (report in /tmp)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``python -m benchmarks.NAME``
+    from _as_module import run_as_module
+
+    run_as_module(__file__)
+
+from .driver import Driver, add_common_args, add_packed_args, finish_packed_args, run_side  # noqa: E402
+from .ours import init_params, jax_device_info, run_steps, to_device  # noqa: E402
+from .report import base_report, best_round, device_names, fmt, model_dict, print_table, write_json  # noqa: E402
+from .shapes import model_config  # noqa: E402
+from .synthetic import batch_counts, packed_data  # noqa: E402
 
 NAME = "masked_overhead"
 NUM_PAIRS = 8
@@ -36,14 +42,14 @@ NUM_PAIRS = 8
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(p, steps=20, warmup=2)
-    common.add_packed_args(p)
+    add_common_args(p, steps=20, warmup=2)
+    add_packed_args(p)
     p.add_argument("--keep", type=float, default=0.9, help="share of ones in the random masks")
     p.add_argument("--repeats", type=int, default=2, help="timed rounds each side (alternating); best counts")
     p.add_argument("--mask-lookup", choices=("auto", "onehot", "gather"), default="auto",
                    help="how tokens look up their pair's mask row (jax_namnmt.model.transformer.mask_lookup_method;"
                         " auto: one-hot matmul on CPU, gather elsewhere)")
-    args = common.finish_packed_args(p, p.parse_args(argv), NAME)
+    args = finish_packed_args(p, p.parse_args(argv), NAME)
     args.warmup = max(args.warmup, 1)
     return args
 
@@ -56,10 +62,10 @@ def side_jax(args) -> dict:
     from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, mask_lookup_method, module_sizes
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
-    config = common.model_config(args)
-    info = common.jax_device_info()
-    data = common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
-                              args.warmup, config.vocab_size, args.seed, NUM_PAIRS)
+    config = model_config(args)
+    info = jax_device_info()
+    data = packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
+                       args.warmup, config.vocab_size, args.seed, NUM_PAIRS)
     rng = np.random.default_rng(args.seed + 7)
     flat = {name: rng.random((NUM_PAIRS, n)) < args.keep for name, n in module_sizes(config).items()}
     masks = jax.device_put(to_model_masks(flat))
@@ -68,12 +74,12 @@ def side_jax(args) -> dict:
 
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
     optimizer = make_optimizer(0.9, 0.98, 1e-9)
-    params = common.init_params(config, args.seed)
+    params = init_params(config, args.seed)
     copy = lambda tree: jax.tree.map(lambda x: x.copy(), tree)  # noqa: E731 - states are donated
     plain, masked = init_state(copy(params), optimizer), init_state(copy(params), optimizer)
     sched = schedule_args(1e-4, 4000, 1e-7)
     key = jax.random.key(args.seed)
-    warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
+    warm, timed = to_device(data["warm"]), to_device(data["timed"])
 
     # Compile both variants; the first step of each is the all-ones check (same params, key, batch).
     t0 = time.perf_counter()
@@ -94,14 +100,14 @@ def side_jax(args) -> dict:
 
     rounds = {"plain": [], "masked": []}
     for _ in range(args.repeats):
-        plain, mp, secs = common.run_steps(train_step, plain, timed, None, key, sched)
+        plain, mp, secs = run_steps(train_step, plain, timed, None, key, sched)
         rounds["plain"].append(secs)
-        masked, mm, secs = common.run_steps(train_step, masked, timed, masks, key, sched)
+        masked, mm, secs = run_steps(train_step, masked, timed, masks, key, sched)
         rounds["masked"].append(secs)
 
-    counts = common.batch_counts(data["timed"])
+    counts = batch_counts(data["timed"])
     per_batch_pairs = [len(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0])) for b in data["timed"]]
-    sides = {name: {**common.best_round(rounds[name], len(timed), counts["target_tokens"]),
+    sides = {name: {**best_round(rounds[name], len(timed), counts["target_tokens"]),
                     "final_loss": float(final["loss"])}
              for name, final in (("plain", mp), ("masked", mm))}
     return {
@@ -122,28 +128,28 @@ def main(argv=None):
     args = parse_args(argv)
     if args.mask_lookup != "auto":  # before any side runs (each side is a child process)
         os.environ["JAX_NAMNMT_MASK_LOOKUP"] = args.mask_lookup
-    if common.run_side(args, {"jax": lambda: side_jax(args)}):
+    if run_side(args, {"jax": lambda: side_jax(args)}):
         return None
-    config = common.model_config(args)
-    report = common.base_report(NAME, args)
-    report.update({"model": common.model_dict(config), "tokens_per_batch": args.tokens_per_batch,
+    config = model_config(args)
+    report = base_report(NAME, args)
+    report.update({"model": model_dict(config), "tokens_per_batch": args.tokens_per_batch,
                    "row_len": args.row_len, "sentence_lengths": [args.min_len, args.max_len],
                    "num_pairs": NUM_PAIRS, "mask_keep": args.keep, "learning_rate": "1e-4 (fine-tuning)"})
-    driver = common.Driver(__file__, args, argv)
+    driver = Driver(__spec__.name, args, argv)
     r = report["results"] = {"jax": driver.run("jax")}["jax"]
     report["wall_seconds"] = time.perf_counter() - driver.start
-    report["devices"] = common.device_names({"jax": r})
-    common.write_json(report, args.out)
+    report["devices"] = device_names({"jax": r})
+    write_json(report, args.out)
 
     title = (f"Masked fine-tuning step against the plain step on {r.get('device_name', '?')}, model "
              f"{config.enc_layers}+{config.dec_layers} d {config.d_model} vocab {config.vocab_size}, "
              f"{NUM_PAIRS} pairs mixed in every batch, random masks with {args.keep:.0%} ones")
     if "error" in r:
-        common.print_table(title, ["side", "result"], [["plain", "error"], ["masked", "error: " + r["error"][:200]]])
+        print_table(title, ["side", "result"], [["plain", "error"], ["masked", "error: " + r["error"][:200]]])
     else:
         rows = [[name, r["layout"], str(r[name]["steps"]), str(r["target_tokens"]), f"{r[name]['step_ms']:.2f}",
-                 common.fmt(r[name]["target_tokens_per_s"])] for name in ("plain", "masked")]
-        common.print_table(title, ["step", "layout", "steps", "target tokens", "ms/step", "target tok/s"], rows)
+                 fmt(r[name]["target_tokens_per_s"])] for name in ("plain", "masked")]
+        print_table(title, ["step", "layout", "steps", "target tokens", "ms/step", "target tok/s"], rows)
         c = r["ones_mask_check"]
         print(f"\noverhead of the masks: {r['overhead']:+.1%} (masked / plain step time - 1; "
               f"mask lookup: {r.get('mask_lookup', '?')})")

@@ -60,7 +60,8 @@ for n in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-p
 EOF
 } > "$OUT/env.txt" 2>&1
 
-# run NAME SCRIPT CAP [ARGS...]: the script under timeout min(CAP, budget left).
+# run NAME SCRIPT CAP [ARGS...]: `python -m benchmarks.SCRIPT` under timeout min(CAP, budget left),
+# its report at OUTDIR/NAME.json.
 run() {
   local name=$1 script=$2 cap=$3
   shift 3
@@ -74,7 +75,7 @@ run() {
   fi
   echo "[$name] start, limit ${limit} s ($(left) s of the budget left)"
   local t0=$(date +%s)
-  timeout -k 5 "$limit" "$PYTHON" "benchmarks/$script.py" --time-budget $((limit - 4)) \
+  timeout -k 5 "$limit" "$PYTHON" -m "benchmarks.$script" --time-budget $((limit - 4)) \
     --out "$OUT/$name.json" "$@" >> "$OUT/$name.log" 2>&1
   local rc=$?
   echo "[$name] exit $rc after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/$name.log"

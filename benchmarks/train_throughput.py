@@ -31,9 +31,9 @@ and EOS included), d = d_model, f = FFN, V = vocabulary, Le / Ld = encoder / dec
 (2 FLOPs per multiply-add of a weight matrix; embedding lookups, layer norms, softmax, the
 optimizer and biases are not counted.)
 
-    python benchmarks/train_throughput.py --out results.json          # full (GPU; needs torch + transformers)
-    python benchmarks/train_throughput.py --quick --no-torch          # tiny shapes, CPU, JAX only
-    python benchmarks/train_throughput.py --layers 1 --d-model 64 --heads 2 --ffn 128 --vocab 1000 \\
+    python -m benchmarks.train_throughput --out results.json          # full (GPU; needs torch + transformers)
+    python -m benchmarks.train_throughput --quick --no-torch          # tiny shapes, CPU, JAX only (report in /tmp)
+    python -m benchmarks.train_throughput --layers 1 --d-model 64 --heads 2 --ffn 128 --vocab 1000 \\
         --tokens-per-batch 1024 --steps 2                           # the full code path, shrunk
 """
 
@@ -43,24 +43,33 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``python -m benchmarks.NAME``
+    from _as_module import run_as_module
+
+    run_as_module(__file__)
+
+from .driver import Driver, add_common_args, add_packed_args, finish_packed_args, run_side  # noqa: E402
+from .ours import constant_schedule, init_params, jax_device_info, run_steps, to_device  # noqa: E402
+from .peers_torch import (build_marian, marian_buckets, marian_tensors, torch_device,  # noqa: E402
+                          torch_device_info, torch_sync)
+from .report import base_report, device_names, fmt, model_dict, print_table, ratio, write_json  # noqa: E402
+from .shapes import H100_BF16_DENSE_PEAK, LEARNING_RATE, model_config, train_matmul_flops  # noqa: E402
+from .synthetic import batch_counts, packed_data  # noqa: E402
 
 NAME = "train_throughput"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(p, steps=30, warmup=3)
-    common.add_packed_args(p)
+    add_common_args(p, steps=30, warmup=3)
+    add_packed_args(p)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
     p.add_argument("--compile-dynamic", choices=("true", "auto"), default="true",
                    help="torch.compile(dynamic=True) (one compile for all bucket shapes) or dynamic=None")
-    p.add_argument("--peak-flops", type=float, default=common.H100_BF16_DENSE_PEAK)
+    p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE_PEAK)
     p.add_argument("--sides", default="jax,marian_eager,marian_compiled",
                    help="comma list of the sides to run (of jax, marian_eager, marian_compiled)")
     p.add_argument("--profile-dir", default=None,
@@ -71,17 +80,17 @@ def parse_args(argv=None):
                         "10%% slower than rows on an H100)")
     p.add_argument("--merge", action="store_true",
                    help="keep the results of the sides not run now from an existing --out report (same settings)")
-    return common.finish_packed_args(p, p.parse_args(argv), NAME)
+    return finish_packed_args(p, p.parse_args(argv), NAME)
 
 
 def get_data(args, config):
-    return common.packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
-                              args.warmup, config.vocab_size, args.seed, layout=args.layout)
+    return packed_data(args.tokens_per_batch, args.row_len, args.min_len, args.max_len, args.steps,
+                       args.warmup, config.vocab_size, args.seed, layout=args.layout)
 
 
 def finish(result: dict, args, config, data, secs: float) -> dict:
-    flops = common.train_matmul_flops([len(data["src"][i]) for i in data["timed_ids"]],
-                                      [len(data["tgt"][i]) for i in data["timed_ids"]], config)
+    flops = train_matmul_flops([len(data["src"][i]) for i in data["timed_ids"]],
+                               [len(data["tgt"][i]) for i in data["timed_ids"]], config)
     result.update({
         "seconds": secs, "step_ms": 1000 * secs / result["steps"],
         "target_tokens_per_s": result["target_tokens"] / secs,
@@ -100,26 +109,26 @@ def side_jax(args) -> dict:
     from jax_namnmt.model.transformer import count_params
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step
 
-    config = common.model_config(args)
-    info = common.jax_device_info()
+    config = model_config(args)
+    info = jax_device_info()
     data = get_data(args, config)
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)
-    state = init_state(common.init_params(config, args.seed), make_optimizer(0.9, 0.98, 1e-9))
-    sched = common.constant_schedule()
+    state = init_state(init_params(config, args.seed), make_optimizer(0.9, 0.98, 1e-9))
+    sched = constant_schedule()
     key = jax.random.key(args.seed)
-    warm, timed = common.to_device(data["warm"]), common.to_device(data["timed"])
+    warm, timed = to_device(data["warm"]), to_device(data["timed"])
     jax.block_until_ready(state)
 
-    state, metrics, warm_s = common.run_steps(train_step, state, warm, None, key, sched)
-    state, metrics, secs = common.run_steps(train_step, state, timed, None, key, sched)
+    state, metrics, warm_s = run_steps(train_step, state, warm, None, key, sched)
+    state, metrics, secs = run_steps(train_step, state, timed, None, key, sched)
 
     profiled = None
     if args.profile_dir:  # untimed: the trace of a few steps, for what bounds the step on this device
         with jax.profiler.trace(args.profile_dir, create_perfetto_trace=True):
-            state, metrics, _ = common.run_steps(train_step, state, timed[:3], None, key, sched)
+            state, metrics, _ = run_steps(train_step, state, timed[:3], None, key, sched)
         profiled = str(args.profile_dir)
 
-    counts = common.batch_counts(data["timed"])
+    counts = batch_counts(data["timed"])
     result = {
         "profile_dir": profiled,
         "framework": f"jax {jax.__version__} (jit train step, {config.dtype} compute, f32 params, {args.layout} layout)",
@@ -142,18 +151,18 @@ def side_marian(args, compiled: bool) -> dict:
 
     from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
-    config = common.model_config(args)
-    device = common.torch_device()
-    info = common.torch_device_info(device)
+    config = model_config(args)
+    device = torch_device()
+    info = torch_device_info(device)
     data = get_data(args, config)
     src, tgt = data["src"], data["tgt"]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = common.build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).to(device)
+    model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).to(device)
     model.train()
     fused = device.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=common.LEARNING_RATE, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
+    opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
                             **({"fused": True} if fused else {}))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1, ignore_index=PAD_ID)
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
@@ -181,21 +190,21 @@ def side_marian(args, compiled: bool) -> dict:
         opt.step()
         return loss
 
-    to = lambda ids: common.marian_tensors(ids, src, tgt, PAD_ID, BOS_ID, device)  # noqa: E731
-    warm = [to(b) for b in common.marian_buckets(data["warm_ids"], src, tgt, args.tokens_per_batch)][:args.warmup]
-    timed = [to(b) for b in common.marian_buckets(data["timed_ids"], src, tgt, args.tokens_per_batch)]
-    common.torch_sync(device)
+    to = lambda ids: marian_tensors(ids, src, tgt, PAD_ID, BOS_ID, device)  # noqa: E731
+    warm = [to(b) for b in marian_buckets(data["warm_ids"], src, tgt, args.tokens_per_batch)][:args.warmup]
+    timed = [to(b) for b in marian_buckets(data["timed_ids"], src, tgt, args.tokens_per_batch)]
+    torch_sync(device)
 
     t0 = time.perf_counter()
     for b in warm:
         loss = step(b)
-    common.torch_sync(device)
+    torch_sync(device)
     warm_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     for b in timed:
         loss = step(b)
-    common.torch_sync(device)
+    torch_sync(device)
     secs = time.perf_counter() - t0
 
     attn = getattr(model.config, "_attn_implementation", "?")
@@ -232,10 +241,10 @@ def main(argv=None):
     args = parse_args(argv)
     sides = {"jax": lambda: side_jax(args), "marian_eager": lambda: side_marian(args, False),
              "marian_compiled": lambda: side_marian(args, True)}
-    if common.run_side(args, sides):
+    if run_side(args, sides):
         return None
 
-    config = common.model_config(args)
+    config = model_config(args)
     have_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
     wanted = [n for n in args.sides.split(",") if n]
     unknown = sorted(set(wanted) - set(sides))
@@ -249,9 +258,9 @@ def main(argv=None):
             previous = json.loads(Path(args.out).read_text()).get("results", {})
         except Exception:  # noqa: BLE001 - an unreadable old report is just not merged
             previous = {}
-    report = common.base_report(NAME, args)
+    report = base_report(NAME, args)
     report.update({
-        "model": common.model_dict(config), "label_smoothing": 0.1,
+        "model": model_dict(config), "label_smoothing": 0.1,
         "optimizer": "Adam(0.9, 0.98, 1e-9) (ours, optax) / AdamW(0.9, 0.98, 1e-9, wd=0, fused on CUDA) (Marian)",
         "tokens_per_batch": args.tokens_per_batch, "row_len": args.row_len,
         "sentence_lengths": [args.min_len, args.max_len], "peak_flops": args.peak_flops,
@@ -261,18 +270,18 @@ def main(argv=None):
     if previous:
         report["merged_from_previous_run"] = sorted(k for k in previous if k not in names)
         report["results"] = {k: v for k, v in previous.items() if k not in names}
-    driver = common.Driver(__file__, args, argv)
+    driver = Driver(__spec__.name, args, argv)
     for name in names:
         report["results"][name] = driver.run(name)
-        common.write_json(report, args.out)  # partial reports survive a later side's crash
+        write_json(report, args.out)  # partial reports survive a later side's crash
 
     res = report["results"]
     ours = res.get("jax")
-    report["ratio_jax_over_marian_eager"] = common.ratio(ours, res.get("marian_eager"), "target_tokens_per_s")
-    report["ratio_jax_over_marian_compiled"] = common.ratio(ours, res.get("marian_compiled"), "target_tokens_per_s")
+    report["ratio_jax_over_marian_eager"] = ratio(ours, res.get("marian_eager"), "target_tokens_per_s")
+    report["ratio_jax_over_marian_compiled"] = ratio(ours, res.get("marian_compiled"), "target_tokens_per_s")
     report["wall_seconds"] = time.perf_counter() - driver.start
-    report["devices"] = common.device_names(res)
-    common.write_json(report, args.out)
+    report["devices"] = device_names(res)
+    write_json(report, args.out)
 
     rows = []
     for name, r in sorted(res.items(), key=lambda kv: list(sides).index(kv[0]) if kv[0] in sides else 9):
@@ -281,15 +290,15 @@ def main(argv=None):
             continue
         rows.append([name, r["framework"], r["layout"], str(r["steps"]), str(r["sentences"]),
                      str(r["target_tokens"]), f"{r['pad_share']:.1%}", f"{r['step_ms']:.1f}",
-                     common.fmt(r["target_tokens_per_s"]), f"{r['mfu']:.1%}"])
-    common.print_table(
+                     fmt(r["target_tokens_per_s"]), f"{r['mfu']:.1%}"])
+    print_table(
         f"Training throughput on {next((r['device_name'] for r in res.values() if 'device_name' in r), '?')}, "
         f"model {config.enc_layers}+{config.dec_layers} d {config.d_model} FFN {config.ffn_dim} "
         f"vocab {config.vocab_size}, same sentences each side (lengths {args.min_len}-{args.max_len})",
         ["side", "framework", "layout", "steps", "sentences", "target tokens", "pad share", "ms/step",
          "target tok/s", "MFU"], rows)
-    print(f"\nratio ours / Marian eager: {common.fmt(report['ratio_jax_over_marian_eager'], '{:.2f}')}; "
-          f"ours / Marian compiled: {common.fmt(report['ratio_jax_over_marian_compiled'], '{:.2f}')}")
+    print(f"\nratio ours / Marian eager: {fmt(report['ratio_jax_over_marian_eager'], '{:.2f}')}; "
+          f"ours / Marian compiled: {fmt(report['ratio_jax_over_marian_compiled'], '{:.2f}')}")
     print(f"wrote {args.out}")
     return report
 

@@ -1,5 +1,6 @@
 """The CPU throughput benchmark's --quick mode runs and writes a sane JSON report, for the
-training side and the beam-decoding side (every output forced to the same length)."""
+training side and the beam-decoding side (every output forced to the same length). It runs as a
+file (``python benchmarks/cpu_throughput.py``); the GPU benchmarks' tests run theirs as modules."""
 
 import json
 import subprocess
@@ -52,8 +53,8 @@ def test_cpu_throughput_quick(tmp_path):
 def test_paired_ratios_are_per_round_pairs_and_their_median(monkeypatch):
     """Ours / Marian throughput per back-to-back round pair (their seconds / ours: same work),
     and the median; a machine twice as slow in round 2 leaves the pair's ratio unchanged."""
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from cpu_throughput import paired_ratios
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.cpu_throughput import paired_ratios
 
     got = paired_ratios([10.0, 20.0, 10.0], [11.0, 22.0, 9.0])
     assert got["per_round"] == [1.1, 1.1, 0.9] and got["median"] == 1.1
@@ -68,10 +69,12 @@ def test_ctranslate2_side_is_the_marian_model(monkeypatch, tmp_path):
     pytest.importorskip("ctranslate2")
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT))
     import ctranslate2
     import numpy as np
-    from common import build_marian, ctranslate2_from_marian, make_sentences
+    from benchmarks.peers_ct2 import ctranslate2_from_marian
+    from benchmarks.peers_torch import build_marian
+    from benchmarks.synthetic import make_sentences
 
     from jax_namnmt.config import ModelConfig
     from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID

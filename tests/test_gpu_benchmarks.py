@@ -2,12 +2,16 @@
 that show the measured behaviour, not just that they ran: positive throughput, the masked step with
 all-ones masks at the plain step's loss, importance over exactly the batches' tokens, decoding at
 exactly the forced length. One compilation cache is shared by the four runs (the plain train step
-of the same tiny shape is compiled once), which keeps the module under a minute on 2 cores."""
+of the same tiny shape is compiled once), which keeps the module under a minute on 2 cores. They
+run as ``python -m benchmarks.NAME``; decode_speed as a file (``python benchmarks/decode_speed.py``)
+without ``--out``, so its report goes to a temporary directory, never into the checkout."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,15 +24,28 @@ def run_quick(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     out_dir = tmp_path_factory.mktemp("gpu_bench")
 
-    def run(name: str, *extra: str) -> tuple[dict, str]:
+    def run(name: str, *extra: str, as_file: bool = False) -> tuple[dict, str]:
+        """``python -m benchmarks.NAME --quick --no-torch --out OUT``; ``as_file``: ``python
+        benchmarks/NAME.py --quick --no-torch`` (no ``--out``: the report goes to a temporary
+        directory, which it prints and which is removed here)."""
         out = out_dir / f"{name}.json"
         env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache))
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--no-torch", "--out", str(out), *extra],
-            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-        )
+        if as_file:
+            cmd = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--no-torch", *extra]
+        else:
+            cmd = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--no-torch", "--out", str(out), *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        report = json.loads(out.read_text())
+        if as_file:  # where the report went: said first, and in the last line
+            said = [line for line in proc.stdout.splitlines() if line.startswith("--quick: the report goes to ")]
+            out = Path(proc.stdout.strip().splitlines()[-1].removeprefix("wrote "))
+            assert said and str(out) in said[0], proc.stdout
+            assert out.is_relative_to(tempfile.gettempdir()) and not out.resolve().is_relative_to(ROOT), out
+            report = json.loads(out.read_text())
+            assert report["settings"]["out"] == str(out)
+            shutil.rmtree(out.parent)
+        else:
+            report = json.loads(out.read_text())
         assert report["quick"] is True
         assert report["versions"]["jax"] and report["versions"]["flax"]
         assert report["date"] and report["model"]["d_model"] == 32
@@ -76,22 +93,44 @@ def test_train_throughput_quick_compact_layout(run_quick):
     assert r["sentences"] > 0 and r["final_loss"] > 0
 
 
-def test_train_matmul_flops_formula():
-    import importlib.util
-
+def test_train_matmul_flops_formula(monkeypatch):
     from jax_namnmt.config import ModelConfig
 
-    spec = importlib.util.spec_from_file_location("benchmarks_common", ROOT / "benchmarks" / "common.py")
-    common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(common)
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import shapes
 
     c = ModelConfig(vocab_size=10, d_model=2, ffn_dim=3, enc_layers=1, dec_layers=1)
     # One sentence S=1, T=1: enc 2(4*4+2*2*3)=56, cross k/v 2*2*4=16, dec 2(6*4+2*2*3)=72, out 2*2*10=40,
     # attention: enc 4*2*1=8, self 4*2*1=8, cross 4*2*1=8 -> 208 forward, x3 with the backward.
-    assert common.train_matmul_flops([1], [1], c, backward=False) == 208
-    assert common.train_matmul_flops([1], [1], c) == 3 * 208
+    assert shapes.train_matmul_flops([1], [1], c, backward=False) == 208
+    assert shapes.train_matmul_flops([1], [1], c) == 3 * 208
     # Padding never counts: only the real lengths go in.
-    assert common.train_matmul_flops([1, 1], [1, 1], c) == 2 * 3 * 208
+    assert shapes.train_matmul_flops([1, 1], [1, 1], c) == 2 * 3 * 208
+
+
+def test_report_paths_quick_in_a_temporary_directory(monkeypatch, capsys):
+    """Without ``--out`` a full run writes ``benchmarks/results/<name>.json`` (beside the committed
+    figures; ``run_gpu.sh`` names its OUTDIR), a ``--quick`` one a new temporary directory, which
+    it says; ``--out`` wins, and a side process (``--side``) gets no path."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.report import resolve_out
+
+    full = SimpleNamespace(out=None, quick=False, side=None)
+    resolve_out(full, "train_throughput")
+    assert full.out == "benchmarks/results/train_throughput.json"
+    quick = SimpleNamespace(out=None, quick=True, side=None)
+    resolve_out(quick, "train_throughput")
+    out = Path(quick.out)
+    assert out.name == "train_throughput.json" and out.parent.is_dir() and not any(out.parent.iterdir())
+    assert out.is_relative_to(tempfile.gettempdir()) and f"the report goes to {out}" in capsys.readouterr().out
+    out.parent.rmdir()
+    named = SimpleNamespace(out="x.json", quick=True, side=None)
+    resolve_out(named, "train_throughput")
+    side = SimpleNamespace(out=None, quick=True, side="jax")
+    resolve_out(side, "train_throughput")
+    assert named.out == "x.json" and side.out is None
 
 
 def test_masked_overhead_quick(run_quick):
@@ -125,7 +164,7 @@ def test_importance_throughput_quick(run_quick):
 
 
 def test_decode_speed_quick(run_quick):
-    report, stdout = run_quick("decode_speed")
+    report, stdout = run_quick("decode_speed", as_file=True)
     assert report["beam"] == 4 and report["forced_output_len"] == 6
     r = report["results"]["jax"]
     assert "error" not in r, r
@@ -150,8 +189,8 @@ def test_run_gpu_sh_runs_the_chosen_ablations(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), str(tmp_path / "out")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    runs = [line for line in calls.read_text().splitlines() if "benchmarks/" in line]
-    scripts = [line.split("ARGS=benchmarks/")[1].split(".py")[0] for line in runs]
+    runs = [line for line in calls.read_text().splitlines() if "-m benchmarks." in line]
+    scripts = [line.split("ARGS=-m benchmarks.")[1].split(" ")[0] for line in runs]
     assert scripts == ["train_throughput", "decode_speed", "masked_overhead", "importance_throughput",
                        "train_throughput", "train_throughput"]
     assert "--mask-lookup gather" in runs[2] and "--layout compact" not in " ".join(runs)
@@ -159,3 +198,4 @@ def test_run_gpu_sh_runs_the_chosen_ablations(tmp_path):
     assert "--logits-dtype bfloat16" in bf16 and "ablate_bf16_logits.json" in bf16
     assert "--xla_gpu_enable_cudnn_layer_norm=true" in layer_norm and "ablate_cudnn_layer_norm.json" in layer_norm
     assert all(line.startswith("XLA_FLAGS= ARGS=") for line in runs[:-1])  # the flag is the ablation's only
+    assert all(f"--out {tmp_path / 'out'}/" in line for line in runs)  # every report in OUTDIR
