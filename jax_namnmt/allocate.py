@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from jax_namnmt import cli, workflow
-from jax_namnmt.config import MethodConfig
+from jax_namnmt.config import MODULE_SETS, NORMALIZATIONS, MethodConfig
 
 
 def main() -> int:
@@ -17,8 +17,13 @@ def main() -> int:
     p.add_argument("--rho", type=float, default=defaults.rho, help="fraction of general neurons per module")
     p.add_argument("--k", type=float, default=defaults.k, help="threshold factor of the maximum importance")
     p.add_argument("--variant", choices=("pair", "source", "target", "separate"), default=defaults.variant)
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default=defaults.normalize,
+                   help="per-pair normalisation of importance before allocation (pair_mean: beyond the paper)")
+    p.add_argument("--modules", choices=MODULE_SETS, default=defaults.modules,
+                   help="no_embedding_inputs: the first layers' self-attention q/k/v stay shared (original code)")
     args = p.parse_args()
-    path = workflow.run_allocate(args.importance, args.out, args.rho, args.k, args.variant, args.quiet)
+    path = workflow.run_allocate(args.importance, args.out, args.rho, args.k, args.variant, args.quiet,
+                                 normalize=args.normalize, modules=args.modules)
     print(f"masks: {path}")
     return 0
 

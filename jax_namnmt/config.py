@@ -20,6 +20,10 @@ from jax_namnmt.errors import ConfigError
 
 LAYOUTS = ("auto", "compact", "rows")  # data.layout (see jax_namnmt/data/batching.py)
 
+IMPORTANCE_LOSSES = ("label_smoothed", "cross_entropy")  # method.importance_loss
+MODULE_SETS = ("all", "no_embedding_inputs")  # method.modules
+NORMALIZATIONS = ("none", "pair_mean")  # method.normalize
+
 MANY_TO_MANY_8 = ("de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de")
 
 
@@ -147,6 +151,7 @@ class FinetuneConfig:
     learning_rate: float = 1e-4
     warmup_steps: int = 4000
     warmup_init_lr: float = 1e-7
+    eval_every: int = 0  # validation (loss, NLL per pair) every this many steps; 0 = train.eval_every
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,17 @@ class MethodConfig:
     importance: str = "taylor"  # taylor | absolute
     importance_max_lines: int = 0  # per pair from the validation split; 0 = all
     importance_tokens_per_batch: int = 4096
+    importance_split: str = "valid"  # the split importance is scored on (reproduce: a held-out part of val)
+    # The loss whose gradient Taylor importance uses: "label_smoothed" (the training loss) or
+    # "cross_entropy" (plain NLL, as the original code's scoring script: it passes no --criterion)
+    importance_loss: str = "label_smoothed"
+    # Which projections are masked: "all" (the paper's words) or "no_embedding_inputs" (the original
+    # code: the first layer's self-attention q/k/v, which read the token embeddings, stay shared)
+    modules: str = "all"
+    # Per-pair normalisation of importance before allocation: "none" (paper and original code) or
+    # "pair_mean" (each pair's scores divided by their mean over the module, so pairs with small
+    # gradients everywhere compete on equal terms; beyond the paper)
+    normalize: str = "none"
     rho: float = 0.9
     k: float = 0.7
     variant: str = "pair"  # pair | source | target | separate
@@ -183,6 +199,34 @@ class SystemsConfig:
     expansion_ffn_dim: int = 0  # +Expansion's FFN size; 0 = model.ffn_dim * 3000 / 2048 (the paper's 2048 -> 3000)
     adapter_dim: int = 128  # +Adapter bottleneck (Bapna and Firat 2019)
     ts_self_attn: bool = False  # +TS: also a self-attention per target language (cross-attention always)
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """The controlled reproduction (``python -m jax_namnmt.reproduce``; see that module)."""
+
+    settings: tuple[str, ...] = ("many_to_many", "one_to_many")
+    one_to_many_pairs: tuple[str, ...] = ("en-de", "en-fr", "en-cs")
+    seeds: tuple[int, ...] = (1, 2, 3)  # fine-tuning seeds (data order and dropout)
+    # multilingual (the equal-steps control), method_te, method_av, random (the chosen masks' counts,
+    # drawn at random), k0 (method_te's masks with k = 0: every pair every neuron)
+    systems: tuple[str, ...] = ("multilingual", "method_te", "method_av", "random")
+    one_seed_systems: tuple[str, ...] = ()  # systems run with the first seed only (budget)
+    importance_lines: int = 500  # the first N val lines per pair score importance; the rest choose and curve
+    # the start model is trained on (plain, all the setting's pairs) until the validation NLL improves
+    # by less than converge_min_delta for converge_patience evaluations in a row, every converge_eval_every
+    converge_eval_every: int = 50
+    converge_patience: int = 2
+    converge_min_delta: float = 0.002
+    converge_max_steps: int = 1000
+    # choices made on the validation part (step-0 masked NLL for the scoring choices, NLL after
+    # fine-tuning for rho/k); "rho/k" strings
+    rho_k: tuple[str, ...] = ("0.9/0.7", "0.7/0.9")
+    importance_losses: tuple[str, ...] = ("label_smoothed", "cross_entropy")
+    normalizations: tuple[str, ...] = ("none", "pair_mean")
+    module_sets: tuple[str, ...] = ("all", "no_embedding_inputs")
+    bootstrap_samples: int = 1000
+    out_dir: str = "docs"  # results.md, results.json and figures/
 
 
 MESH_AXES = ("data", "fsdp", "tensor")  # the named axes of the device mesh, outermost first
@@ -282,6 +326,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     systems: SystemsConfig = field(default_factory=SystemsConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -317,6 +362,9 @@ class Config:
             ("data.empty_lines", self.data.empty_lines, ("drop", "fail")),
             ("method.importance", self.method.importance, ("taylor", "absolute")),
             ("method.variant", self.method.variant, ("pair", "source", "target", "separate")),
+            ("method.importance_loss", self.method.importance_loss, IMPORTANCE_LOSSES),
+            ("method.modules", self.method.modules, MODULE_SETS),
+            ("method.normalize", self.method.normalize, NORMALIZATIONS),
             ("decode.penalty_form", self.decode.penalty_form, ("fairseq", "gnmt")),
             ("decode.stop_early", self.decode.stop_early, ("fairseq", "exact")),
         ]
@@ -328,6 +376,8 @@ class Config:
                 raise ConfigError(f"systems.{name} must be >= 0 (0 = the default)")
         if self.systems.adapter_dim < 1:
             raise ConfigError("systems.adapter_dim must be at least 1")
+        if self.finetune.eval_every < 0:
+            raise ConfigError("finetune.eval_every must be >= 0 (0 = train.eval_every)")
         if self.train.max_bad_steps < 1:
             raise ConfigError("train.max_bad_steps must be at least 1")
         self.model.validate("model")

@@ -119,7 +119,8 @@ class Pipeline:
         scores = self.phase(f"importance_{name}", lambda: workflow.run_importance(
             source, config, self.workdir, importance, self.quiet, out=self.workdir / f"importance_{name}.npz"))
         masks = self.phase(f"allocate_{name}", lambda: workflow.run_allocate(
-            scores, self.workdir / f"masks_{name}{self.suffix}.npz", mc.rho, mc.k, mc.variant, self.quiet))
+            scores, self.workdir / f"masks_{name}{self.suffix}.npz", mc.rho, mc.k, mc.variant, self.quiet,
+            normalize=mc.normalize, modules=mc.modules))
         return self.finetune(config, source, self.workdir / f"{name}{self.suffix}", masks)
 
     def train_system(self, name: str, pretrained: Path) -> list[Path]:

@@ -227,7 +227,9 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
     ``out`` (default ``run_dir/importance_<method>.npz``) through a temporary file, so never half-written."""
     run = load_run(run_dir)
     data_dir = data_dir_for(config, workdir or run_dir)
-    examples, _ = load_examples(run.config, data_dir, run.vocab, "valid", config.method.importance_max_lines)
+    mc = config.method
+    examples, _ = load_examples(run.config, data_dir, run.vocab, mc.importance_split, mc.importance_max_lines)
+    smoothing = run.config.train.label_smoothing if mc.importance_loss == "label_smoothed" else 0.0
     mesh, rules = parallel.mesh_from_config(config.parallel)
     batcher = make_batcher(examples, resolve_layout(config.data.layout, mesh.size, jax.default_backend()),
                            config.method.importance_tokens_per_batch, run.config.data.src_row_len,
@@ -235,7 +237,7 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
     with tqdm(total=batcher.num_batches(0), desc=f"importance ({method})", disable=quiet) as bar:
         theta = compute_importance(run.params, batcher.epoch(0), run.model_masks(), config=run.config.model,
                                    num_pairs=len(run.pairs), method=method,
-                                   label_smoothing=run.config.train.label_smoothing, progress=bar,
+                                   label_smoothing=smoothing, progress=bar,
                                    mesh=mesh, rules=rules)
     path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
     tmp = path.with_suffix(".tmp.npz")
@@ -253,10 +255,12 @@ def load_importance(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         return {k: data[k] for k in data.files if k != "__pairs__"}, pairs
 
 
-def run_allocate(importance_path: Path, out: Path, rho: float, k: float, variant: str, quiet: bool = False) -> Path:
+def run_allocate(importance_path: Path, out: Path, rho: float, k: float, variant: str, quiet: bool = False,
+                 normalize: str = "none", modules: str = "all") -> Path:
     theta, pairs = load_importance(importance_path)
-    masks = allocate(theta, pairs, rho, k, variant)
-    save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "importance": str(importance_path)})
+    masks = allocate(theta, pairs, rho, k, variant, normalize=normalize, modules=modules)
+    save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "normalize": normalize,
+                                   "modules": modules, "importance": str(importance_path)})
     if not quiet:
         print(summarize(masks, pairs))
     return Path(out)
@@ -352,7 +356,11 @@ def _workdir_vocab(workdir: Path) -> Vocab:
 
 
 def _check_same_model(saved: Config, config: Config, source: Path) -> None:
-    if saved.model != config.model or list(saved.data.pairs) != list(config.data.pairs):
+    """Same model shape; the same pair list too where the model has per-pair parts (adapters, +TS).
+    A plain model reads its direction from the source's target tag alone, so it may go on with
+    other pairs of its languages (e.g. a one-to-many model from a many-to-many one)."""
+    per_pair = bool(saved.model.adapter_pairs or saved.model.ts_target_of_pair)
+    if saved.model != config.model or (per_pair and list(saved.data.pairs) != list(config.data.pairs)):
         raise ConfigError(f"the config's model shape or pair list differs from the checkpoint in {source}; "
                           "fine-tune with the config the model was trained with")
 

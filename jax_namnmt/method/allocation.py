@@ -1,4 +1,4 @@
-"""Importance-based neuron allocation (Xie et al. 2021, section 4 of docs/method.md).
+"""Importance-based neuron allocation (Xie et al. 2021, section 3.2; see docs/method.md).
 
 Importance tables are flat dicts ``module_name -> float array [M, F]``: one row per language
 pair (in a fixed order), one column per neuron (output feature) of the module. Allocation is
@@ -102,12 +102,45 @@ def _allocate_grouped(theta: np.ndarray, group_of: np.ndarray, rho, k, name) -> 
     return allocate_module(grouped, rho, k, name=name)[group_of]
 
 
+NORMALIZATIONS = ("none", "pair_mean")
+MODULE_SETS = ("all", "no_embedding_inputs")
+
+
+def normalize_importance(theta, how: str = "none") -> np.ndarray:
+    """``pair_mean``: each row (pair) of ``[M, F]`` divided by its mean over the module's neurons, so a
+    pair whose gradients are small everywhere (an easy pair) competes for specific neurons on equal
+    terms with a hard one; ``none``: unchanged (the paper and the original code). A row of zeros stays
+    zeros."""
+    theta = np.asarray(theta, dtype=np.float64)
+    if how == "none":
+        return theta
+    if how != "pair_mean":
+        raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got {how!r}")
+    mean = theta.mean(axis=1, keepdims=True)
+    return np.divide(theta, mean, out=np.zeros_like(theta), where=mean > 0)
+
+
+def embedding_input_modules(names) -> list[str]:
+    """The projections whose input is the token embedding: the q/k/v of each stack's first
+    self-attention (the original code leaves exactly these unmasked)."""
+    return [n for n in names if n.split("/")[1:3] == ["layer_0", "self_attn"] and n.split("/")[-1] in ("q", "k", "v")]
+
+
+def shared_modules(names, modules: str = "all") -> list[str]:
+    """The modules a module set leaves unmasked (every pair keeps every neuron)."""
+    if modules not in MODULE_SETS:
+        raise ConfigError(f"modules must be one of {', '.join(MODULE_SETS)}; got {modules!r}")
+    return [] if modules == "all" else embedding_input_modules(names)
+
+
 def allocate(
     importance: Mapping[str, np.ndarray],
     pairs: Sequence[str],
     rho: float,
     k: float,
     variant: str = "pair",
+    normalize: str = "none",
+    modules: str = "all",
 ) -> dict[str, np.ndarray]:
     """Allocate every module of an importance table; returns ``module -> bool [M, F]``.
 
@@ -116,6 +149,9 @@ def allocate(
       ``source``: pairs grouped by source language, each pair gets its group's mask;
       ``target``: same, grouped by target language;
       ``separate``: ``encoder/...`` modules grouped by source, ``decoder/...`` by target.
+    ``normalize``: see :func:`normalize_importance` (applied per module before ranking and threshold).
+    ``modules``: ``all`` masks every module; ``no_embedding_inputs`` gives every pair all neurons of
+    the modules of :func:`embedding_input_modules`.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
@@ -131,9 +167,10 @@ def allocate(
         groups["source"] = _groups(pairs, 0)[1]
         groups["target"] = _groups(pairs, 1)[1]
 
+    shared = set(shared_modules(list(importance), modules))
     masks = {}
     for name, theta in importance.items():
-        theta = np.asarray(theta, dtype=np.float64)
+        theta = normalize_importance(theta, normalize)
         if theta.ndim != 2 or theta.shape[0] != len(pairs):
             raise ValueError(
                 f"importance of {name} has shape {theta.shape}, expected [{len(pairs)}, neurons]"
@@ -151,7 +188,51 @@ def allocate(
         else:
             side = variant
         masks[name] = _allocate_grouped(theta, groups[side], rho, k, name)
+        if name in shared:
+            masks[name] = np.ones_like(masks[name])
     return masks
+
+
+def random_masks(masks: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """The control for importance: masks with the same counts, drawn at random. Per module, as many
+    general neurons (in every row) as ``masks`` has, drawn uniformly; then for each pair as many
+    specific neurons as it has in ``masks``, drawn uniformly from the non-general ones. If these
+    do as well as the allocated masks, the importance scores carry no signal."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in sorted(masks):
+        mask = np.asarray(masks[name], dtype=bool)
+        general = general_neurons(mask)
+        n_general = int(general.sum())
+        new = np.zeros_like(mask)
+        order = rng.permutation(mask.shape[1])
+        new_general, others = order[:n_general], order[n_general:]
+        new[:, new_general] = True
+        for m in range(mask.shape[0]):
+            n_specific = int((mask[m] & ~general).sum())
+            new[m, rng.choice(others, size=n_specific, replace=False)] = True
+        out[name] = new
+    return {name: out[name] for name in masks}
+
+
+def mask_report(masks: Mapping[str, np.ndarray], importance: Mapping[str, np.ndarray],
+                pairs: Sequence[str]) -> dict:
+    """What the masks take from each pair: per module and pair, the share of neurons kept and the
+    share of the pair's own (raw) importance removed; and the same over all modules per pair
+    (neurons pooled, importance shares averaged over modules)."""
+    kept, removed = {}, {}
+    for name, mask in masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        theta = np.asarray(importance[name], dtype=np.float64)
+        total = theta.sum(axis=1)
+        lost = np.where(mask, 0.0, theta).sum(axis=1)
+        kept[name] = {p: float(mask[i].mean()) for i, p in enumerate(pairs)}
+        removed[name] = {p: float(lost[i] / total[i]) if total[i] > 0 else 0.0 for i, p in enumerate(pairs)}
+    neurons = sum(np.asarray(m).shape[1] for m in masks.values())
+    per_pair = {p: {"kept": float(sum(np.asarray(masks[n], bool)[i].sum() for n in masks) / neurons),
+                    "importance_removed": float(np.mean([removed[n][p] for n in masks]))}
+                for i, p in enumerate(pairs)}
+    return {"per_pair": per_pair, "kept": kept, "importance_removed": removed}
 
 
 # --------------------------------------------------------------------------- summary

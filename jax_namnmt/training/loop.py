@@ -37,16 +37,18 @@ class Schedule:
     learning_rate: float
     warmup_steps: int
     warmup_init_lr: float
+    eval_every: int = 0  # validation every this many steps; 0 = config.train.eval_every
 
 
 def pretrain_schedule(config: Config) -> Schedule:
     t = config.train
-    return Schedule(t.steps, t.learning_rate, t.warmup_steps, t.warmup_init_lr)
+    return Schedule(t.steps, t.learning_rate, t.warmup_steps, t.warmup_init_lr, t.eval_every)
 
 
 def finetune_schedule(config: Config) -> Schedule:
     f = config.finetune
-    return Schedule(f.steps, f.learning_rate, f.warmup_steps, f.warmup_init_lr)
+    return Schedule(f.steps, f.learning_rate, f.warmup_steps, f.warmup_init_lr,
+                    f.eval_every or config.train.eval_every)
 
 
 def write_run_files(run_dir: Path, config: Config, vocab_path: Path, extra: dict | None = None) -> None:
@@ -73,18 +75,43 @@ def check_resumable(run_dir: Path, config: Config) -> None:
                 "write to another directory (--out or --workdir) or delete this one to start over")
 
 
+def validation_batches(examples: Examples, pairs, layout: str, batch_shape) -> dict[str, list]:
+    """The validation set as ``{pair: batches}``: each pair packed on its own, so the loss and NLL
+    come out per pair as well as in total (the batches hold every example once, as one mixed
+    packing would)."""
+    out = {}
+    for pid, pair in enumerate(pairs):
+        keep = np.flatnonzero(np.asarray(examples.pair_ids) == pid)
+        if not len(keep):
+            continue
+        subset = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
+                          np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
+        out[pair] = list(make_batcher(subset, layout, *batch_shape, seed=0, shuffle=False).epoch(0))
+    return out
+
+
 def validation_loss(params, batches, masks, config: Config, mesh=None, rules=None) -> dict:
-    """``mesh``: a (multi-device) mesh the params are sharded on; batches are split per ``rules``."""
+    """Label-smoothed loss, NLL and perplexity per target token; ``batches`` a list, or ``{pair:
+    batches}`` (``validation_batches``), which adds ``nll_<pair>`` for each pair.
+    ``mesh``: a (multi-device) mesh the params are sharded on; batches are split per ``rules``."""
     eval_step = make_eval_step(config.model, config.train.label_smoothing, mesh, rules)
-    loss = nll = tokens = 0.0
-    for batch in batches:
-        if mesh is not None:
-            batch = parallel.shard_batch(batch, mesh, rules)
-        l, n, t = eval_step(params, batch, masks)
-        loss, nll, tokens = loss + l, nll + n, tokens + t
-    loss, nll, tokens = (float(x) for x in jax.device_get((loss, nll, tokens)))
+    groups = batches if isinstance(batches, dict) else {None: batches}
+    sums = {}
+    for pair, group in groups.items():
+        loss = nll = tokens = 0.0
+        for batch in group:
+            if mesh is not None:
+                batch = parallel.shard_batch(batch, mesh, rules)
+            l, n, t = eval_step(params, batch, masks)
+            loss, nll, tokens = loss + l, nll + n, tokens + t
+        sums[pair] = tuple(float(x) for x in jax.device_get((loss, nll, tokens)))
+    loss, nll, tokens = (sum(s[i] for s in sums.values()) for i in range(3))
     tokens = max(tokens, 1.0)
-    return {"loss": loss / tokens, "nll": nll / tokens, "ppl": math.exp(min(nll / tokens, 50.0))}
+    out = {"loss": loss / tokens, "nll": nll / tokens, "ppl": math.exp(min(nll / tokens, 50.0))}
+    for pair, (_, n, t) in sums.items():
+        if pair is not None:
+            out[f"nll_{pair}"] = n / max(t, 1.0)
+    return out
 
 
 def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Examples,
@@ -135,9 +162,10 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     batcher = make_batcher(train_examples, layout, *batch_shape, seed=tc.seed)
     if index > batcher.num_batches(epoch):
         epoch, index = epoch + 1, 0
-    valid_batches = []
+    valid_batches = {}
     if valid_examples is not None and len(valid_examples):
-        valid_batches = list(make_batcher(valid_examples, layout, *batch_shape, seed=0, shuffle=False).epoch(0))
+        valid_batches = validation_batches(valid_examples, config.data.pairs, layout, batch_shape)
+    eval_every = schedule.eval_every or tc.eval_every
     # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
     # ones are not, and jit compiles once per placement, so without this a resumed run, and every
     # fine-tuning (committed params, fresh step counter), compiled the train step again.
@@ -172,6 +200,14 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                                     "phase": phase, "config": config.to_dict(),
                                     "vocabulary": str((run_dir / "spm.model").resolve())})
 
+    def validate(step_now):
+        v = validation_loss(state["params"], valid_batches, masks, config, mesh, rules)
+        logger.log(step_now, v, f"{phase}_valid")
+        if not quiet and first_process:
+            tqdm.write(f"[{phase}] step {step_now}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
+
+    if valid_batches and step == 0 and phase != "pretrain":
+        validate(0)  # the starting point (for a masked fine-tune: the cost of the masks before any update)
     bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet or not first_process,
                dynamic_ncols=True)
     window_step, window_start = step, time.perf_counter()
@@ -196,11 +232,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                 logger.log(step, m, phase)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}")
                 check_diverged(step)
-            if valid_batches and (step % tc.eval_every == 0 or step == schedule.steps):
-                v = validation_loss(state["params"], valid_batches, masks, config, mesh, rules)
-                logger.log(step, v, f"{phase}_valid")
-                if not quiet and first_process:
-                    bar.write(f"[{phase}] step {step}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
+            if valid_batches and (step % eval_every == 0 or step == schedule.steps):
+                validate(step)
             if step % tc.save_every == 0 and step < schedule.steps:
                 save(step, position)
         check_diverged(step)

@@ -1,0 +1,398 @@
+"""Does allocation beat its baseline? The controlled reproduction, end to end.
+
+    python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py [--workdir runs/reproduce]
+
+For each setting of ``reproduce.settings`` (many-to-many: the 8 directions; one-to-many: en-de,
+en-fr, en-cs) on the embedded Multi30k:
+
+1. data: train; val split in two, its first ``reproduce.importance_lines`` lines per pair score
+   importance, the rest (``valid``) make every choice and the validation curves; test_2016_flickr
+   (``decode.test_max_lines``, 0 = all) is decoded once per final system;
+2. start: the pre-trained model (``--pretrained``, default the shipped one) trained on, plain, on the
+   setting's pairs until its validation NLL stops improving (the criterion is ``reproduce.converge_*``);
+3. importance (Taylor with each ``importance_losses``, absolute value) on the importance part;
+4. the scoring choices (loss, normalisation, module set) for each rho/k: the lowest masked
+   validation NLL before any update (the cost of the masks);
+5. rho/k: each candidate fine-tuned (first seed), the lowest validation NLL after fine-tuning;
+6. the systems of ``reproduce.systems`` x seeds (the same steps and schedule for all);
+7. test BLEU/chrF per direction, mean and spread over seeds, paired bootstrap p-values of method_te
+   against the pre-trained model (the paper's control) and the equal-steps multilingual run.
+
+Everything lands in WORKDIR (each phase is skipped when its output exists, so a killed run is
+resumed by the same command); the report goes to ``reproduce.out_dir`` (``docs/results.md``,
+``docs/results.json``, ``docs/figures/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jax_namnmt import cli, packaged, workflow
+from jax_namnmt.config import IMPORTANCE_LOSSES, MANY_TO_MANY_8, MODULE_SETS, NORMALIZATIONS, Config
+from jax_namnmt.data.batching import resolve_layout
+from jax_namnmt.data.corpus import parse_pairs, read_lines
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+from jax_namnmt.errors import ConfigError
+from jax_namnmt.method.allocation import allocate, mask_report, random_masks, save_masks, load_masks
+from jax_namnmt.method.masks import to_model_masks
+from jax_namnmt.significance import paired_bootstrap, sentence_stats
+from jax_namnmt.training.checkpoint import load_json, save_json
+from jax_namnmt.training.loop import validation_batches, validation_loss
+
+SETTINGS = ("many_to_many", "one_to_many")
+SYSTEMS = ("multilingual", "method_te", "method_av", "random", "k0")
+IMPORTANCE_OF = {"method_te": "taylor", "random": "taylor", "k0": "taylor", "method_av": "absolute"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """One allocation recipe: importance loss, normalisation, module set, rho and k."""
+
+    loss: str
+    normalize: str
+    modules: str
+    rho: float
+    k: float
+
+    @property
+    def tag(self) -> str:
+        return f"{self.loss}-{self.normalize}-{self.modules}-rho{self.rho:g}-k{self.k:g}"
+
+
+def parse_rho_k(items) -> list[tuple[float, float]]:
+    out = []
+    for item in items:
+        rho, slash, k = str(item).partition("/")
+        try:
+            pair = (float(rho), float(k))
+        except ValueError:
+            pair = None
+        if not slash or pair is None or not all(0.0 <= v <= 1.0 for v in pair):
+            raise ConfigError(f"reproduce.rho_k: {item!r} is not 'rho/k' with both in [0, 1] (e.g. 0.9/0.7)")
+        out.append(pair)
+    return out
+
+
+def check_config(config: Config) -> Config:
+    r = config.reproduce
+    lists = (("settings", r.settings, SETTINGS), ("systems", r.systems, SYSTEMS),
+             ("one_seed_systems", r.one_seed_systems, SYSTEMS),
+             ("importance_losses", r.importance_losses, IMPORTANCE_LOSSES),
+             ("normalizations", r.normalizations, NORMALIZATIONS), ("module_sets", r.module_sets, MODULE_SETS))
+    for name, values, allowed in lists:
+        bad = [v for v in values if v not in allowed]
+        if bad or (not values and name not in ("one_seed_systems",)):
+            raise ConfigError(f"reproduce.{name} = {list(values)!r}: each entry must be one of {', '.join(allowed)}")
+    if "method_te" not in r.systems or "multilingual" not in r.systems:
+        raise ConfigError("reproduce.systems must hold method_te and multilingual (the comparison)")
+    if not r.seeds or r.importance_lines < 1 or r.converge_eval_every < 1 or r.converge_patience < 1:
+        raise ConfigError("reproduce: seeds must not be empty; importance_lines, converge_eval_every and "
+                          "converge_patience must be at least 1")
+    parse_rho_k(r.rho_k)
+    parse_pairs(r.one_to_many_pairs)
+    return config
+
+
+def _with(config: Config, **sections) -> Config:
+    return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **fields)
+                                          for name, fields in sections.items()}).validate()
+
+
+def _valid_history(run_dir: Path) -> list[dict]:
+    """The validation records of a run's metrics.jsonl, one per step (the last if a step repeats)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["phase"].endswith("_valid"):
+                records[record["step"]] = record
+    return [records[s] for s in sorted(records)]
+
+
+class Setting:
+    """One setting's work directory and phases."""
+
+    def __init__(self, name: str, config: Config, workdir: Path, start: Path, report: dict, quiet: bool):
+        r = config.reproduce
+        pairs = MANY_TO_MANY_8 if name == "many_to_many" else tuple(r.one_to_many_pairs)
+        self.name, self.workdir, self.start, self.quiet, self.report = name, workdir, start, quiet, report
+        self.config = _with(config, data={"pairs": pairs, "data_dir": str((workdir / "data").resolve())},
+                            method={"importance_split": "importance", "importance_max_lines": 0})
+        self.pairs = list(pairs)
+        self.seconds = report.setdefault("seconds", {})
+
+    def phase(self, name, fn):
+        begin = time.perf_counter()
+        result = fn()
+        spent = time.perf_counter() - begin
+        if spent > 0.5:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 1)
+            print(f"[reproduce {self.name}] {name}: {spent:.0f} s", flush=True)
+        return result
+
+    # -- data and start model ----------------------------------------------------------
+
+    def prepare(self) -> None:
+        data, r = self.workdir / "data", self.config.reproduce
+        if not (data / f"test.{self.pairs[-1]}.{self.pairs[-1].split('-')[1]}").exists():
+            build_from_multiway(multi30k_dir(), data, self.pairs, {"train": "train", "test": "test_2016_flickr"})
+            langs = sorted({lang for p in parse_pairs(self.pairs) for lang in (p.src, p.tgt)})
+            val = {lang: read_lines(multi30k_dir() / f"{MULTI30K_SPLITS['valid']}.{lang}.gz") for lang in langs}
+            for p in parse_pairs(self.pairs):
+                for lang in (p.src, p.tgt):
+                    (data / f"importance.{p.name}.{lang}").write_text(
+                        "".join(x + "\n" for x in val[lang][:r.importance_lines]), encoding="utf-8")
+                    (data / f"valid.{p.name}.{lang}").write_text(
+                        "".join(x + "\n" for x in val[lang][r.importance_lines:]), encoding="utf-8")
+        workflow.prepare(self.config, self.workdir, True, vocab_from=self.start / "spm.model")
+
+    def converge(self) -> Path:
+        """Train the start model on, plain, until the validation NLL stops improving."""
+        r, out = self.config.reproduce, self.workdir / "base"
+        steps = r.converge_eval_every
+        while True:
+            c = _with(self.config, finetune={"steps": steps, "eval_every": r.converge_eval_every})
+            if not workflow.is_finished(out, steps):
+                self.phase("converge", lambda: workflow.run_finetune(c, self.workdir, self.start, out, None, self.quiet))
+            nll = [h["nll"] for h in _valid_history(out)]
+            stalled = len(nll) > r.converge_patience and (
+                min(nll[:-r.converge_patience]) - min(nll[-r.converge_patience:]) < r.converge_min_delta)
+            if stalled or steps >= r.converge_max_steps:
+                self.report["start"] = {"from": str(self.start), "steps": steps, "converged": bool(stalled),
+                                        "valid_nll": [(h["step"], h["nll"]) for h in _valid_history(out)]}
+                return out
+            steps += r.converge_eval_every
+
+    # -- importance, masks, choices ----------------------------------------------------
+
+    def importance(self, base: Path, method: str, loss: str) -> Path:
+        path = self.workdir / f"importance_{method}_{loss}.npz"
+        if not path.exists():
+            c = _with(self.config, method={"importance_loss": loss})
+            self.phase("importance", lambda: workflow.run_importance(base, c, self.workdir, method, True, out=path))
+        return path
+
+    def masks(self, base: Path, scoring: Scoring, method: str = "taylor") -> Path:
+        path = self.workdir / "masks" / f"{method}-{scoring.tag}.npz"
+        if not path.exists():
+            theta, pairs = workflow.load_importance(self.importance(base, method, scoring.loss))
+            masks = allocate(theta, pairs, scoring.rho, scoring.k, "pair", scoring.normalize, scoring.modules)
+            save_masks(path, masks, pairs, {**dataclasses.asdict(scoring), "importance": method})
+        return path
+
+    def step0_nll(self, base_run, masks_path: Path | None) -> dict:
+        config = self.config
+        layout = resolve_layout(config.data.layout, 1, jax.default_backend())
+        if not hasattr(self, "_valid"):
+            examples, _ = workflow.load_examples(config, Path(config.data.data_dir), base_run.vocab, "valid")
+            shape = (config.train.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
+            self._valid = validation_batches(examples, self.pairs, layout, shape)
+        masks = None if masks_path is None else to_model_masks(load_masks(masks_path)[0])
+        return validation_loss(base_run.params, self._valid, masks, config)
+
+    def choose_scoring(self, base: Path) -> list[Scoring]:
+        """For each rho/k, the scoring with the lowest masked validation NLL before any update."""
+        r = self.config.reproduce
+        grid = self.report.setdefault("step0", {})
+        run = workflow.load_run(base)
+        if "none" not in grid:
+            grid["none"] = self.phase("step0", lambda: self.step0_nll(run, None))
+        chosen = []
+        for rho, k in parse_rho_k(r.rho_k):
+            best = None
+            for loss in r.importance_losses:
+                for norm in r.normalizations:
+                    for modules in r.module_sets:
+                        s = Scoring(loss, norm, modules, rho, k)
+                        if s.tag not in grid:
+                            path = self.masks(base, s)
+                            theta, _ = workflow.load_importance(self.importance(base, "taylor", loss))
+                            grid[s.tag] = {**self.phase("step0", lambda: self.step0_nll(run, path)),
+                                           "masks": mask_report(load_masks(path)[0], theta, self.pairs)["per_pair"]}
+                        if best is None or grid[s.tag]["nll"] < grid[best.tag]["nll"]:
+                            best = s
+            chosen.append(best)
+        self.report["scoring_candidates"] = [s.tag for s in chosen]
+        return chosen
+
+    # -- fine-tuning ---------------------------------------------------------------------
+
+    def finetune(self, base: Path, system: str, scoring: Scoring | None, seed: int) -> Path:
+        name = system if scoring is None else f"{system}-{scoring.tag}"
+        out = self.workdir / "runs" / f"{name}-s{seed}"
+        c = _with(self.config, train={"seed": seed})
+        if workflow.is_finished(out, c.finetune.steps):
+            return out
+        masks = None
+        if system != "multilingual":
+            if system == "random":
+                flat, pairs, _ = load_masks(self.masks(base, scoring))
+                masks = self.workdir / "masks" / f"random{seed}-{scoring.tag}.npz"
+                save_masks(masks, random_masks(flat, seed), pairs, {"random_like": scoring.tag, "seed": seed})
+            elif system == "k0":
+                masks = self.masks(base, dataclasses.replace(scoring, k=0.0))
+            else:
+                masks = self.masks(base, scoring, IMPORTANCE_OF[system])
+        self.phase(f"finetune_{system}", lambda: workflow.run_finetune(c, self.workdir, base, out, masks, self.quiet))
+        return out
+
+    def choose_rho_k(self, base: Path, candidates: list[Scoring]) -> Scoring:
+        seed = self.config.reproduce.seeds[0]
+        finals = {}
+        for s in candidates:
+            history = _valid_history(self.finetune(base, "method_te", s, seed))
+            finals[s.tag] = history[-1]["nll"]
+        self.report["rho_k_choice"] = finals
+        return min(candidates, key=lambda s: finals[s.tag])
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, run_dir: Path, key: str) -> dict:
+        path = self.workdir / "eval" / f"{key}.json"
+        if path.exists():
+            return load_json(path)
+        dc = self.config.decode
+        run = workflow.load_run(run_dir)
+        scores = self.phase("evaluate", lambda: workflow.evaluate_run(
+            run, Path(self.config.data.data_dir), dc.test_split, dc.test_max_lines, self.quiet))
+        result = {p: {"bleu": scores[p]["bleu"], "chrf": scores[p]["chrf"], "hyps": scores["hypotheses"][p]}
+                  for p in self.pairs}
+        result["signature"] = scores["signature"]
+        save_json(path, result)
+        return result
+
+    def run(self) -> dict:
+        r = self.config.reproduce
+        self.phase("prepare", self.prepare)
+        base = self.converge()
+        chosen = self.choose_rho_k(base, self.choose_scoring(base))
+        self.report["chosen"] = dataclasses.asdict(chosen) | {"tag": chosen.tag}
+        runs: dict[str, dict[int, Path]] = {}
+        for system in r.systems:
+            seeds = r.seeds[:1] if system in r.one_seed_systems else r.seeds
+            scoring = None if system == "multilingual" else chosen
+            runs[system] = {seed: self.finetune(base, system, scoring, seed) for seed in seeds}
+        self.report["curves"] = {system: {seed: [(h["step"], h["nll"]) for h in _valid_history(d)]
+                                          for seed, d in by_seed.items()} for system, by_seed in runs.items()}
+        self.report["step0_per_pair"] = {system: {seed: {p: h[0][f"nll_{p}"] for p in self.pairs}
+                                                  for seed, d in by_seed.items() if (h := _valid_history(d))}
+                                          for system, by_seed in runs.items()}
+        evals = {"pretrained": {0: self.evaluate(base, "pretrained")}}
+        for system, by_seed in runs.items():
+            evals[system] = {seed: self.evaluate(d, d.name) for seed, d in by_seed.items()}
+        self.report["bleu"], self.report["chrf"] = _tables(evals, self.pairs)
+        self.report["signature"] = evals["pretrained"][0]["signature"]
+        self.report["significance"] = self.phase("bootstrap", lambda: _significance(
+            evals, self.pairs, Path(self.config.data.data_dir), self.config.decode, r.bootstrap_samples))
+        return self.report
+
+
+def _tables(evals: dict, pairs: list[str]) -> tuple[dict, dict]:
+    bleu, chrf = {}, {}
+    for system, by_seed in evals.items():
+        for metric, table in (("bleu", bleu), ("chrf", chrf)):
+            per_seed = {str(seed): {p: e[p][metric] for p in pairs} for seed, e in by_seed.items()}
+            for row in per_seed.values():
+                row["avg"] = float(np.mean([row[p] for p in pairs]))
+            cols = pairs + ["avg"]
+            values = np.array([[row[c] for c in cols] for row in per_seed.values()])
+            table[system] = {"seeds": per_seed, "mean": dict(zip(cols, values.mean(0).tolist())),
+                             "std": dict(zip(cols, values.std(0, ddof=1).tolist() if len(values) > 1 else [0.0] * len(cols)))}
+    return bleu, chrf
+
+
+def _significance(evals: dict, pairs: list[str], data_dir: Path, dc, samples: int) -> dict:
+    """method_te against each control, per direction and over all directions (mean BLEU of the
+    directions), paired bootstrap over test sentences, all seeds at once."""
+    refs = {}
+    for p in parse_pairs(pairs):
+        lines = read_lines(data_dir / f"{dc.test_split}.{p.name}.{p.tgt}")
+        refs[p.name] = lines[:dc.test_max_lines] if dc.test_max_lines else lines
+    stats = {system: {seed: {p: sentence_stats(e[p]["hyps"], refs[p]) for p in pairs} for seed, e in by_seed.items()}
+             for system, by_seed in evals.items()}
+    out = {}
+    for control in [s for s in evals if s != "method_te"]:
+        row = {}
+        for p in pairs:
+            row[p] = paired_bootstrap([s[p] for s in stats["method_te"].values()],
+                                      [s[p] for s in stats[control].values()], samples)
+        row["avg"] = _avg_bootstrap(stats["method_te"], stats[control], pairs, samples)
+        out[control] = row
+    return out
+
+
+def _avg_bootstrap(a: dict, b: dict, pairs: list[str], samples: int, seed: int = 12345) -> dict:
+    """The mean over directions of the BLEU difference, each direction resampled independently."""
+    from jax_namnmt.significance import bleu_from_stats
+    rng = np.random.default_rng(seed)
+
+    def stack(side):
+        return {p: np.stack([s[p] for s in side.values()]) for p in pairs}
+
+    sa, sb = stack(a), stack(b)
+    observed = np.mean([bleu_from_stats(sa[p].sum(1)).mean() - bleu_from_stats(sb[p].sum(1)).mean() for p in pairs])
+    diffs = np.zeros(samples)
+    for p in pairs:
+        n = sa[p].shape[1]
+        for i in range(samples):
+            counts = np.bincount(rng.integers(0, n, n), minlength=n)
+            diffs[i] += (bleu_from_stats(np.einsum("n,knj->kj", counts, sa[p])).mean()
+                         - bleu_from_stats(np.einsum("n,knj->kj", counts, sb[p])).mean()) / len(pairs)
+    p_value = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": float(observed), "ci95": [float(low), float(high)], "p": p_value, "samples": samples}
+
+
+def environment() -> dict:
+    import flax
+    import sacrebleu
+    return {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {jax.device_count()} "
+                       f"{jax.default_backend()} device(s), {__import__('os').cpu_count()} cores",
+            "device": str(jax.devices()[0].device_kind), "python": platform.python_version(),
+            "jax": jax.__version__, "flax": flax.__version__, "sacrebleu": sacrebleu.__version__}
+
+
+def main() -> int:
+    p = cli.parser(__doc__.split("\n")[0])
+    p.add_argument("--workdir", default="runs/reproduce", help="where the runs are written (resumable)")
+    p.add_argument("--pretrained", default=None, help="the pre-trained model to start from (default: the shipped one)")
+    p.add_argument("--settings", default=None, help="comma-separated subset of reproduce.settings to run now")
+    args = p.parse_args()
+    if args.config is None:
+        raise ConfigError("--config is required (e.g. configs/reproduce_cpu.py)")
+    config = check_config(cli.config_from_args(args))
+    start = Path(args.pretrained) if args.pretrained else packaged.shipped_model_dir()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    report_path = workdir / "report.json"
+    report = load_json(report_path) if report_path.exists() else {}
+    report.update({"command": "python -m jax_namnmt.reproduce " + " ".join(sys.argv[1:]),
+                   "environment": environment(), "config": config.to_dict()})
+    names = args.settings.split(",") if args.settings else list(config.reproduce.settings)
+    for name in names:
+        if name not in config.reproduce.settings:
+            raise ConfigError(f"--settings: {name!r} is not in reproduce.settings {list(config.reproduce.settings)}")
+        begin = time.time()
+        setting_report = report.setdefault("settings", {}).setdefault(name, {})
+        Setting(name, config, workdir / name, start, setting_report, args.quiet).run()
+        setting_report["wall_s"] = round(setting_report.get("wall_s", 0) + time.time() - begin, 1)
+        report["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        save_json(report_path, report)
+    from jax_namnmt.reproduce_report import write_report
+    paths = write_report(report, Path(config.reproduce.out_dir))
+    print("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

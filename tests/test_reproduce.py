@@ -1,0 +1,207 @@
+"""The controlled reproduction's parts: allocation choices (normalisation, module set), the random-mask
+control, the mask report, paired bootstrap, per-pair validation, and the protocol end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import numpy as np
+import pytest
+import sacrebleu
+
+from jax_namnmt.errors import ConfigError
+from jax_namnmt.method.allocation import (allocate, embedding_input_modules, general_neurons, mask_report,
+                                          normalize_importance, random_masks)
+from jax_namnmt.significance import bleu_from_stats, paired_bootstrap, sentence_stats
+
+NAMES = [f"{stack}/layer_{i}/{block}/{proj}" for stack in ("encoder", "decoder") for i in range(2)
+         for block in ("self_attn",) for proj in ("q", "k", "v", "out")] + ["encoder/layer_0/ffn/fc1",
+                                                                             "decoder/layer_1/cross_attn/k"]
+PAIRS = ["de-en", "en-de", "fr-en", "en-fr"]
+
+
+def _theta(seed=0, neurons=40):
+    rng = np.random.default_rng(seed)
+    return {name: rng.gamma(2.0, 1.0, size=(len(PAIRS), neurons)) for name in NAMES}
+
+
+def test_pair_mean_normalisation_makes_allocation_blind_to_a_pairs_scale():
+    theta = _theta()
+    scaled = {n: t * np.array([[0.01], [1.0], [7.0], [1.0]]) for n, t in theta.items()}  # an "easy" pair 0
+    plain = allocate(theta, PAIRS, 0.7, 0.8, normalize="pair_mean")
+    assert all(np.array_equal(plain[n], allocate(scaled, PAIRS, 0.7, 0.8, normalize="pair_mean")[n]) for n in NAMES)
+    raw = allocate(scaled, PAIRS, 0.7, 0.8)  # without it the easy pair loses its specific neurons
+    assert sum(raw[n][0].sum() for n in NAMES) < sum(plain[n][0].sum() for n in NAMES)
+    norm = normalize_importance(theta[NAMES[0]], "pair_mean")
+    np.testing.assert_allclose(norm.mean(axis=1), 1.0)
+    assert np.array_equal(normalize_importance(np.zeros((2, 3)), "pair_mean"), np.zeros((2, 3)))
+    with pytest.raises(ConfigError, match="normalize"):
+        allocate(theta, PAIRS, 0.7, 0.8, normalize="zscore")
+
+
+def test_no_embedding_inputs_leaves_the_first_self_attention_qkv_shared_and_nothing_else():
+    theta = _theta(1)
+    every = allocate(theta, PAIRS, 0.5, 0.9)
+    original = allocate(theta, PAIRS, 0.5, 0.9, modules="no_embedding_inputs")
+    shared = set(embedding_input_modules(NAMES))
+    assert shared == {f"{s}/layer_0/self_attn/{p}" for s in ("encoder", "decoder") for p in "qkv"}
+    for name in NAMES:
+        if name in shared:
+            assert original[name].all() and not every[name].all()
+        else:
+            assert np.array_equal(original[name], every[name])
+
+
+def test_random_masks_keep_every_count_and_move_the_neurons():
+    masks = allocate(_theta(2), PAIRS, 0.6, 0.7)
+    control = random_masks(masks, seed=3)
+    assert list(control) == list(masks)
+    moved = 0
+    for name, mask in masks.items():
+        new = control[name]
+        # the drawn shared set has the original's size; specific draws may add neurons every pair holds
+        assert general_neurons(new).sum() >= general_neurons(mask).sum()
+        np.testing.assert_array_equal(new.sum(axis=1), mask.sum(axis=1))  # per pair: general + its specific
+        moved += int((new != mask).sum())
+    assert moved > 0
+    again = random_masks(masks, seed=3)
+    assert all(np.array_equal(again[n], control[n]) for n in masks)
+
+
+def test_mask_report_by_hand():
+    masks = {"m": np.array([[True, True, False, False], [True, True, True, True]])}
+    theta = {"m": np.array([[1.0, 1.0, 1.0, 1.0], [4.0, 3.0, 2.0, 1.0]])}
+    report = mask_report(masks, theta, ["a-b", "b-a"])
+    assert report["kept"]["m"] == {"a-b": 0.5, "b-a": 1.0}
+    assert report["importance_removed"]["m"] == {"a-b": 0.5, "b-a": 0.0}
+    assert report["per_pair"]["a-b"] == {"kept": 0.5, "importance_removed": 0.5}
+
+
+def _corpus(seed, n=200, noise=0.3):
+    rnd = random.Random(seed)
+    words = "a the cat dog sat on mat ran fast slow big small red blue green".split()
+    refs = [" ".join(rnd.choices(words, k=rnd.randint(1, 14))) for _ in range(n)]
+    hyps = [" ".join(w if rnd.random() > noise else rnd.choice(words) for w in r.split()[: rnd.randint(1, 14)])
+            for r in refs]
+    return hyps, refs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bleu_from_sentence_statistics_is_sacrebleu(seed):
+    hyps, refs = _corpus(seed)
+    stats = sentence_stats(hyps, refs)
+    assert bleu_from_stats(stats.sum(0)) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+    for i in range(20):  # single sentences: zero n-gram matches exercise the smoothing
+        want = sacrebleu.corpus_bleu(hyps[i:i + 1], [refs[i:i + 1]]).score
+        assert bleu_from_stats(stats[i]) == pytest.approx(want, abs=1e-9)
+
+
+def test_paired_bootstrap_sees_no_difference_between_equals_and_a_real_one():
+    hyps, refs = _corpus(0, n=300)
+    stats = sentence_stats(hyps, refs)
+    same = paired_bootstrap([stats, stats], [stats, stats], samples=200)
+    assert same["diff"] == 0.0 and same["p"] == 1.0
+    better = sentence_stats([r if i % 3 else h for i, (h, r) in enumerate(zip(hyps, refs))], refs)
+    result = paired_bootstrap([better], [stats], samples=200)
+    assert result["diff"] > 0 and result["p"] < 0.05 and result["ci95"][0] > 0
+    worse = paired_bootstrap([stats], [better], samples=200)
+    assert worse["diff"] == pytest.approx(-result["diff"]) and worse["p"] < 0.05
+
+
+def test_validation_per_pair_adds_up_to_the_mixed_total(tiny_corpus):
+    from jax_namnmt import workflow
+    from jax_namnmt.config import load_config
+    from jax_namnmt.data.vocab import Vocab
+    from jax_namnmt.model.transformer import init_params
+    from jax_namnmt.training.loop import validation_batches, validation_loss
+    from jax_namnmt.data.batching import make_batcher
+
+    from jax_namnmt import packaged
+    config = load_config("tiny", ["model.vocab_size=6000", "data.vocab_size=6000"])
+    vocab = Vocab.load(packaged.shipped_model_dir() / "spm.model")
+    examples, _ = workflow.load_examples(config, tiny_corpus, vocab, "valid")
+    params = init_params(config.model, 0)
+    shape = (config.train.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
+    per_pair = validation_loss(params, validation_batches(examples, config.data.pairs, "rows", shape), None, config)
+    mixed = validation_loss(params, list(make_batcher(examples, "rows", *shape, seed=0, shuffle=False).epoch(0)),
+                            None, config)
+    assert per_pair["nll"] == pytest.approx(mixed["nll"], rel=1e-5)
+    assert per_pair["loss"] == pytest.approx(mixed["loss"], rel=1e-5)
+    assert set(per_pair) - set(mixed) == {f"nll_{p}" for p in config.data.pairs}
+    one = [p for p in config.data.pairs][1]
+    keep = [i for i, pid in enumerate(examples.pair_ids) if pid == 1]
+    from jax_namnmt.data.batching import Examples
+    alone = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
+                     np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
+    solo = validation_loss(params, list(make_batcher(alone, "rows", *shape, seed=0, shuffle=False).epoch(0)),
+                           None, config)
+    assert per_pair[f"nll_{one}"] == pytest.approx(solo["nll"], rel=1e-6)
+
+
+def test_config_fields_are_checked():
+    from jax_namnmt.config import load_config
+    from jax_namnmt.reproduce import check_config
+    with pytest.raises(ConfigError, match="method.importance_loss"):
+        load_config("tiny", ["method.importance_loss=focal"])
+    with pytest.raises(ConfigError, match="method.modules"):
+        load_config("tiny", ["method.modules=some"])
+    with pytest.raises(ConfigError, match="reproduce.rho_k"):
+        check_config(load_config("tiny", ['reproduce.rho_k=["0.9-0.7"]']))
+    with pytest.raises(ConfigError, match="reproduce.systems"):
+        check_config(load_config("tiny", ['reproduce.systems=["multilingual","method_tee"]']))
+
+
+@pytest.fixture(scope="module")
+def tiny_start(tmp_path_factory):
+    """A tiny model pre-trained a few steps on the embedded Multi30k with the shipped vocabulary."""
+    from jax_namnmt import packaged, workflow
+    from jax_namnmt.config import MANY_TO_MANY_8, load_config
+    work = tmp_path_factory.mktemp("start")
+    c = load_config("tiny", ["model.vocab_size=6000", "data.vocab_size=6000", "data.train_max_lines=100",
+                             "train.steps=4", "train.valid_max_lines=8"])
+    c = dataclasses.replace(c, data=dataclasses.replace(c.data, pairs=MANY_TO_MANY_8))
+    workflow.prepare(c, work, True, vocab_from=packaged.shipped_model_dir() / "spm.model")
+    return workflow.run_pretrain(c, work, work / "pretrain", quiet=True), c
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end(tiny_start, tmp_path, monkeypatch):
+    """The whole protocol on a tiny model: k = 0 masks reproduce the multilingual run token for token,
+    every fine-tune logs its step-0 validation, and the report is written from the runs."""
+    from jax_namnmt import reproduce
+    from jax_namnmt.config import ReproduceConfig
+    start, c = tiny_start
+    config = dataclasses.replace(
+        c, finetune=dataclasses.replace(c.finetune, steps=2, eval_every=1),
+        train=dataclasses.replace(c.train, valid_max_lines=0),
+        decode=dataclasses.replace(c.decode, test_max_lines=6),
+        reproduce=ReproduceConfig(settings=("one_to_many",), seeds=(1,), systems=("multilingual", "method_te", "k0"),
+                                  importance_lines=1000, converge_eval_every=1, converge_patience=1,
+                                  converge_max_steps=2, rho_k=("0.5/0.7",), importance_losses=("cross_entropy",),
+                                  normalizations=("pair_mean",), module_sets=("no_embedding_inputs",),
+                                  bootstrap_samples=20, out_dir=str(tmp_path / "docs")))
+    report = reproduce.Setting("one_to_many", reproduce.check_config(config), tmp_path / "w", start, {}, True).run()
+    assert report["bleu"]["k0"] == report["bleu"]["multilingual"]
+    runs = tmp_path / "w" / "runs"
+    k0 = json.loads((tmp_path / "w" / "eval" / f"k0-{report['chosen']['tag']}-s1.json").read_text())
+    ml = json.loads((tmp_path / "w" / "eval" / "multilingual-s1.json").read_text())
+    assert all(k0[p]["hyps"] == ml[p]["hyps"] for p in ("en-de", "en-fr", "en-cs"))
+    tag = report["chosen"]["tag"]
+    assert tag == "cross_entropy-pair_mean-no_embedding_inputs-rho0.5-k0.7"
+    first = json.loads((runs / f"method_te-{tag}-s1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["phase"] == "finetune_valid"
+    assert first["nll"] == pytest.approx(report["step0"][tag]["nll"], rel=1e-5)  # the grid's masked NLL
+    assert report["step0_per_pair"]["method_te"][1]["en-de"] == pytest.approx(report["step0"][tag]["nll_en-de"],
+                                                                              rel=1e-5)
+    sig = report["significance"]["k0"]
+    assert all(sig[p]["diff"] == pytest.approx(report["bleu"]["method_te"]["mean"][p]
+                                               - report["bleu"]["multilingual"]["mean"][p], abs=1e-6)
+               for p in ("en-de", "en-fr", "en-cs"))
+    from jax_namnmt.reproduce_report import write_report
+    full = {"command": "test", "environment": reproduce.environment(), "config": config.to_dict(),
+            "settings": {"one_to_many": json.loads(json.dumps(report))}}
+    paths = write_report(full, tmp_path / "docs")
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "one-to-many: method_te" in text and all(p.exists() for p in paths)
