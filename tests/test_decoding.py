@@ -216,3 +216,103 @@ def test_concurrent_batches_give_the_same_translations_in_order(setup):
     greedy = translate_ids(params, config, masks, sources, pair_ids, GREEDY, workers=3)
     for i, (got, want) in enumerate(zip(greedy, reference)):
         np.testing.assert_array_equal(got, want, err_msg=f"source {i}")
+
+
+# -- beam search on the model against an independent reference ------------------------------------
+
+BEAM, ALPHA = 3, 0.6
+BEAM3 = dataclasses.replace(GREEDY, beam_size=BEAM, length_penalty=ALPHA, stop_early="exact")
+
+
+def _beam_reference(params, config, masks, src, pair, forward, pack) -> list[tuple[tuple, float]]:
+    """Beam search written out over hypotheses, every score from the model's full teacher-forced
+    forward pass (no cache), log-probabilities in float64: at each step the alive hypotheses' 2K
+    best extensions; an EOS candidate among the K best of them finishes, scored logp / len**alpha
+    (fairseq's rule); the K best others stay alive; EOS banned at the first token (min_len 1) and
+    the only choice at the length limit. Run to the limit (what the "exact" stop rule returns).
+    Returns the K best finished ``(tokens with EOS, score)``, best first."""
+    vocab = config.vocab_size
+    alive, finished = [((), 0.0)], []
+    for t in range(MAX_LEN):
+        rows = [[(src, np.full(MAX_LEN, 4), pair)] for _ in alive]
+        batch = pack(rows + [[]] * (3 - len(rows)), 16, 16)
+        for r, (tokens, _) in enumerate(alive):
+            batch["tgt_inputs"][r, 1:t + 1] = tokens
+        logits = np.asarray(forward(params, batch, masks, config=config))[:len(alive), t].astype(np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        candidates = []
+        for (tokens, score), lp in zip(alive, logp):
+            for v in range(vocab):
+                if (v == EOS_ID and t == 0) or (v != EOS_ID and t + 1 >= MAX_LEN):
+                    continue
+                candidates.append((score + lp[v], tokens + (v,)))
+        candidates.sort(key=lambda c: -c[0])
+        top = candidates[:2 * BEAM]
+        finished += [(tokens, score / (t + 1) ** ALPHA) for rank, (score, tokens) in enumerate(top)
+                     if tokens[-1] == EOS_ID and rank < BEAM]
+        alive = [(tokens, score) for score, tokens in top if tokens[-1] != EOS_ID][:BEAM]
+        if not alive:
+            break
+    return sorted(finished, key=lambda f: -f[1])[:BEAM]
+
+
+@partial(jax.jit, static_argnames=("config",), compiler_options={"xla_backend_optimization_level": 0})
+def _beam_by_full_forward(params, batch, masks, *, config):
+    """The library's ``beam_search`` driving the model's full forward pass (no cache; the search's
+    cache carries each hypothesis's decoder inputs so far): ``(sequences, scores)`` of every beam."""
+    from jax_namnmt.model.beam_search import beam_search, expand_to_beams
+
+    sentences = batch["src_tokens"].shape[0]
+    rows = expand_to_beams(batch, BEAM)
+
+    def tokens_to_logits(ids, cache):
+        t = cache["t"]
+        inputs = jax.lax.dynamic_update_slice_in_dim(cache["inputs"], ids, t, axis=1)
+        logits = Transformer(config).apply({"params": params}, dict(rows, tgt_inputs=inputs), masks,
+                                           deterministic=True)
+        return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False), {"inputs": inputs, "t": t + 1}
+
+    return beam_search(tokens_to_logits, {"inputs": rows["tgt_inputs"], "t": jnp.array(0, jnp.int32)}, sentences,
+                       BEAM, MAX_LEN, BOS_ID, EOS_ID, ALPHA, "fairseq", stop_early="exact", min_len=1,
+                       max_lens=jnp.full((sentences,), MAX_LEN, jnp.int32))
+
+
+@pytest.fixture(scope="module")
+def beam_reference(setup, fns, pack):
+    config, params, masks, sources, pair_ids, _ = setup
+    return [_beam_reference(params, config, masks, src, int(pair), fns.forward, pack)
+            for src, pair in zip(sources, pair_ids)]
+
+
+def _padded(tokens) -> np.ndarray:
+    return np.concatenate([np.asarray(tokens, np.int32), np.zeros(MAX_LEN - len(tokens), np.int32)])
+
+
+def test_beam_reference_is_not_greedy(setup, beam_reference):
+    """The setting is one where the beam matters: for some sentences the best of 3 beams is not
+    the greedy output, and the finished hypotheses have several lengths."""
+    *_, greedy = setup
+    assert any(not np.array_equal(_padded(hyps[0][0]), g) for hyps, g in zip(beam_reference, greedy))
+    assert len({len(tokens) for hyps in beam_reference for tokens, _ in hyps}) >= 3
+
+
+def test_beam_translation_equals_the_reference(setup, beam_reference):
+    """``translate_ids`` (the cached decoder, batches of 4 mixed pairs, each under its masks) with beam 3
+    returns the reference's best hypothesis for every sentence."""
+    config, params, masks, sources, pair_ids, _ = setup
+    outputs = translate_ids(params, config, masks, sources, pair_ids, BEAM3)
+    for i, (got, hyps) in enumerate(zip(outputs, beam_reference)):
+        np.testing.assert_array_equal(got, _padded(hyps[0][0]), err_msg=f"source {i}")
+
+
+def test_beam_search_on_the_model_gives_the_reference_beams_and_scores(setup, beam_reference, pack):
+    """Every beam of ``beam_search`` on the model (tokens and length-penalised scores) is the reference's."""
+    config, params, masks, sources, pair_ids, _ = setup
+    batch = pack([[(src, np.full(MAX_LEN, 4), int(pair))] for src, pair in zip(sources, pair_ids)], 16, 16)
+    sequences, scores = map(np.asarray, _beam_by_full_forward(params, batch, masks, config=config))
+    for i, hyps in enumerate(beam_reference):
+        assert len(hyps) == BEAM
+        for k, (tokens, score) in enumerate(hyps):
+            np.testing.assert_array_equal(sequences[i, k], _padded(tokens), err_msg=f"source {i}, beam {k}")
+            np.testing.assert_allclose(scores[i, k], score, rtol=1e-5, atol=1e-5, err_msg=f"source {i}, beam {k}")

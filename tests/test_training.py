@@ -198,3 +198,74 @@ def test_a_run_resumes_in_the_layout_of_its_checkpoint(workdir):
                                                                   tc.clip_norm))
     with Checkpointer(out) as ckpt:
         assert ckpt.restore(target)[1]["data"]["layout"] == "rows"
+
+
+def _synthetic_examples(config, n: int = 48, seed: int = 0):
+    """``n`` random examples of the config's pairs (ids of its vocabulary, EOS-terminated)."""
+    from jax_namnmt.data.batching import Examples
+
+    rng = np.random.default_rng(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        ls, lt = rng.integers(3, config.data.max_len // 2, 2)
+        src.append(np.concatenate([rng.integers(4, config.model.vocab_size, ls), [3]]).astype(np.int32))
+        tgt.append(np.concatenate([rng.integers(4, config.model.vocab_size, lt), [3]]).astype(np.int32))
+    pairs = rng.integers(0, len(config.data.pairs), n).astype(np.int32)
+    return Examples(src, tgt, pairs, [("synthetic", i + 1) for i in range(n)])
+
+
+def test_one_device_mesh_runs_the_program_without_a_mesh_bit_for_bit(tmp_path):
+    """``parallel.mesh = ""`` on one device (the default): the loop's 3 steps give, bit for bit, the
+    parameters of the train step compiled without a mesh stepping over the same batches; and the
+    step compiled for the one-device mesh itself gives them too ("on one device the program is the
+    one without a mesh", training/loop.py and training/step.py)."""
+    from jax_namnmt import parallel
+    from jax_namnmt.data.batching import make_batcher
+    from jax_namnmt.training.loop import Schedule, train
+    from jax_namnmt.training.step import make_train_step, schedule_args
+
+    if len(jax.devices()) != 1:
+        pytest.skip("needs exactly one device")
+    config = load_config("tiny", ["data.layout=rows", "parallel.mesh=", "train.save_every=100"])
+    assert config.parallel.mesh == ""
+    mc, tc = config.model, config.train
+    examples = _synthetic_examples(config)
+    schedule = Schedule(3, tc.learning_rate, tc.warmup_steps, tc.warmup_init_lr)
+    params = jax.tree.map(np.asarray, jax.device_get(init_params(mc, tc.seed)))
+    copy = lambda tree: jax.tree.map(np.array, tree)  # noqa: E731  (the steps donate their inputs)
+    looped = _leaves(jax.device_get(train(tmp_path / "run", config, schedule, examples, None, copy(params),
+                                          phase="pretrain", quiet=True)))
+
+    mesh, rules = parallel.mesh_from_config(config.parallel)
+    assert mesh.size == 1
+    optimizer = make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
+    sched = schedule_args(schedule.learning_rate, schedule.warmup_steps, schedule.warmup_init_lr)
+    key = jax.random.key(tc.seed)
+    batcher = make_batcher(examples, "rows", tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len,
+                           seed=tc.seed)
+    stream = batcher.iterate(0, 0)
+    batches = [next(stream)[2] for _ in range(schedule.steps)]
+
+    def run(step_mesh, step_rules):
+        step = make_train_step(mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm,
+                               step_mesh, step_rules)
+        state = init_state(copy(params), optimizer)
+        if step_mesh is None:
+            state, step_sched, step_key = jax.device_put(state, jax.local_devices()[0]), sched, key
+        else:
+            state = parallel.put(state, step.state_shardings)
+            step_sched, step_key = parallel.put((sched, key), parallel.replicated(step_mesh))
+        for batch in batches:
+            if step_mesh is not None:
+                batch = parallel.shard_batch(batch, step_mesh, step_rules)
+            state, _ = step(state, batch, None, step_key, step_sched)
+        return _leaves(jax.device_get(state["params"]))
+
+    plain = run(None, None)
+    on_mesh = run(mesh, rules)
+    assert looped.keys() == plain.keys() == on_mesh.keys()
+    for name in plain:
+        assert looped[name].tobytes() == plain[name].tobytes(), f"the loop on one device: {name}"
+        assert on_mesh[name].tobytes() == plain[name].tobytes(), f"the step on a one-device mesh: {name}"
+    start = _leaves(params)
+    assert any(start[name].tobytes() != plain[name].tobytes() for name in plain)  # the steps moved them
