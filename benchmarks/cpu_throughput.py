@@ -415,29 +415,33 @@ def paired_ratios(ours_seconds: list[float], theirs_seconds: list[float]) -> dic
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    set_threads(args.threads)
-    load_start = list(os.getloadavg())  # other work on the machine skews both sides (torch's more)
-    import jax
-
+def cpu_model_config(quick: bool):
+    """The measured model: ``ModelConfig()`` (3+3 layers, d 256, 4 heads, FFN 1024, vocabulary
+    8000, dropout 0.1, tied embeddings), or a 1+1-layer d-32 one for ``--quick``."""
     from jax_namnmt.config import ModelConfig
 
-    if args.quick:
-        config = ModelConfig(vocab_size=256, d_model=32, num_heads=2, ffn_dim=64, enc_layers=1,
-                             dec_layers=1, max_positions=64)
-    else:
-        config = ModelConfig()  # 3+3, d 256, 4 heads, FFN 1024, vocab 8000, dropout 0.1, tied
+    if quick:
+        return ModelConfig(vocab_size=256, d_model=32, num_heads=2, ffn_dim=64, enc_layers=1,
+                           dec_layers=1, max_positions=64)
+    return ModelConfig()  # 3+3, d 256, 4 heads, FFN 1024, vocab 8000, dropout 0.1, tied
 
+
+def compare_training(args, config, use_torch: bool):
+    """Our train step and (``use_torch``) Marian's on the same sentences, rounds interleaved:
+    ``(rows of our batches, {side: result})``."""
     rows, src, tgt, warm_b, timed_b, timed_ids = build_jax_batches(args, config)
     warm_ids = list(range(len(src) - 400, len(src)))  # Marian warm-up on sentences outside the timed set
     warm_ids = [i for i in warm_ids if i not in set(timed_ids)] or timed_ids[:50]
 
-    use_torch = not args.no_torch and torch_available()
     sessions = {"jax": jax_train_session(args, config, warm_b, timed_b)}
     if use_torch:
         sessions["marian"] = marian_train_session(args, config, src, tgt, warm_ids, timed_ids)
-    results = interleaved(sessions, args.rounds)
+    return rows, interleaved(sessions, args.rounds)
+
+
+def training_report(args, config, rows, results: dict, use_torch: bool) -> dict:
+    """The report's header and its training part (with Marian: the ratios, fastest rounds and round pairs)."""
+    import jax
 
     report = {
         "benchmark": "cpu_train_throughput",
@@ -457,20 +461,34 @@ def main(argv=None) -> dict:
                                            / results["marian"]["target_tokens_per_s"])
         report["paired_ratio_jax_over_marian"] = paired_ratios(results["jax"]["round_seconds"],
                                                                results["marian"]["round_seconds"])
+    return report
 
+
+def ctranslate2_sides(args, use_torch: bool) -> dict:
+    """``{side name: (compute type, layout)}`` of the CTranslate2 decoding sides (none without torch,
+    with ``--no-ctranslate2`` or where ``ctranslate2`` does not import)."""
+    use_ct2 = use_torch and not args.no_ctranslate2 and ctranslate2_available()
+    return {f"ctranslate2_{t}_{lay}": (t, lay) for t in args.ct2_compute_types.split(",") if t
+            for lay in args.ct2_layouts.split(",") if lay} if use_ct2 else {}
+
+
+def compare_decoding(args, config, use_torch: bool, ct2_sides: dict) -> dict:
+    """Our beam decoder, Marian's ``generate`` (``use_torch``) and the CTranslate2 sides on the same
+    batches, rounds interleaved: ``{side: result}``."""
     dsrc, dpairs, dbatches = decode_setup(args, config)
     sessions = {"jax": jax_decode_session(args, config, dsrc, dpairs, dbatches)}
     if use_torch:
         sessions["marian"] = marian_decode_session(args, config, dsrc, dpairs, dbatches)
-    use_ct2 = use_torch and not args.no_ctranslate2 and ctranslate2_available()
-    ct2_sides = {f"ctranslate2_{t}_{lay}": (t, lay) for t in args.ct2_compute_types.split(",") if t
-                 for lay in args.ct2_layouts.split(",") if lay} if use_ct2 else {}
     for side, (compute_type, lay) in ct2_sides.items():
         sessions[side] = ctranslate2_decode_session(args, config, dsrc, dpairs, dbatches, compute_type, lay)
-    dres = interleaved(sessions, args.rounds)
+    return interleaved(sessions, args.rounds)
+
+
+def decoding_report(args, dres: dict, use_torch: bool, ct2_sides: dict) -> dict:
+    """The report's ``decode`` part: settings, results, ours over each peer (fastest rounds and round pairs)."""
     from jax_namnmt.decoding import decode_workers
 
-    report["decode"] = {
+    decode = {
         "beam": args.beam, "length_penalty": 0.6, "forced_output_len": args.decode_len,
         "sentences": args.decode_sentences, "batch_sentences": args.decode_batch,
         "source_lengths": [args.min_len, args.max_len], "same_sentences": True, "same_batches": True,
@@ -478,16 +496,20 @@ def main(argv=None) -> dict:
         "ours_batches_at_once": decode_workers(), "threads": args.threads,
     }
     if use_torch:
-        report["decode"]["ratio_jax_over_marian"] = (dres["jax"]["sentences_per_s"]
-                                                     / dres["marian"]["sentences_per_s"])
-        report["decode"]["paired_ratio_jax_over_marian"] = paired_ratios(dres["jax"]["round_seconds"],
-                                                                         dres["marian"]["round_seconds"])
+        decode["ratio_jax_over_marian"] = (dres["jax"]["sentences_per_s"]
+                                           / dres["marian"]["sentences_per_s"])
+        decode["paired_ratio_jax_over_marian"] = paired_ratios(dres["jax"]["round_seconds"],
+                                                               dres["marian"]["round_seconds"])
     for side in ct2_sides:
-        report["decode"][f"ratio_jax_over_{side}"] = dres["jax"]["sentences_per_s"] / dres[side]["sentences_per_s"]
-        report["decode"][f"paired_ratio_jax_over_{side}"] = paired_ratios(dres["jax"]["round_seconds"],
-                                                                          dres[side]["round_seconds"])
-    report["ctranslate2"] = "used" if ct2_sides else "not importable or disabled"
+        decode[f"ratio_jax_over_{side}"] = dres["jax"]["sentences_per_s"] / dres[side]["sentences_per_s"]
+        decode[f"paired_ratio_jax_over_{side}"] = paired_ratios(dres["jax"]["round_seconds"],
+                                                                dres[side]["round_seconds"])
+    return decode
 
+
+def print_training(args, report: dict, use_torch: bool) -> None:
+    """The training table, and ours / Marian round by round."""
+    results = report["results"]
     print(f"\nCPU training throughput ({args.threads} threads, {os.cpu_count()} cores), "
           f"same {results['jax']['sentences']} sentences each side")
     print("| side | layout | steps | sentences | target tokens | pad share | seconds | target tok/s |")
@@ -501,6 +523,9 @@ def main(argv=None) -> dict:
         print(f"\nJAX / Marian ratio (target tokens/s): {report['ratio_jax_over_marian']:.3f} (fastest rounds); "
               f"round by round {', '.join(f'{r:.3f}' for r in paired['per_round'])}, median {paired['median']:.3f}")
 
+
+def print_decoding(args, dres: dict) -> None:
+    """The decoding table."""
     print(f"\nCPU beam-{args.beam} decoding ({args.threads} threads), same {args.decode_sentences} source "
           f"sentences and batches of {args.decode_batch} each side, every output forced to "
           f"{args.decode_len} tokens (EOS included)")
@@ -511,6 +536,10 @@ def main(argv=None) -> dict:
               f"{r['warmup_seconds']:.1f} | {r['seconds']:.2f} | {r['sentences_per_s']:,.1f} | "
               f"{r['output_tokens_per_s']:,.0f} |")
 
+
+def print_summary(args, report: dict, ct2_sides: dict) -> None:
+    """Ours against Marian, training and decoding in one table; then ours against each CTranslate2 side."""
+    results, dres = report["results"], report["decode"]["results"]
     print("\nSummary (higher is better; ratio = ours / Marian)")
     print("| measure | ours (JAX) | Marian (PyTorch) | ratio |")
     print("| --- | --- | --- | --- |")
@@ -528,14 +557,40 @@ def main(argv=None) -> dict:
               f"rounds); round by round {', '.join(f'{r:.3f}' for r in paired['per_round'])}, median "
               f"{paired['median']:.3f}")
 
+
+def write_report(report: dict, load_start: list[float], out) -> None:
+    """Adds the load averages at start and end (other work on the machine skews both sides), prints
+    them and writes the report to ``out``."""
     report["load_average_start"], report["load_average_end"] = load_start, list(os.getloadavg())
     print(f"load average (1, 5, 15 min) at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}, "
           f"at end {report['load_average_end'][0]:.2f} {report['load_average_end'][1]:.2f} "
           f"{report['load_average_end'][2]:.2f} on {os.cpu_count()} cores")
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    load_start = list(os.getloadavg())  # other work on the machine skews both sides (torch's more)
+    import jax  # noqa: F401 - loaded first (before torch_available loads torch), after set_threads
+
+    config = cpu_model_config(args.quick)
+    use_torch = not args.no_torch and torch_available()
+
+    rows, results = compare_training(args, config, use_torch)
+    report = training_report(args, config, rows, results, use_torch)
+    ct2_sides = ctranslate2_sides(args, use_torch)
+    dres = compare_decoding(args, config, use_torch, ct2_sides)
+    report["decode"] = decoding_report(args, dres, use_torch, ct2_sides)
+    report["ctranslate2"] = "used" if ct2_sides else "not importable or disabled"
+
+    print_training(args, report, use_torch)
+    print_decoding(args, dres)
+    print_summary(args, report, ct2_sides)
+    write_report(report, load_start, args.out)
     return report
 
 
