@@ -142,9 +142,11 @@ def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], mask
                        progress=None, mesh=None, rules=None) -> dict[str, np.ndarray]:
     """Theta[m, i] for every module: the mean score over pair m's non-padding tokens.
 
-    ``mesh``: a Mesh (with logical axis ``rules``; default: the default rules), a
-    ``ParallelConfig`` or a mesh string to shard the scoring over; None: the parallel config
-    ``parallel.set_default`` registered (the doors do, from ``--mesh``), else one device."""
+    ``mesh``: a Mesh (with logical axis ``rules``; default: ``ParallelConfig()``'s rules), a
+    ``ParallelConfig`` or a mesh string to shard the scoring over; None: the mesh and rules of
+    the parallel config that ``parallel.setup`` registered (``parallel.default_mesh``; the doors
+    register theirs in ``cli.config_from_args``, from ``--mesh`` / ``parallel.mesh``), or one
+    device when none was registered. A one-device mesh scores on one device, unsharded."""
     mesh, rules = _resolve_mesh(mesh, rules)
     if mesh is not None:
         params = parallel.put(params, parallel.param_shardings(config, mesh, rules))
