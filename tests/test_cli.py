@@ -17,6 +17,8 @@ from jax_namnmt.config import load_config
 from jax_namnmt.method.allocation import save_masks
 from jax_namnmt.model.transformer import module_sizes
 
+pytestmark = pytest.mark.slow  # every door runs in a fresh process
+
 REPO = Path(__file__).resolve().parent.parent
 
 

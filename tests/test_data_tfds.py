@@ -84,6 +84,7 @@ def pairs_of(path: Path) -> list[tuple[str, str]]:
     return list(zip(read_lines(path.parent / f"{path.name}.{src}"), read_lines(path.parent / f"{path.name}.{tgt}")))
 
 
+@pytest.mark.slow
 def test_prepare_from_tfds_in_a_fresh_process(data_dir, tmp_path):
     """By registered name (from --tfds-data-dir; the builder's code is not in that process) and by
     dataset directory: every pair's files, aligned sentence by sentence, French pairs only from the
@@ -145,6 +146,7 @@ def test_slices_and_download(data_dir, tmp_path):
     assert dataset.feature.languages == ("de", "en") and len(dataset.builder.as_data_source(split="test")) == 20
 
 
+@pytest.mark.slow
 def test_cli_takes_one_corpus_source(data_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "jax_namnmt.prepare", "--config", "tiny", "--workdir", str(tmp_path / "w"),

@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # two processes each
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3

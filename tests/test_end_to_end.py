@@ -16,6 +16,8 @@ from conftest import sacrebleu_scores
 from jax_namnmt.config import load_config
 from jax_namnmt.method.allocation import load_masks
 
+pytestmark = pytest.mark.slow  # the pipeline and the doors in fresh processes
+
 REPO = Path(__file__).resolve().parent.parent
 PAIRS = list(load_config("tiny").data.pairs)
 

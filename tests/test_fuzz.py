@@ -21,6 +21,8 @@ from jax_namnmt.data.multiway import multi30k_dir
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_vocab
 from jax_namnmt.errors import DataError
 
+pytestmark = pytest.mark.slow  # property tests (hypothesis), many examples each
+
 LANGS = ["en", "de", "fr", "cs"]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -124,6 +124,7 @@ def test_pipeline_fine_tunes_from_the_package_parameters(trained):
     assert [r["step"] for r in steps] == [1] and steps[0]["skipped"] == 0.0 and np.isfinite(steps[0]["loss"])
 
 
+@pytest.mark.slow
 def test_pipeline_refuses_scratch_systems_on_a_package(trained, tmp_path):
     import subprocess
     import sys

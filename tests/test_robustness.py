@@ -227,6 +227,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() else []
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(prepared, tmp_path):
     work, data, _ = prepared
     killed, clean = tmp_path / "killed", tmp_path / "clean"
@@ -323,6 +324,7 @@ def _run_ok(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 def test_sigkill_during_masked_finetuning_then_resume_equals_uninterrupted_run(source_run, prepared, tmp_path):
     work, source, masks, env = source_run
     _, data, _ = prepared
@@ -396,6 +398,7 @@ runpy.run_module("jax_namnmt.importance", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow
 def test_importance_killed_while_computing_or_writing_then_rerun_gives_the_same_file(source_run, prepared, tmp_path):
     work, source, _, env = source_run
     _, data, _ = prepared

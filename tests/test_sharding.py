@@ -173,6 +173,7 @@ def _compare_params(got: dict, want: dict, what: str) -> None:
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"{what}: {name}")
 
 
+@pytest.mark.slow
 def test_worker_saw_eight_devices(results):
     assert results["devices"] == 8
     # and every mesh spans all eight of them
@@ -180,6 +181,7 @@ def test_worker_saw_eight_devices(results):
         assert int(np.prod(list(results["train"][mesh]["mesh_shape"].values()))) == 8, mesh
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES)
 def test_pretraining_steps_on_a_mesh_equal_one_device(results, mesh):
     got = results["train"][mesh]
@@ -196,6 +198,7 @@ def _shape(mesh: str) -> tuple[int, ...]:
     return mesh_shape(mesh, 8)
 
 
+@pytest.mark.slow
 def test_state_is_really_sharded(results):
     """With data=2,fsdp=2,tensor=2 the kernels, the embedding and the Adam moments are split
     (fsdp: the model dimension, tensor: heads / FFN hidden / vocabulary) and the batch rows over
@@ -218,12 +221,14 @@ def test_state_is_really_sharded(results):
     assert results["train"]["data=2,tensor=2,fsdp=2"]["batch_spec"] == [["data", "fsdp"]]
 
 
+@pytest.mark.slow
 def test_masked_finetuning_steps_on_a_mesh_equal_one_device(results):
     """Fine-tuning: every projection gated by its pair's mask (the masks replicated)."""
     _compare(results["masked"], results["masked_reference"], f"masked {MASKED_MESH}")
     assert not np.allclose(results["masked"]["loss"], results["train"]["reference"]["loss"])  # masks did act
 
 
+@pytest.mark.slow
 def test_training_loop_on_a_mesh_resumed_on_another_mesh(results):
     """training.loop.train on fsdp=4,data=2 for 2 steps (checkpoint), then the same run on
     data=2,tensor=2,fsdp=2 resumes (the checkpoint restored onto the new shardings) to step 3,
@@ -234,6 +239,7 @@ def test_training_loop_on_a_mesh_resumed_on_another_mesh(results):
     assert np.isfinite(loop["valid_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["taylor"])
 def test_importance_on_a_mesh_equals_one_device(results, method):
     got, want = results["importance"]["mesh"], results["importance"]["reference"]

@@ -38,6 +38,7 @@ def test_shipped_model_matches_its_card_on_val(shipped, tmp_path):
         assert abs(scores[pair]["bleu"] - card["val50_bleu"][pair]) <= 1.0, (pair, scores[pair]["bleu"])
 
 
+@pytest.mark.slow
 def test_translate_without_checkpoint_uses_the_shipped_model(tmp_path):
     # twice, with the persistent compilation cache in tmp_path: the second run's programs come
     # from the cache and translate the same

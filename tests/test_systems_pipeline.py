@@ -18,6 +18,8 @@ from jax_namnmt.config import load_config
 from jax_namnmt.method.allocation import load_masks
 from jax_namnmt.pipeline import Pipeline
 
+pytestmark = pytest.mark.slow  # every system of the paper end to end (the whole pipeline)
+
 
 @pytest.fixture(scope="module")
 def run_all(tmp_path_factory, tiny_corpus):
