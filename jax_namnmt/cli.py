@@ -15,8 +15,26 @@ from jax_namnmt.config import Config, load_config
 from jax_namnmt.errors import UserError
 
 
-def parser(description: str, config: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+def door_prog(module: str | None) -> str | None:
+    """``python -m jax_namnmt.NAME`` for a door's module name (None: argparse's default, the
+    script's file name)."""
+    if not module or module == "__main__":
+        return None
+    return f"python -m {module}"
+
+
+def _caller_module(depth: int = 2) -> str | None:
+    """The module name of the function ``depth`` frames up: its ``__spec__`` name when it runs
+    as ``python -m`` (``__name__`` is then ``__main__``), else its ``__name__``."""
+    frame = sys._getframe(depth)
+    spec = frame.f_globals.get("__spec__")
+    return getattr(spec, "name", None) or frame.f_globals.get("__name__")
+
+
+def parser(description: str, config: bool = True, prog: str | None = None) -> argparse.ArgumentParser:
+    """A door's parser with the shared flags. Its usage line names the door as it is run,
+    ``python -m jax_namnmt.NAME`` (the calling module; ``prog`` overrides), not ``NAME.py``."""
+    p = argparse.ArgumentParser(prog=prog or door_prog(_caller_module()), description=description)
     if config:
         p.add_argument("--config", default=None, help="configs/<name>.py, its bare name, or a JSON file (default: demo)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -42,7 +60,7 @@ def config_from_args(args) -> Config:
         overrides.append(f"parallel.mesh={args.mesh}")
     config = load_config(args.config, overrides)
     # jax.distributed.initialize (when a coordinator is configured) before anything touches the devices
-    parallel.setup(config.parallel)
+    parallel.initialize_distributed(config.parallel)
     return config
 
 
