@@ -1,32 +1,70 @@
 """BLEU and chrF (sacreBLEU) of a trained model per pair and on average.
 
-    python -m jax_namnmt.evaluate --checkpoint DIR [--workdir DIR] [--split test] [--max-lines N]
+    python -m jax_namnmt.evaluate --checkpoint DIR [--workdir DIR] [--data DIR] [--split test] [--max-lines N]
+
+The data: ``--data``; else the corpus the run was trained on (its config's ``data.data_dir``);
+for a run or package trained on the embedded Multi30k (``data.data_dir`` empty), ``WORKDIR/data``
+when ``--workdir`` is given or the checkpoint's parent holds ``data/``, else the embedded
+Multi30k itself (``python -m jax_namnmt.evaluate --checkpoint jax_namnmt/resources/model``).
 """
 
 from __future__ import annotations
 
+import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from jax_namnmt import cli, workflow
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+from jax_namnmt.errors import ConfigError
 from jax_namnmt.metrics import format_table
 from jax_namnmt.training.checkpoint import save_json
+
+
+def embedded_data(pairs, split: str, out_dir: Path) -> Path:
+    """``split`` of the embedded Multi30k for ``pairs`` in the fairseq layout under ``out_dir``
+    (what ``prepare`` builds in ``WORKDIR/data``, one split only)."""
+    if split not in MULTI30K_SPLITS:
+        raise ConfigError(f"split {split!r} is not a split of the embedded Multi30k "
+                          f"({', '.join(MULTI30K_SPLITS)}); pass --data for another corpus")
+    return build_from_multiway(multi30k_dir(), out_dir, pairs, {split: MULTI30K_SPLITS[split]})
+
+
+def data_dir(run, checkpoint: Path, workdir: str | None, data: str | None, split: str, stack: ExitStack) -> Path:
+    """The corpus to score on (see the module docstring); an embedded Multi30k split is built in a
+    temporary directory that ``stack`` removes."""
+    if data:
+        return Path(data)
+    if run.config.data.data_dir or workdir:
+        return workflow.data_dir_for(run.config, Path(workdir) if workdir else checkpoint.parent)
+    beside = workflow.data_dir_for(run.config, checkpoint.parent)
+    if beside.is_dir():
+        return beside
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jax_namnmt_eval_")))
+    print(f"data: the embedded Multi30k ({split}: {MULTI30K_SPLITS.get(split, split)})", file=sys.stderr)
+    return embedded_data(run.pairs, split, tmp)
 
 
 def main() -> int:
     p = cli.parser("Evaluate with beam search and sacreBLEU", config=False)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--workdir", default=None, help="work directory holding data/ (default: the checkpoint's parent)")
-    p.add_argument("--data", default=None, help="a corpus in the fairseq layout (default: WORKDIR/data)")
+    p.add_argument("--workdir", default=None,
+                   help="work directory holding data/ (default: the checkpoint's parent if it holds data/, "
+                        "else the embedded Multi30k for a run trained on it)")
+    p.add_argument("--data", default=None,
+                   help="a corpus in the fairseq layout (default: the run's corpus; see --workdir)")
     p.add_argument("--split", default=None, help="split name (default: the config's, test)")
     p.add_argument("--max-lines", type=int, default=None, help="first N lines per pair (default: the config's)")
     p.add_argument("--out", default=None, help="write the scores and hypotheses as JSON")
     args = p.parse_args()
-    run = workflow.load_run(Path(args.checkpoint))
-    workdir = Path(args.workdir) if args.workdir else Path(args.checkpoint).parent
-    data_dir = Path(args.data) if args.data else workflow.data_dir_for(run.config, workdir)
+    checkpoint = Path(args.checkpoint)
+    run = workflow.load_run(checkpoint)
     split = args.split or run.config.decode.test_split
     max_lines = run.config.decode.test_max_lines if args.max_lines is None else args.max_lines
-    scores = workflow.evaluate_run(run, data_dir, split, max_lines, args.quiet)
+    with ExitStack() as stack:
+        data = data_dir(run, checkpoint, args.workdir, args.data, split, stack)
+        scores = workflow.evaluate_run(run, data, split, max_lines, args.quiet)
     row = {pair: scores[pair]["bleu"] for pair in run.pairs}
     print(format_table({"BLEU": row, "chrF": {pair: scores[pair]["chrf"] for pair in run.pairs}}, run.pairs,
                        title=f"{args.checkpoint} on {split} ({max_lines or 'all'} lines per pair)"))

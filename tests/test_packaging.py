@@ -1,15 +1,22 @@
 """The project as users get it: each door's usage line names it as it is run
-(``python -m jax_namnmt.NAME``)."""
+(``python -m jax_namnmt.NAME``); ``evaluate`` scores a package trained on the embedded corpus
+without a data directory."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from contextlib import ExitStack
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from jax_namnmt import cli
+from jax_namnmt import cli, evaluate, packaged
+from jax_namnmt.errors import ConfigError
+
+SHIPPED = packaged.shipped_model_dir()
 
 DOORS = ["allocate", "analyze", "evaluate", "export", "finetune", "importance", "pipeline", "prepare",
          "reproduce", "train", "translate"]
@@ -38,3 +45,44 @@ def test_prog_under_python_m_and_as_a_script():
     exec(code, as_script)
     assert as_script["p"].prog == sys.argv[0].rsplit("/", 1)[-1]
     assert cli.parser("x", config=False, prog="mine").prog == "mine"
+
+
+def test_evaluate_defaults_to_the_embedded_corpus(tmp_path, monkeypatch, capsys):
+    """``evaluate --checkpoint jax_namnmt/resources/model``: no data/ beside the package, config
+    data.data_dir empty: the embedded Multi30k's test split, built in a temporary directory."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "scores.json"
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--checkpoint", str(SHIPPED), "--max-lines", "5", "--quiet",
+                                      "--out", str(out)])
+    assert evaluate.main() == 0
+    captured = capsys.readouterr()
+    assert "embedded Multi30k" in captured.err and "on test (5 lines per pair)" in captured.out
+    scores = json.loads(out.read_text())
+    pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
+    assert scores["sentences"] == 5 * len(pairs)
+    assert all(len(scores["hypotheses"][pair]) == 5 for pair in pairs)
+    assert scores["avg"]["bleu"] > 25  # the shipped model on its test lines (about 50 on these 5)
+    assert sorted(tmp_path.iterdir()) == [out]  # nothing left behind in the working directory
+
+
+def test_evaluate_data_directory_choice(tmp_path):
+    def run(data_dir=""):
+        return SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(data_dir=data_dir)),
+                               pairs=["de-en", "en-fr"])
+
+    checkpoint = tmp_path / "w" / "pretrain"
+    checkpoint.mkdir(parents=True)
+    with ExitStack() as stack:
+        choose = lambda run, workdir=None, data=None, split="test": evaluate.data_dir(  # noqa: E731
+            run, checkpoint, workdir, data, split, stack)
+        assert choose(run(), data="elsewhere") == Path("elsewhere")
+        assert choose(run("/corpus")) == Path("/corpus")  # the corpus the run was trained on
+        assert choose(run(), workdir="other") == Path("other") / "data"  # as asked, even if absent
+        built = choose(run(), split="valid")  # nothing beside the run: the embedded corpus
+        assert sorted(p.name for p in built.iterdir()) == [
+            "valid.de-en.de", "valid.de-en.en", "valid.en-fr.en", "valid.en-fr.fr"]
+        with pytest.raises(ConfigError, match="not a split of the embedded Multi30k"):
+            choose(run(), split="dev")
+        (checkpoint.parent / "data").mkdir()
+        assert choose(run()) == checkpoint.parent / "data"  # the run's work directory
+    assert not built.exists()  # the temporary corpus goes with the stack
