@@ -15,7 +15,13 @@ them to mesh axes, as in MaxText and Flax's lm1b example. With the default rules
 A dimension a mesh axis does not divide stays unsharded over that axis (never an error), so any
 mesh runs any model. The stored parameters are plain arrays (the boxes are unboxed at init):
 the parameter tree of every model is exactly that of an unsharded run, and shardings are
-computed from the logical names of the boxed abstract tree (``jax.eval_shape``).
+computed from the logical names of the boxed abstract tree (:func:`tree_shardings` of the
+``jax.eval_shape`` of the caller's init function).
+
+This module knows meshes and sharding rules only: it imports neither the model nor the trainer,
+and holds no default mesh. The mesh comes from the config (:func:`mesh_from_config` of
+``Config.parallel``) and is handed down by the callers (``training.loop``, ``workflow``); code
+handed no mesh runs on one device.
 
 Multi-host: :func:`initialize_distributed` calls ``jax.distributed.initialize`` once, before
 anything touches the devices, when a coordinator is configured (``ParallelConfig`` or
@@ -124,27 +130,8 @@ def make_mesh(pc: ParallelConfig | str = "", devices=None) -> Mesh:
 
 
 def mesh_from_config(pc: ParallelConfig) -> tuple[Mesh, Rules]:
-    """The mesh and the axis rules of a config."""
+    """The mesh and the axis rules of a config (the one place a run's mesh comes from)."""
     return make_mesh(pc), pc.axis_rules()
-
-
-_DEFAULT: ParallelConfig | None = None  # registered by the doors (cli.config_from_args)
-
-
-def setup(pc: ParallelConfig) -> None:
-    """What a door does once its config is known, before anything touches the devices:
-    ``jax.distributed.initialize`` when configured, and ``pc`` becomes the default parallel
-    config of code that is not handed one (``compute_importance``)."""
-    global _DEFAULT
-    initialize_distributed(pc)
-    _DEFAULT = pc
-
-
-def default_mesh() -> tuple[Mesh | None, Rules | None]:
-    """The mesh and rules of the config :func:`setup` registered, or ``(None, None)``."""
-    if _DEFAULT is None:
-        return None, None
-    return mesh_from_config(_DEFAULT)
 
 
 def describe(mesh: Mesh) -> str:
@@ -216,35 +203,17 @@ def _is_box(x) -> bool:
 def tree_shardings(abstract_boxed, mesh: Mesh, rules: Rules):
     """A NamedSharding for every leaf of a (possibly boxed) abstract tree: boxed leaves by their
     logical names (``nn.get_partition_spec``), everything else replicated. The result has the
-    structure of the unboxed tree."""
+    structure of the unboxed tree.
+
+    The caller makes the tree: ``jax.eval_shape`` of its own init function, with the boxes of
+    ``nn.with_logical_partitioning`` left in (as big_vision's ``sharding.infer_sharding`` and
+    MaxText's ``get_abstract_state(..., init_state_fn)``): ``model.transformer.boxed_abstract_params``
+    for the parameters, ``training.step.abstract_state`` for the train state (optimizer moments
+    boxed as their parameters, counters plain)."""
     specs = nn.get_partition_spec(abstract_boxed)  # logical PartitionSpecs; PartitionSpec() for plain leaves
     plain = nn.unbox(abstract_boxed)
     return jax.tree.map(lambda spec, leaf: named_sharding(tuple(spec), leaf.shape, mesh, rules), specs, plain,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
-def boxed_abstract_params(model_config):
-    """The model's parameters as a ShapeDtypeStruct tree, boxed with their logical axis names."""
-    from jax_namnmt.model.transformer import Transformer, dummy_batch
-
-    model = Transformer(model_config)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(model_config))["params"])
-
-
-def param_shardings(model_config, mesh: Mesh, rules: Rules):
-    """A NamedSharding per parameter (the tree of ``init_params``)."""
-    return tree_shardings(boxed_abstract_params(model_config), mesh, rules)
-
-
-def state_shardings(model_config, optimizer, mesh: Mesh, rules: Rules):
-    """Shardings of the train state (``training.step.init_state``): the optimizer moments as
-    their parameters, counters replicated."""
-    from jax_namnmt.training.step import init_state
-
-    boxed = boxed_abstract_params(model_config)
-    abstract = jax.eval_shape(lambda: init_state(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), boxed),
-                                                 optimizer))
-    return tree_shardings(abstract, mesh, rules)
 
 
 def put(tree, shardings):

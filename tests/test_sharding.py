@@ -126,13 +126,12 @@ def test_one_device_params_are_plain_arrays_with_the_same_tree():
     import flax.linen as nn
     import jax
 
-    from jax_namnmt import parallel
-    from jax_namnmt.model.transformer import init_params
+    from jax_namnmt.model.transformer import boxed_abstract_params, init_params
 
     config = load_config("tiny").model
     params = jax.eval_shape(lambda: init_params(config, 0))  # (tests/test_model.py checks the values)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))  # no boxes left
-    boxed = parallel.boxed_abstract_params(config)
+    boxed = boxed_abstract_params(config)
     assert any(isinstance(x, nn.Partitioned) for x in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(
         x, nn.Partitioned)))
     unboxed = nn.unbox(boxed)

@@ -25,7 +25,7 @@ import numpy as np
 
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig, ParallelConfig
-from jax_namnmt.model.transformer import Transformer, module_sizes
+from jax_namnmt.model.transformer import Transformer, boxed_abstract_params, module_sizes
 from jax_namnmt.training.step import batch_loss, loss_chunk_for
 from jax_namnmt.xla_options import training_compiler_options
 
@@ -143,13 +143,13 @@ def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], mask
     """Theta[m, i] for every module: the mean score over pair m's non-padding tokens.
 
     ``mesh``: a Mesh (with logical axis ``rules``; default: ``ParallelConfig()``'s rules), a
-    ``ParallelConfig`` or a mesh string to shard the scoring over; None: the mesh and rules of
-    the parallel config that ``parallel.setup`` registered (``parallel.default_mesh``; the doors
-    register theirs in ``cli.config_from_args``, from ``--mesh`` / ``parallel.mesh``), or one
-    device when none was registered. A one-device mesh scores on one device, unsharded."""
+    ``ParallelConfig`` or a mesh string to shard the scoring over; None: one device (there is no
+    default mesh: the doors pass their config's, ``parallel.mesh_from_config`` of ``--mesh`` /
+    ``parallel.mesh``, as ``workflow.run_importance`` does). A one-device mesh scores on one
+    device, unsharded."""
     mesh, rules = _resolve_mesh(mesh, rules)
     if mesh is not None:
-        params = parallel.put(params, parallel.param_shardings(config, mesh, rules))
+        params = parallel.put(params, parallel.tree_shardings(boxed_abstract_params(config), mesh, rules))
         if masks is not None:
             masks = parallel.put(jax.tree.map(np.asarray, masks), parallel.replicated(mesh))
     totals = None
@@ -177,11 +177,9 @@ def compute_importance(params, batches: Iterable[Mapping[str, np.ndarray]], mask
 
 def _resolve_mesh(mesh, rules):
     """(mesh, rules) for ``compute_importance``'s arguments; (None, None) for one device."""
-    if mesh is None:
-        mesh, rules = parallel.default_mesh()
-    elif isinstance(mesh, (str, ParallelConfig)):
+    if isinstance(mesh, (str, ParallelConfig)):
         pc = ParallelConfig(mesh=mesh) if isinstance(mesh, str) else mesh
-        mesh, rules = parallel.make_mesh(pc), pc.axis_rules()
+        mesh, rules = parallel.mesh_from_config(pc)
     elif rules is None:
         rules = ParallelConfig().axis_rules()
     if mesh is None or mesh.size == 1:

@@ -610,11 +610,22 @@ def dummy_batch(config: ModelConfig, rows: int = 1, src_len: int = 8, tgt_len: i
     }
 
 
+def init_boxed_params(config: ModelConfig, seed: int = 0):
+    """The initial parameters, boxed with their logical axis names (``nn.Partitioned``)."""
+    model = Transformer(config)
+    return model.init(jax.random.key(seed), dummy_batch(config))["params"]
+
+
 def init_params(config: ModelConfig, seed: int = 0):
     """Plain float32 arrays: the logical-partitioning boxes of the annotations are removed
-    (``parallel.param_shardings`` reads them from the abstract boxed tree instead)."""
-    model = Transformer(config)
-    return nn.unbox(model.init(jax.random.key(seed), dummy_batch(config))["params"])
+    (shardings are read from :func:`boxed_abstract_params` instead)."""
+    return nn.unbox(init_boxed_params(config, seed))
+
+
+def boxed_abstract_params(config: ModelConfig):
+    """The model's parameters as a ShapeDtypeStruct tree, boxed with their logical axis names:
+    what ``parallel.tree_shardings`` maps to a sharding per parameter."""
+    return jax.eval_shape(lambda: init_boxed_params(config))
 
 
 def count_params(params) -> int:

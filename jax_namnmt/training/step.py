@@ -11,7 +11,7 @@ import optax
 
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig
-from jax_namnmt.model.transformer import Transformer
+from jax_namnmt.model.transformer import Transformer, init_boxed_params
 from jax_namnmt.training.loss import default_loss_chunk, output_loss
 from jax_namnmt.xla_options import training_compiler_options
 
@@ -68,6 +68,19 @@ def init_state(params, optimizer) -> dict:
             "bad_steps": jnp.array(0, jnp.int32), "skipped_steps": jnp.array(0, jnp.int32)}
 
 
+def abstract_state(config: ModelConfig, optimizer) -> dict:
+    """The train state (:func:`init_state`) as a ShapeDtypeStruct tree, the parameters and the
+    optimizer moments boxed with the parameters' logical axis names, the counters plain: what
+    ``parallel.tree_shardings`` maps to the state's shardings (MaxText's ``get_abstract_state``)."""
+    return jax.eval_shape(lambda: init_state(init_boxed_params(config), optimizer))
+
+
+def state_shardings(config: ModelConfig, optimizer, mesh, rules):
+    """Shardings of the train state on ``mesh``: the optimizer moments as their parameters,
+    counters replicated."""
+    return parallel.tree_shardings(abstract_state(config, optimizer), mesh, rules)
+
+
 @functools.lru_cache(maxsize=None)
 def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0,
                     mesh=None, rules=None):
@@ -93,7 +106,7 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
     shardings = None
     jit_kwargs = {"compiler_options": training_compiler_options()}
     if mesh is not None:
-        shardings = parallel.state_shardings(config, optimizer, mesh, rules)
+        shardings = state_shardings(config, optimizer, mesh, rules)
         jit_kwargs["out_shardings"] = (shardings, parallel.replicated(mesh))
 
     @partial(jax.jit, donate_argnums=(0,), **jit_kwargs)
