@@ -477,21 +477,33 @@ def _coerce(hint, value, path: str):
     raise ConfigError(f"{path}: unsupported field type {hint}")
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The config files are package data (jax_namnmt/configs/, in the wheel too); a checkout's top-level
+# configs/ is a symlink to it, so configs/NAME.py paths work from the repository root.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(path: str) -> Path:
+    """The file of a ``--config`` value: an existing path; else the package's config of that name
+    (``NAME``, ``NAME.py`` or ``configs/NAME.py``: the last works from any directory, installed
+    or not)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    if not candidate.is_absolute() and candidate.parts[:-1] in ((), ("configs",)):
+        packaged = CONFIG_DIR / (candidate.name if candidate.suffix == ".py" else f"{candidate.name}.py")
+        if packaged.exists():
+            return packaged
+    raise ConfigError(f"config file {path!r} not found (looked in . and {CONFIG_DIR})")
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a config: a ``configs/*.py`` file (or its bare name), or a JSON file.
+    """Load a config: a config file of the package's ``configs/`` (``jax_namnmt/configs/*.py``:
+    its path or its bare name, see :func:`config_path`), another ``.py`` file defining
+    ``get_config()``, or a JSON file.
 
-    With no path, ``configs/demo.py``.
+    With no path, ``demo``.
     """
-    if not path:
-        path = "demo"
-    candidate = Path(path)
-    if not candidate.exists() and (CONFIG_DIR / f"{path}.py").exists():
-        candidate = CONFIG_DIR / f"{path}.py"
-    if not candidate.exists():
-        raise ConfigError(f"config file {path!r} not found (looked in . and {CONFIG_DIR})")
+    candidate = config_path(path or "demo")
     if candidate.suffix == ".json":
         try:
             data = json.loads(candidate.read_text())

@@ -1,4 +1,5 @@
-"""The project as users get it: each door's usage line names it as it is run
+"""The project as users get it: the config files are package data, found by name or by
+``configs/NAME.py`` from any directory; each door's usage line names it as it is run
 (``python -m jax_namnmt.NAME``); ``evaluate`` scores a package trained on the embedded corpus
 without a data directory."""
 
@@ -13,10 +14,33 @@ from types import SimpleNamespace
 
 import pytest
 
+import jax_namnmt
 from jax_namnmt import cli, evaluate, packaged
+from jax_namnmt.config import CONFIG_DIR, Config, config_path, load_config
 from jax_namnmt.errors import ConfigError
 
 SHIPPED = packaged.shipped_model_dir()
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = ["demo", "multi30k_cpu", "multi30k_gpu", "multi30k_shipped", "multi30k_shipped_gpu", "paper_base",
+           "reproduce_cpu", "tiny"]
+
+
+def test_configs_are_package_data(tmp_path, monkeypatch):
+    assert CONFIG_DIR == Path(jax_namnmt.__file__).resolve().parent / "configs"
+    if (REPO / ".git").exists():  # a checkout: configs/ is the package's (a symlink committed in git)
+        assert (REPO / "configs").resolve() == CONFIG_DIR
+    monkeypatch.chdir(tmp_path)  # nowhere near a checkout
+    for name in CONFIGS:
+        for spelling in (name, f"{name}.py", f"configs/{name}.py"):
+            assert config_path(spelling) == CONFIG_DIR / f"{name}.py"
+        assert isinstance(load_config(name), Config)
+    assert load_config().name == "demo"
+    (tmp_path / "configs").mkdir()  # a path that exists wins over the package's file of that name
+    (tmp_path / "configs" / "tiny.py").write_text((CONFIG_DIR / "demo.py").read_text())
+    assert load_config("configs/tiny.py").name == "demo" and load_config("tiny").name == "tiny"
+    for missing in ("no_such_config", "other/tiny.py", str(tmp_path / "tiny.py")):
+        with pytest.raises(ConfigError, match="not found"):
+            config_path(missing)
 
 DOORS = ["allocate", "analyze", "evaluate", "export", "finetune", "importance", "pipeline", "prepare",
          "reproduce", "train", "translate"]

@@ -2,10 +2,11 @@
 method including pre-training on 2 CPU cores in a few minutes, and ``--systems all`` (seven systems,
 five of them pre-trained) within 30 minutes.
 
-Sized for that budget (the train step is the bound: see README): a 2+2-layer, d 256 Transformer
-with a 6000-piece vocabulary, pre-trained for 80 steps with a short warm-up and a high
-peak learning rate: a smoke run of every step, far from converged (the shipped model,
-``configs/multi30k_cpu.py``, is the converged start); then masked fine-tuning (method_te) and, for a fair comparison, the same
+Sized for that budget (the train step is the bound: see benchmarks/README.md#cpu; timings in
+docs/experiments.md): a 2+2-layer, d 256 Transformer with a 6000-piece vocabulary, pre-trained
+for 80 steps with a short warm-up and a high peak learning rate: a smoke run of every step, far
+from converged (the shipped model, trained by ``multi30k_shipped_gpu``, docs/model_card.md, is
+the converged start); then masked fine-tuning (method_te) and, for a fair comparison, the same
 number of plain steps with the same schedule (multilingual), each from the pre-trained model
 with a fresh optimizer. No dropout: a few hundred steps see each sentence at most once, so
 dropout only slows learning here (the other configs use the paper's 0.1). BLEU on the first
