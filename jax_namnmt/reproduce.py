@@ -277,6 +277,8 @@ class Setting:
         base = self.converge()
         chosen = self.choose_rho_k(base, self.choose_scoring(base))
         self.report["chosen"] = dataclasses.asdict(chosen) | {"tag": chosen.tag}
+        theta, _ = workflow.load_importance(self.importance(base, "taylor", chosen.loss))
+        self.report["chosen_masks"] = mask_report(load_masks(self.masks(base, chosen))[0], theta, self.pairs)
         runs: dict[str, dict[int, Path]] = {}
         for system in r.systems:
             seeds = r.seeds[:1] if system in r.one_seed_systems else r.seeds

@@ -67,6 +67,28 @@ def _per_pair_table(setting: dict) -> list[str]:
     return lines
 
 
+def _module_table(setting: dict) -> list[str]:
+    """Per kind of module (mean over layers): share of neurons kept and of the pair's own importance
+    removed by the chosen masks."""
+    report = setting.get("chosen_masks")
+    if not report:
+        return []
+    pairs = _pairs(setting)
+    kinds: dict[str, list[str]] = {}
+    for name in report["kept"]:
+        stack, _, *rest = name.split("/")
+        kinds.setdefault("/".join([stack, *rest]), []).append(name)
+    lines = ["| module (all layers) | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for kind, names in kinds.items():
+        cells = []
+        for p in pairs:
+            kept = np.mean([report["kept"][n][p] for n in names])
+            removed = np.mean([report["importance_removed"][n][p] for n in names])
+            cells.append(f"{kept:.0%} / {removed:.1%}")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return ["", "Per module, neurons kept / own importance removed (chosen masks, mean over layers):", ""] + lines
+
+
 def _figure(name: str, setting: dict, out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -161,7 +183,7 @@ def write_report(report: dict, out: Path) -> list[Path]:
                f"{c['reproduce']['bootstrap_samples']} resamples; two-sided p)", ""] + _significance_table(s) + [
                "", f"Signature: `{s['signature']['bleu']}`; chrF `{s['signature']['chrf']}`.", "",
                "### The cost of the masks before any update (validation part)", ""] + _step0_table(s) + [
-               "", "### Per pair (chosen masks)", ""] + _per_pair_table(s)
+               "", "### Per pair (chosen masks)", ""] + _per_pair_table(s) + _module_table(s)
         pairs = _pairs(s)
         removed = [s["step0"][s["chosen"]["tag"]]["masks"][p]["importance_removed"] for p in pairs]
         delta = [s["bleu"]["method_te"]["mean"][p] - s["bleu"]["multilingual"]["mean"][p] for p in pairs]
