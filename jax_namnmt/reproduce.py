@@ -122,7 +122,8 @@ def _valid_history(run_dir: Path) -> list[dict]:
 class Setting:
     """One setting's work directory and phases."""
 
-    def __init__(self, name: str, config: Config, workdir: Path, start: Path, report: dict, quiet: bool):
+    def __init__(self, name: str, config: Config, workdir: Path, start: Path, report: dict, quiet: bool,
+                 save=lambda: None):
         r = config.reproduce
         pairs = MANY_TO_MANY_8 if name == "many_to_many" else tuple(r.one_to_many_pairs)
         self.name, self.workdir, self.start, self.quiet, self.report = name, workdir, start, quiet, report
@@ -130,6 +131,7 @@ class Setting:
                             method={"importance_split": "importance", "importance_max_lines": 0})
         self.pairs = list(pairs)
         self.seconds = report.setdefault("seconds", {})
+        self.save = save  # writes the report so far (called after every phase: a killed run loses nothing)
 
     def phase(self, name, fn):
         begin = time.perf_counter()
@@ -138,6 +140,7 @@ class Setting:
         if spent > 0.5:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 1)
             print(f"[reproduce {self.name}] {name}: {spent:.0f} s", flush=True)
+        self.save()
         return result
 
     # -- data and start model ----------------------------------------------------------
@@ -386,7 +389,8 @@ def main() -> int:
             raise ConfigError(f"--settings: {name!r} is not in reproduce.settings {list(config.reproduce.settings)}")
         begin = time.time()
         setting_report = report.setdefault("settings", {}).setdefault(name, {})
-        Setting(name, config, workdir / name, start, setting_report, args.quiet).run()
+        Setting(name, config, workdir / name, start, setting_report, args.quiet,
+                save=lambda: save_json(report_path, report)).run()
         setting_report["wall_s"] = round(setting_report.get("wall_s", 0) + time.time() - begin, 1)
         report["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         save_json(report_path, report)
