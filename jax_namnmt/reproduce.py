@@ -97,6 +97,11 @@ def check_config(config: Config) -> Config:
     if not r.seeds or r.importance_lines < 1 or r.converge_eval_every < 1 or r.converge_patience < 1:
         raise ConfigError("reproduce: seeds must not be empty; importance_lines, converge_eval_every and "
                           "converge_patience must be at least 1")
+    bad = [item for item in r.skip if item.partition(":")[0] not in SETTINGS
+           or item.partition(":")[2] not in SYSTEMS or item.partition(":")[2] in ("multilingual", "method_te")]
+    if bad:
+        raise ConfigError(f"reproduce.skip: {bad} must be 'setting:system' with a setting of {', '.join(SETTINGS)} "
+                          "and a system other than multilingual and method_te")
     parse_rho_k(r.rho_k)
     parse_pairs(r.one_to_many_pairs)
     return config
@@ -283,7 +288,7 @@ class Setting:
         theta, _ = workflow.load_importance(self.importance(base, "taylor", chosen.loss))
         self.report["chosen_masks"] = mask_report(load_masks(self.masks(base, chosen))[0], theta, self.pairs)
         runs: dict[str, dict[int, Path]] = {}
-        for system in r.systems:
+        for system in [s for s in r.systems if f"{self.name}:{s}" not in r.skip]:
             seeds = r.seeds[:1] if system in r.one_seed_systems else r.seeds
             scoring = None if system == "multilingual" else chosen
             runs[system] = {seed: self.finetune(base, system, scoring, seed) for seed in seeds}
