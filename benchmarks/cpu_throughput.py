@@ -142,7 +142,8 @@ def jax_train_session(args, config, warm_batches, timed_batches):
     import jax.numpy as jnp
     import numpy as np
 
-    from jax_namnmt.model.transformer import count_params, init_params
+    from jax_namnmt.model.transformer import init_params
+    from jax_namnmt.systems import count_params
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step
 
     train_step = make_train_step(config, 0.1, 0.9, 0.98, 1e-9, 0.0)

@@ -58,8 +58,8 @@ def side_jax(args) -> dict:
     import jax
     import numpy as np
 
-    from jax_namnmt.method.masks import all_ones, to_model_masks
-    from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, mask_lookup_method, module_sizes
+    from jax_namnmt.method.masks import all_ones, module_sizes, to_model_masks
+    from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, mask_lookup_method
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step, schedule_args
 
     config = model_config(args)

@@ -106,7 +106,7 @@ def finish(result: dict, args, config, data, secs: float) -> dict:
 def side_jax(args) -> dict:
     import jax
 
-    from jax_namnmt.model.transformer import count_params
+    from jax_namnmt.systems import count_params
     from jax_namnmt.training.step import init_state, make_optimizer, make_train_step
 
     config = model_config(args)

@@ -157,7 +157,7 @@ class Pipeline:
             for pair in run.pairs:
                 row[pair] = scores[pair]["bleu"]
                 chrf[pair] = scores[pair]["chrf"]
-            row["params"] += workflow.param_count(run.config)
+            row["params"] += systems.param_count(run.config)
             hypotheses.update(scores["hypotheses"])
             signature = scores["signature"]
         pairs = list(self.config.data.pairs)

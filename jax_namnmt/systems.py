@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import numpy as np
+
 from jax_namnmt.config import Config
 from jax_namnmt.errors import ConfigError
-from jax_namnmt.model.transformer import target_language_table
+from jax_namnmt.model.transformer import init_params, target_language_table
 
 SYSTEMS = ("individual", "multilingual", "ts", "adapter", "method_av", "method_te", "expansion")
 FROM_SCRATCH = ("individual", "ts", "adapter", "expansion")  # need their own pre-training
@@ -78,3 +81,36 @@ def individual_steps(config: Config) -> int:
 def individual_config(config: Config, pair: str) -> Config:
     """The bilingual model of one pair (the joint vocabulary and the target tag are kept)."""
     return _replace(config, data={"pairs": (pair,)}, train={"steps": individual_steps(config)})
+
+
+# ----------------------------------------------------------------------------- parameter accounting (Para)
+
+
+def count_params(params) -> int:
+    """Number of parameters of a tree (arrays or ShapeDtypeStructs)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def param_count(config: Config) -> int:
+    """Parameters of a run's model: the table's Para column (summed over a system's runs), from
+    the shapes only (nothing is computed)."""
+    return count_params(jax.eval_shape(lambda: init_params(config.model)))
+
+
+def param_breakdown(params) -> dict[str, int]:
+    """Parameter counts by kind: ``total``; ``adapter`` (the per-pair adapters of +Adapter);
+    ``target_specific`` (all R copies of the per-target-language attention projections of +TS);
+    ``shared`` (everything else, i.e. the plain model's parameters outside +TS's projections)."""
+    counts = {"total": 0, "shared": 0, "target_specific": 0, "adapter": 0}
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [getattr(p, "key", str(p)) for p in path]
+        n = int(np.prod(x.shape))
+        if "adapter" in keys:
+            kind = "adapter"
+        elif keys[-2:-1] == ["dense"] and len(x.shape) == (3 if keys[-1] == "kernel" else 2):
+            kind = "target_specific"  # a routed projection: [R, in, out] kernel, [R, out] bias
+        else:
+            kind = "shared"
+        counts[kind] += n
+        counts["total"] += n
+    return counts

@@ -33,9 +33,9 @@ from jax_namnmt.decoding import translate_ids
 from jax_namnmt.errors import CheckpointError, ConfigError, DataError
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
-from jax_namnmt.method.masks import to_model_masks
+from jax_namnmt.method.masks import module_sizes, to_model_masks
 from jax_namnmt.metrics import score_by_pair
-from jax_namnmt.model.transformer import count_params, init_params, module_sizes
+from jax_namnmt.model.transformer import init_params
 from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
 from jax_namnmt.training.loop import (check_resumable, finetune_schedule, pretrain_schedule, train,
                                      write_run_files)
@@ -364,6 +364,3 @@ def _check_same_model(saved: Config, config: Config, source: Path) -> None:
         raise ConfigError(f"the config's model shape or pair list differs from the checkpoint in {source}; "
                           "fine-tune with the config the model was trained with")
 
-
-def param_count(config: Config) -> int:
-    return count_params(jax.eval_shape(lambda: init_params(config.model)))

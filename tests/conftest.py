@@ -14,8 +14,8 @@ import pytest
 
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.data.vocab import BOS_ID
-from jax_namnmt.method.masks import nest
-from jax_namnmt.model.transformer import Transformer, init_params, module_sizes
+from jax_namnmt.method.masks import module_sizes, nest
+from jax_namnmt.model.transformer import Transformer, init_params
 from jax_namnmt.training.loss import label_smoothed_nll
 
 TINY = ModelConfig(vocab_size=50, d_model=16, num_heads=2, ffn_dim=32, enc_layers=1, dec_layers=1,

@@ -15,7 +15,7 @@ import pytest
 from jax_namnmt import workflow
 from jax_namnmt.config import load_config
 from jax_namnmt.method.allocation import save_masks
-from jax_namnmt.model.transformer import module_sizes
+from jax_namnmt.method.masks import module_sizes
 
 pytestmark = pytest.mark.slow  # every door runs in a fresh process
 

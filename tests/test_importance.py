@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jax_namnmt.method.importance import batch_importance, compute_importance
-from jax_namnmt.method.masks import all_ones, flatten, nest
-from jax_namnmt.model.transformer import Transformer, module_sizes
+from jax_namnmt.method.masks import all_ones, flatten, module_sizes, nest
+from jax_namnmt.model.transformer import Transformer
 from jax_namnmt.training.loss import label_smoothed_nll
 
 NUM_PAIRS = 3

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import dot_equations, mixed_batch
 from jax_namnmt.method.importance import module_name, reads_source_tokens
-from jax_namnmt.method.masks import all_ones, flatten, nest
-from jax_namnmt.model.transformer import (MASK_LOOKUP_ENV, Transformer, count_params, init_params, mask_lookup_method,
-                                          module_sizes, on_token_rows)
+from jax_namnmt.method.masks import all_ones, flatten, module_sizes, nest
+from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, Transformer, init_params, mask_lookup_method, on_token_rows
+from jax_namnmt.systems import count_params
 from jax_namnmt.training.step import batch_loss
 
 NUM_PAIRS = 3

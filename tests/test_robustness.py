@@ -283,7 +283,8 @@ def source_run(prepared, tmp_path_factory) -> tuple[Path, Path, Path, dict]:
     one persistent compilation cache shared by the tests below, so every process after the first of
     each command skips compiling and all run the same executables."""
     from jax_namnmt.method.allocation import save_masks
-    from jax_namnmt.model.transformer import init_params, module_sizes
+    from jax_namnmt.method.masks import module_sizes
+    from jax_namnmt.model.transformer import init_params
     from jax_namnmt.training.loop import write_run_files
 
     work, _, config = prepared

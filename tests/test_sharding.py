@@ -374,8 +374,7 @@ def _worker(out: Path) -> None:
 
 
 def _random_masks(config, num_pairs: int) -> dict:
-    from jax_namnmt.method.masks import nest
-    from jax_namnmt.model.transformer import module_sizes
+    from jax_namnmt.method.masks import module_sizes, nest
 
     rng = np.random.default_rng(1)
     return nest({name: (rng.random((num_pairs, n)) < 0.7).astype(np.float32)

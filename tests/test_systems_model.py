@@ -19,9 +19,9 @@ from jax_namnmt.config import DecodeConfig, load_config
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID
 from jax_namnmt.decoding import translate_ids
 from jax_namnmt.errors import ConfigError
-from jax_namnmt.method.masks import all_ones, flatten
-from jax_namnmt.model.transformer import (Transformer, count_params, init_params, module_sizes, param_breakdown,
-                                          target_language_table)
+from jax_namnmt.method.masks import all_ones, flatten, module_sizes
+from jax_namnmt.model.transformer import Transformer, init_params, target_language_table
+from jax_namnmt.systems import count_params, param_breakdown
 
 from conftest import FAST_COMPILE, TINY, mixed_batch
 

@@ -18,7 +18,8 @@ import pytest
 from jax_namnmt import workflow
 from jax_namnmt.config import load_config
 from jax_namnmt.method.allocation import load_masks, save_masks
-from jax_namnmt.model.transformer import init_params, module_sizes
+from jax_namnmt.method.masks import module_sizes
+from jax_namnmt.model.transformer import init_params
 from jax_namnmt.training.checkpoint import Checkpointer
 from jax_namnmt.training.step import init_state, make_optimizer
 

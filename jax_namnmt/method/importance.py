@@ -25,7 +25,8 @@ import numpy as np
 
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig, ParallelConfig
-from jax_namnmt.model.transformer import Transformer, boxed_abstract_params, module_sizes
+from jax_namnmt.method.masks import module_sizes
+from jax_namnmt.model.transformer import Transformer, boxed_abstract_params
 from jax_namnmt.training.step import batch_loss, loss_chunk_for
 from jax_namnmt.xla_options import training_compiler_options
 

@@ -11,7 +11,28 @@ from typing import Mapping
 import numpy as np
 
 from jax_namnmt.config import ModelConfig
-from jax_namnmt.model.transformer import module_sizes
+
+
+def module_sizes(config: ModelConfig) -> dict[str, int]:
+    """The mask registry: flat ``module name -> number of neurons`` for every masked projection
+    of ``model.transformer.Transformer``, in model order (names as ``importance.module_name``
+    derives them from the Flax paths: ``encoder_layer_0/self_attn/q`` is
+    ``encoder/layer_0/self_attn/q``)."""
+    sizes: dict[str, int] = {}
+    attn = {"q": config.d_model, "k": config.d_model, "v": config.d_model, "out": config.d_model}
+    ffn = {"fc1": config.ffn_dim, "fc2": config.d_model}
+    for i in range(config.enc_layers):
+        for proj, n in attn.items():
+            sizes[f"encoder/layer_{i}/self_attn/{proj}"] = n
+        for proj, n in ffn.items():
+            sizes[f"encoder/layer_{i}/ffn/{proj}"] = n
+    for i in range(config.dec_layers):
+        for block in ("self_attn", "cross_attn"):
+            for proj, n in attn.items():
+                sizes[f"decoder/layer_{i}/{block}/{proj}"] = n
+        for proj, n in ffn.items():
+            sizes[f"decoder/layer_{i}/ffn/{proj}"] = n
+    return sizes
 
 
 def nest(flat: Mapping[str, np.ndarray]) -> dict:

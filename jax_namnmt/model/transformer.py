@@ -3,8 +3,10 @@
 Masks are data: a pytree mirroring the masked projections,
 ``{"encoder": {"layer_0": {"self_attn": {"q","k","v","out"}, "ffn": {"fc1","fc2"}}, ...},
 "decoder": {"layer_0": {"self_attn": ..., "cross_attn": ..., "ffn": ...}, ...}}``, each leaf
-``[num_pairs, features]``. Each token carries its example's pair id, so one batch (packed
-rows included) mixes pairs; ``masks=None`` is the plain multilingual model.
+``[num_pairs, features]`` (the registry of masked projections and their sizes:
+``method/masks.py: module_sizes``). Each token carries its example's pair id, so one batch
+(packed rows included) mixes pairs; ``masks=None`` is the plain multilingual model. How a token
+finds its pair's row: ``ModelConfig.mask_lookup`` (:func:`mask_lookup_method`).
 
 Every masked output also passes through ``perturb`` (a zero variable in the ``perturbations``
 collection, a no-op unless passed) and is sown into ``intermediates`` when that collection
@@ -76,30 +78,36 @@ def sinusoidal_positions(max_len: int, dim: int) -> np.ndarray:
 
 
 MASK_LOOKUP_ENV = "JAX_NAMNMT_MASK_LOOKUP"
+MASK_LOOKUPS = ("onehot", "gather")
 
 
-def mask_lookup_method() -> str:
-    """How per-token masks are looked up: ``$JAX_NAMNMT_MASK_LOOKUP`` (``onehot`` or ``gather``),
-    else ``onehot`` on CPU and ``gather`` on accelerators (decided when a step is traced).
+def mask_lookup_method(setting: str = "auto") -> str:
+    """How per-token masks are looked up, for ``ModelConfig.mask_lookup`` = ``setting``:
+    ``onehot`` or ``gather`` as given; ``auto``: ``$JAX_NAMNMT_MASK_LOOKUP`` (``onehot`` or
+    ``gather``) when set, else ``onehot`` on CPU and ``gather`` on accelerators (decided when a
+    step is traced).
 
     Both give the same 0/1 rows. On XLA's CPU backend the one-hot matmul runs the masked train
     step ~25% faster (gathers of [tokens, features] do not fuse there, and the dot is one BLAS
     call); on GPU the dot materializes a [tokens, features] array per projection, where a gather
     of the small table fuses into the multiply that applies it."""
+    if setting in MASK_LOOKUPS:
+        return setting
     method = os.environ.get(MASK_LOOKUP_ENV, "").strip().lower()
-    if method in ("onehot", "gather"):
+    if method in MASK_LOOKUPS:
         return method
     if method:
         raise ValueError(f"{MASK_LOOKUP_ENV}={method!r}: expected 'onehot' or 'gather'")
     return "onehot" if jax.default_backend() == "cpu" else "gather"
 
 
-def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype) -> jnp.ndarray | None:
-    """The per-token mask ``[..., features]`` of module ``name`` for pair ids ``pairs``."""
+def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype, method: str = "auto") -> jnp.ndarray | None:
+    """The per-token mask ``[..., features]`` of module ``name`` for pair ids ``pairs``, looked
+    up by ``mask_lookup_method(method)`` (``method``: ``ModelConfig.mask_lookup``)."""
     if masks is None:
         return None
     table = masks[name].astype(dtype)
-    if mask_lookup_method() == "gather":
+    if mask_lookup_method(method) == "gather":
         return jnp.take(table, pairs, axis=0, mode="clip")
     return jax.nn.one_hot(pairs, table.shape[0], dtype=dtype) @ table
 
@@ -225,7 +233,7 @@ class Attention(nn.Module):
         heads, head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
 
         def project(name, x, pairs, route):
-            mask = lookup_mask(masks, name, pairs, dtype)
+            mask = lookup_mask(masks, name, pairs, dtype, cfg.mask_lookup)
             y = MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("embed", "heads"),
                             name=name)(x, mask, route)
             return constrain(y.reshape(y.shape[:-1] + (heads, head_dim)), ("batch", "length", "heads", "head_dim"))
@@ -291,7 +299,7 @@ class Attention(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
-        mask = lookup_mask(masks, "out", pairs_q, dtype)
+        mask = lookup_mask(masks, "out", pairs_q, dtype, cfg.mask_lookup)
         return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
                            name="out")(context, mask, route_q)
 
@@ -335,12 +343,12 @@ class FeedForward(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h = MaskedDense(cfg.ffn_dim, dtype=dtype, kernel_axes=("embed", "mlp"), name="fc1")(
-            x, lookup_mask(masks, "fc1", pairs, dtype))
+            x, lookup_mask(masks, "fc1", pairs, dtype, cfg.mask_lookup))
         h = constrain(nn.relu(h), ("batch", "length", "mlp"))
         if cfg.activation_dropout > 0.0:
             h = Dropout(cfg.activation_dropout)(h, deterministic=deterministic)
         return MaskedDense(cfg.d_model, dtype=dtype, kernel_axes=("mlp", "embed"), name="fc2")(
-            h, lookup_mask(masks, "fc2", pairs, dtype))
+            h, lookup_mask(masks, "fc2", pairs, dtype, cfg.mask_lookup))
 
 
 class Residual(nn.Module):
@@ -576,28 +584,6 @@ class Transformer(nn.Module):
         )
 
 
-# ----------------------------------------------------------------------------- mask pytree
-
-
-def module_sizes(config: ModelConfig) -> dict[str, int]:
-    """Flat ``module name -> number of neurons`` for every masked projection, in model order."""
-    sizes: dict[str, int] = {}
-    attn = {"q": config.d_model, "k": config.d_model, "v": config.d_model, "out": config.d_model}
-    ffn = {"fc1": config.ffn_dim, "fc2": config.d_model}
-    for i in range(config.enc_layers):
-        for proj, n in attn.items():
-            sizes[f"encoder/layer_{i}/self_attn/{proj}"] = n
-        for proj, n in ffn.items():
-            sizes[f"encoder/layer_{i}/ffn/{proj}"] = n
-    for i in range(config.dec_layers):
-        for block in ("self_attn", "cross_attn"):
-            for proj, n in attn.items():
-                sizes[f"decoder/layer_{i}/{block}/{proj}"] = n
-        for proj, n in ffn.items():
-            sizes[f"decoder/layer_{i}/ffn/{proj}"] = n
-    return sizes
-
-
 def dummy_batch(config: ModelConfig, rows: int = 1, src_len: int = 8, tgt_len: int = 8) -> dict:
     """A tiny batch in the packed layout, for init and shape inference."""
     ones = lambda n: np.ones((rows, n), np.int32)  # noqa: E731
@@ -626,29 +612,6 @@ def boxed_abstract_params(config: ModelConfig):
     """The model's parameters as a ShapeDtypeStruct tree, boxed with their logical axis names:
     what ``parallel.tree_shardings`` maps to a sharding per parameter."""
     return jax.eval_shape(lambda: init_boxed_params(config))
-
-
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def param_breakdown(params) -> dict[str, int]:
-    """Parameter counts by kind: ``total``; ``adapter`` (the per-pair adapters of +Adapter);
-    ``target_specific`` (all R copies of the per-target-language attention projections of +TS);
-    ``shared`` (everything else, i.e. the plain model's parameters outside +TS's projections)."""
-    counts = {"total": 0, "shared": 0, "target_specific": 0, "adapter": 0}
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [getattr(p, "key", str(p)) for p in path]
-        n = int(np.prod(x.shape))
-        if "adapter" in keys:
-            kind = "adapter"
-        elif keys[-2:-1] == ["dense"] and len(x.shape) == (3 if keys[-1] == "kernel" else 2):
-            kind = "target_specific"  # a routed projection: [R, in, out] kernel, [R, out] bias
-        else:
-            kind = "shared"
-        counts[kind] += n
-        counts["total"] += n
-    return counts
 
 
 def target_language_table(pairs) -> tuple[int, ...]:
