@@ -75,14 +75,12 @@ def test_parallel_config_validation_and_rules():
             load_config("tiny", override.split())
 
 
-def test_mesh_flag_on_the_doors(monkeypatch):
-    from jax_namnmt import cli, parallel
+def test_mesh_flag_on_the_doors():
+    from jax_namnmt import cli
 
-    monkeypatch.setattr(parallel, "_DEFAULT", None)  # config_from_args registers the door's parallel config
     p = cli.parser("test")
     args = p.parse_args(["--config", "tiny", "--mesh", "fsdp=2,tensor=2"])
     assert cli.config_from_args(args).parallel.mesh == "fsdp=2,tensor=2"
-    assert parallel._DEFAULT.mesh == "fsdp=2,tensor=2"  # what compute_importance uses when handed no mesh
     assert cli.config_from_args(p.parse_args(["--config", "tiny"])).parallel.mesh == ""
 
 
