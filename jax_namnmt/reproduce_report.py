@@ -89,6 +89,37 @@ def _module_table(setting: dict) -> list[str]:
     return ["", "Per module, neurons kept / own importance removed (chosen masks, mean over layers):", ""] + lines
 
 
+def _final_nll(setting: dict, system: str) -> float | None:
+    curves = setting["curves"].get(system) or {}
+    finals = [curve[-1][1] for curve in curves.values() if curve]
+    return float(np.mean(finals)) if finals else None
+
+
+def diagnosis(setting: dict) -> list[str]:
+    """The reading of one setting's numbers, as sentences computed from them."""
+    tag, grid, bleu = setting["chosen"]["tag"], setting["step0"], setting["bleu"]
+    start, masked = grid["none"]["nll"], grid[tag]["nll"]
+    out = [f"Masking alone (the chosen masks, before any update) raises the validation NLL from {start:.4f} "
+           f"to {masked:.4f} nats/token ({masked - start:+.4f})."]
+    ml, te = _final_nll(setting, "multilingual"), _final_nll(setting, "method_te")
+    if ml is not None and te is not None:
+        out.append(f"After {setting['curves']['method_te'][next(iter(setting['curves']['method_te']))][-1][0]} "
+                   f"fine-tuning steps the validation NLL is {te:.4f} for method_te and {ml:.4f} for the "
+                   f"equal-steps multilingual run (mean over seeds; {te - ml:+.4f}): the masked model "
+                   + ("has not caught up with" if te > ml else "is ahead of") + " the unmasked one.")
+    gain = bleu["multilingual"]["mean"]["avg"] - bleu["pretrained"]["mean"]["avg"]
+    out.append(f"Training the start model on for the same steps without masks moves its test BLEU by {gain:+.2f}; "
+               f"method_te against it: {bleu['method_te']['mean']['avg'] - bleu['multilingual']['mean']['avg']:+.2f}.")
+    if "random" in bleu:
+        curve = next(iter(setting["curves"]["random"].values()))
+        rnd0, rnd = curve[0][1], curve[-1][1]
+        out.append(f"Random masks with the same counts cost {rnd0 - start:+.4f} nats at step 0 (importance-chosen: "
+                   f"{masked - start:+.4f}) and end at validation NLL {rnd:.4f}, test BLEU "
+                   f"{bleu['random']['mean']['avg']:.2f} (method_te, same seed: "
+                   f"{bleu['method_te']['seeds'][str(next(iter(setting['curves']['random'])))]['avg']:.2f}).")
+    return out
+
+
 def _figure(name: str, setting: dict, out: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -177,7 +208,8 @@ def write_report(report: dict, out: Path) -> list[Path]:
                f"Chosen on the validation part: `{s['chosen']['tag']}` (scorings by step-0 NLL: "
                + ", ".join(f"`{t}`" for t in s["scoring_candidates"]) + "; rho/k by validation NLL after "
                "fine-tuning: " + ", ".join(f"`{t}` {v:.4f}" for t, v in s["rho_k_choice"].items()) + ").", "",
-               "### BLEU (test, mean ± std over seeds)", ""] + _bleu_table(s) + [
+               "### Reading", ""] + [f"- {line}" for line in diagnosis(s)] + [
+               "", "### BLEU (test, mean ± std over seeds)", ""] + _bleu_table(s) + [
                "", "### chrF", ""] + _bleu_table(s, "chrf") + [
                "", "### method_te minus each control (paired bootstrap over test sentences, all seeds; "
                f"{c['reproduce']['bootstrap_samples']} resamples; two-sided p)", ""] + _significance_table(s) + [
