@@ -14,7 +14,9 @@ is mutable: the importance scorer takes ``jax.grad`` with respect to the perturb
 get dL/dh for every neuron at every token.
 
 Inputs use the packed layout: ``tokens [B, L]``, ``segments [B, L]`` (0 = padding, examples
-numbered from 1 within a row), ``positions [B, L]``, ``pairs [B, L]``.
+numbered from 1 within a row), ``positions [B, L]``, ``pairs [B, L]``. Inside, every layer gets
+one :class:`Context`: each side's per-token pairs, +TS routes and compact layout (:class:`Side`,
+traced) and the ``deterministic``/``decode`` switches (static).
 
 Two baseline systems of the paper, both chosen per token (so per example, inside mixed batches):
 
@@ -46,6 +48,7 @@ import os
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,11 +214,40 @@ class MaskedDense(nn.Module):
         return y
 
 
+@flax.struct.dataclass
+class Side:
+    """The per-token data of one side (source or target) that the layers read besides its
+    activations: ``pairs`` (each token's pair id: its mask row, its adapter), ``routes`` (+TS:
+    each token's target-language id, the copy of the routed projections it uses; None when +TS
+    is off) and ``layout`` (``(index, slot)`` when the side is in the compact layout,
+    ``model/layout.py``; None in the rows layout). All pytree leaves (traced)."""
+
+    pairs: Any
+    routes: Any = None
+    layout: Any = None
+
+
+@flax.struct.dataclass
+class Context:
+    """What every layer of one forward pass reads besides activations, attention biases and
+    masks: both sides' :class:`Side` (``tgt`` is None in the encoder) and two switches.
+
+    The sides are pytree leaves (traced arrays); ``deterministic`` (no dropout) and ``decode``
+    (one incremental decoding step on the 'cache' and 'source' collections) are static fields:
+    they choose the program that is traced, so a ``Context`` crosses ``jax.jit``/``nn.remat``
+    boundaries with the switches as part of the treedef."""
+
+    src: Side
+    tgt: Side | None = None
+    deterministic: bool = flax.struct.field(pytree_node=False, default=True)
+    decode: bool = flax.struct.field(pytree_node=False, default=False)
+
+
 class Attention(nn.Module):
     """Multi-head attention with masked q/k/v/out projections and an optional decode cache.
 
     With ``routes > 0`` (+TS) every projection has one copy per route; query-side tokens use
-    ``route_q``, key/value-side tokens ``route_kv``.
+    the routes of ``q_side``, key/value-side tokens those of ``kv_side``.
     """
 
     config: ModelConfig
@@ -223,22 +255,23 @@ class Attention(nn.Module):
     routes: int = 0
 
     @nn.compact
-    def __call__(self, x_q, x_kv, bias, masks, pairs_q, pairs_kv, deterministic, decode=False,
-                 route_q=None, route_kv=None, layout_q=None, layout_kv=None):
-        """``layout_q``/``layout_kv``: ``(index, slot)`` when ``x_q``/``x_kv`` are in the compact
-        layout (``model/layout.py``): the projections run on the compact tokens, the attention
-        itself on the rows, and ``bias`` is the rows' bias."""
+    def __call__(self, x_q, x_kv, bias, masks, q_side: Side, kv_side: Side, ctx: Context):
+        """``q_side``/``kv_side``: the sides of the queries ``x_q`` and of the keys/values ``x_kv``
+        (the same side in a self-attention). In the compact layout (``q_side.layout``) the
+        projections run on the compact tokens, the attention itself on the rows, and ``bias`` is
+        the rows' bias."""
         cfg = self.config
+        decode = ctx.decode
         dtype = jnp.dtype(cfg.dtype)
         heads, head_dim = cfg.num_heads, cfg.d_model // cfg.num_heads
 
-        def project(name, x, pairs, route):
-            mask = lookup_mask(masks, name, pairs, dtype, cfg.mask_lookup)
+        def project(name, x, side: Side):
+            mask = lookup_mask(masks, name, side.pairs, dtype, cfg.mask_lookup)
             y = MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("embed", "heads"),
-                            name=name)(x, mask, route)
+                            name=name)(x, mask, side.routes)
             return constrain(y.reshape(y.shape[:-1] + (heads, head_dim)), ("batch", "length", "heads", "head_dim"))
 
-        q = project("q", x_q, pairs_q, route_q) * (head_dim**-0.5)
+        q = project("q", x_q, q_side) * (head_dim**-0.5)
         # Decoding keeps keys/values head-major, [batch, heads, length, head_dim] (the cache and the
         # source keys/values): the per-step attention dots then have their batch dimensions leading
         # and contiguous, and no cache is transposed per step (on XLA's CPU backend the
@@ -251,8 +284,8 @@ class Attention(nn.Module):
             k = self.get_variable("source", "key")
             v = self.get_variable("source", "value")
         else:
-            k = project("k", x_kv, pairs_kv, route_kv)
-            v = project("v", x_kv, pairs_kv, route_kv)
+            k = project("k", x_kv, kv_side)
+            v = project("v", x_kv, kv_side)
             if head_major:
                 k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
             if decode and not self.causal_cache:
@@ -262,10 +295,10 @@ class Attention(nn.Module):
         if decode and self.causal_cache:
             k, v, bias = self._extend_cache(k, v)
 
-        if layout_q is not None:
-            return self._compact_attention(q, k, v, bias, masks, pairs_q, deterministic, route_q, layout_q, layout_kv)
+        if q_side.layout is not None:
+            return self._compact_attention(q, k, v, bias, masks, q_side, kv_side, ctx.deterministic)
         if not decode and bias is not None and use_cudnn_attention(cfg):
-            return self._out(fused_attention(q, k, v, bias, "cudnn"), masks, pairs_q, route_q)
+            return self._out(fused_attention(q, k, v, bias, "cudnn"), masks, q_side)
         rows, q_len = q.shape[0], q.shape[1]
         # Beam search: a sentence's beams are consecutive query rows and share one copy of the
         # source keys/values ([batch, ...] against [batch * beams, ...] queries), so the beams of a
@@ -279,13 +312,13 @@ class Attention(nn.Module):
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if bias is not None:
             logits = logits + bias
-        weights = self._weights(logits, deterministic)
+        weights = self._weights(logits, ctx.deterministic)
         if head_major:
             context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v).transpose(0, 2, 1, 3)
             context = context.reshape((rows, q_len) + context.shape[2:])
         else:
             context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
-        return self._out(context, masks, pairs_q, route_q)
+        return self._out(context, masks, q_side)
 
     def _weights(self, logits, deterministic):
         """Softmax over the keys, then attention dropout."""
@@ -294,26 +327,27 @@ class Attention(nn.Module):
             weights = Dropout(self.config.attention_dropout)(weights, deterministic=False)
         return weights
 
-    def _out(self, context, masks, pairs_q, route_q):
+    def _out(self, context, masks, q_side: Side):
         """The masked out projection of the heads' context ``[..., heads, head_dim]``."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         context = context.reshape(context.shape[:-2] + (cfg.d_model,))
-        mask = lookup_mask(masks, "out", pairs_q, dtype, cfg.mask_lookup)
+        mask = lookup_mask(masks, "out", q_side.pairs, dtype, cfg.mask_lookup)
         return MaskedDense(cfg.d_model, dtype=dtype, routes=self.routes, kernel_axes=("heads", "embed"),
-                           name="out")(context, mask, route_q)
+                           name="out")(context, mask, q_side.routes)
 
-    def _compact_attention(self, q, k, v, bias, masks, pairs_q, deterministic, route_q, layout_q, layout_kv):
+    def _compact_attention(self, q, k, v, bias, masks, q_side: Side, kv_side: Side, deterministic):
         """Attention of compact ``q``/``k``/``v`` ``[G, N, H, D]`` on head-major rows ``[G, H, R, L, D]``
         (``bias``: the rows' ``[G * R, 1, Lq, Lk]``), the context back to compact for the out projection."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
+        layout_q, layout_kv = q_side.layout, kv_side.layout
         q, k, v = heads_to_rows(q, *layout_q), heads_to_rows(k, *layout_kv), heads_to_rows(v, *layout_kv)
         logits = jnp.einsum("ghrqd,ghrkd->ghrqk", q, k).astype(jnp.float32)
         groups = q.shape[0]
         weights = self._weights(logits + bias.reshape((groups, 1, -1) + bias.shape[2:]), deterministic)
         context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
-        return self._out(context, masks, pairs_q, route_q)
+        return self._out(context, masks, q_side)
 
     def _extend_cache(self, k, v):
         """Write this step's key/value (head-major ``[batch, heads, 1, head_dim]``) at the cache
@@ -339,16 +373,16 @@ class FeedForward(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, masks, pairs, deterministic):
+    def __call__(self, x, masks, side: Side, ctx: Context):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h = MaskedDense(cfg.ffn_dim, dtype=dtype, kernel_axes=("embed", "mlp"), name="fc1")(
-            x, lookup_mask(masks, "fc1", pairs, dtype, cfg.mask_lookup))
+            x, lookup_mask(masks, "fc1", side.pairs, dtype, cfg.mask_lookup))
         h = constrain(nn.relu(h), ("batch", "length", "mlp"))
         if cfg.activation_dropout > 0.0:
-            h = Dropout(cfg.activation_dropout)(h, deterministic=deterministic)
+            h = Dropout(cfg.activation_dropout)(h, deterministic=ctx.deterministic)
         return MaskedDense(cfg.d_model, dtype=dtype, kernel_axes=("mlp", "embed"), name="fc2")(
-            h, lookup_mask(masks, "fc2", pairs, dtype, cfg.mask_lookup))
+            h, lookup_mask(masks, "fc2", side.pairs, dtype, cfg.mask_lookup))
 
 
 class Residual(nn.Module):
@@ -398,16 +432,17 @@ class Adapter(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, pairs, deterministic):
+    def __call__(self, x, side: Side, ctx: Context):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         n = cfg.adapter_pairs
+        pairs = side.pairs
         h = RoutedLayerNorm(n, name="norm")(x, pairs).astype(dtype)
         h = nn.relu(RoutedDense(cfg.adapter_dim, n, dtype=dtype, kernel_axes=("embed", "adapter"), name="down")(
             h, pairs))
         h = RoutedDense(cfg.d_model, n, dtype=dtype, kernel_init=nn.initializers.zeros,
                         kernel_axes=("adapter", "embed"), name="up")(h, pairs)
-        return x + Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x.dtype)
+        return x + Dropout(cfg.dropout)(h, deterministic=ctx.deterministic).astype(x.dtype)
 
 
 def _sub(masks, *keys):
@@ -422,18 +457,17 @@ class EncoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, bias, masks, pairs, deterministic, layout=None):
-        attn = Attention(self.config, name="self_attn")
-        x = Residual(self.config, name="self_attn_res")(
-            x, lambda h: attn(h, h, bias, _sub(masks, "self_attn"), pairs, pairs, deterministic,
-                              layout_q=layout, layout_kv=layout), deterministic
+    def __call__(self, x, bias, masks, ctx: Context):
+        """``x``: the source side's activations (``ctx.src``)."""
+        cfg, src, deterministic = self.config, ctx.src, ctx.deterministic
+        attn = Attention(cfg, name="self_attn")
+        x = Residual(cfg, name="self_attn_res")(
+            x, lambda h: attn(h, h, bias, _sub(masks, "self_attn"), src, src, ctx), deterministic
         )
-        ffn = FeedForward(self.config, name="ffn")
-        x = Residual(self.config, name="ffn_res")(
-            x, lambda h: ffn(h, _sub(masks, "ffn"), pairs, deterministic), deterministic
-        )
-        if self.config.adapter_pairs:
-            x = Adapter(self.config, name="adapter")(x, pairs, deterministic)
+        ffn = FeedForward(cfg, name="ffn")
+        x = Residual(cfg, name="ffn_res")(x, lambda h: ffn(h, _sub(masks, "ffn"), src, ctx), deterministic)
+        if cfg.adapter_pairs:
+            x = Adapter(cfg, name="adapter")(x, src, ctx)
         return constrain(x, ACTIVATION)
 
 
@@ -441,30 +475,23 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, y, encoded, self_bias, cross_bias, masks, pairs, src_pairs, deterministic, decode,
-                 routes=None, src_routes=None, layout=None, src_layout=None):
-        """``routes``/``src_routes``: target-language ids of the target/source tokens (+TS only);
-        ``layout``/``src_layout``: the compact layouts of ``y``/``encoded`` (or None)."""
-        cfg = self.config
+    def __call__(self, y, encoded, self_bias, cross_bias, masks, ctx: Context):
+        """``y``: the target side's activations (``ctx.tgt``); ``encoded``: the source side's
+        (``ctx.src``)."""
+        cfg, src, tgt, deterministic = self.config, ctx.src, ctx.tgt, ctx.deterministic
         ts = cfg.ts_languages
         self_attn = Attention(cfg, causal_cache=True, routes=ts if cfg.ts_self_attn else 0, name="self_attn")
         y = Residual(cfg, name="self_attn_res")(
-            y,
-            lambda h: self_attn(h, h, self_bias, _sub(masks, "self_attn"), pairs, pairs, deterministic, decode,
-                                routes, routes, layout, layout),
-            deterministic,
+            y, lambda h: self_attn(h, h, self_bias, _sub(masks, "self_attn"), tgt, tgt, ctx), deterministic
         )
         cross = Attention(cfg, routes=ts, name="cross_attn")
         y = Residual(cfg, name="cross_attn_res")(
-            y,
-            lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), pairs, src_pairs, deterministic, decode,
-                            routes, src_routes, layout, src_layout),
-            deterministic,
+            y, lambda h: cross(h, encoded, cross_bias, _sub(masks, "cross_attn"), tgt, src, ctx), deterministic
         )
         ffn = FeedForward(cfg, name="ffn")
-        y = Residual(cfg, name="ffn_res")(y, lambda h: ffn(h, _sub(masks, "ffn"), pairs, deterministic), deterministic)
+        y = Residual(cfg, name="ffn_res")(y, lambda h: ffn(h, _sub(masks, "ffn"), tgt, ctx), deterministic)
         if cfg.adapter_pairs:
-            y = Adapter(cfg, name="adapter")(y, pairs, deterministic)
+            y = Adapter(cfg, name="adapter")(y, tgt, ctx)
         return constrain(y, ACTIVATION)
 
 
@@ -513,8 +540,9 @@ class Transformer(nn.Module):
         x = self._embed(tokens, positions, deterministic)
         rows = segments if layout is None else int_rows(segments, layout[0])
         bias = attention_bias(rows, rows)
+        ctx = Context(src=Side(pairs, layout=layout), deterministic=deterministic)
         for i, layer in enumerate(self.encoder_layers):
-            x = layer(x, bias, _sub(masks, "encoder", f"layer_{i}"), pairs, deterministic, layout)
+            x = layer(x, bias, _sub(masks, "encoder", f"layer_{i}"), ctx)
         if self.config.pre_norm:
             x = self.encoder_norm(x).astype(x.dtype)
         return x
@@ -555,11 +583,10 @@ class Transformer(nn.Module):
         if self.config.ts_target_of_pair:
             table = jnp.asarray(self.config.ts_target_of_pair, jnp.int32)
             routes, src_routes = table[tgt_pairs], table[src_pairs]
+        ctx = Context(src=Side(src_pairs, src_routes, src_layout), tgt=Side(tgt_pairs, routes, layout),
+                      deterministic=deterministic, decode=decode)
         for i, layer in enumerate(self.decoder_layers):
-            y = layer(
-                y, encoded, self_bias, cross_bias, _sub(masks, "decoder", f"layer_{i}"),
-                tgt_pairs, src_pairs, deterministic, decode, routes, src_routes, layout, src_layout,
-            )
+            y = layer(y, encoded, self_bias, cross_bias, _sub(masks, "decoder", f"layer_{i}"), ctx)
         if self.config.pre_norm:
             y = self.decoder_norm(y)
         if return_hidden:  # the compute dtype: output_loss's matmuls take it (bfloat16: tensor cores)
