@@ -35,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 MESHES = ("data=8", "data=2,tensor=2,fsdp=2", "fsdp=4,data=2", "tensor=2")  # the last: data=4 implied
 STEPS = 3
 MASKED_MESH = "data=2,tensor=2,fsdp=2"
+# seconds: a guard against a hung worker, not a timing check (under a minute on an idle
+# 2-core machine; ten minutes and more under a concurrent CPU-bound job)
+HANG = 1800
 RTOL, ATOL = 1e-5, 1e-6
 LR = 3e-3
 NOISE_LEAVES = ("['k']['dense']['bias']",)  # zero gradient in exact arithmetic (see the docstring)
@@ -148,7 +151,7 @@ def results(tmp_path_factory) -> dict:
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, __file__, str(out)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG)
     assert proc.returncode == 0, f"worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(out.read_text())
 
