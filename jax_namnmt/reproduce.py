@@ -366,8 +366,13 @@ def _avg_bootstrap(a: dict, b: dict, pairs: list[str], samples: int, seed: int =
 def environment() -> dict:
     import flax
     import sacrebleu
-    return {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {jax.device_count()} "
-                       f"{jax.default_backend()} device(s), {__import__('os').cpu_count()} cores",
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"machine": f"{cpu}, {__import__('os').cpu_count()} cores, {jax.device_count()} "
+                       f"{jax.default_backend()} device(s)",
             "device": str(jax.devices()[0].device_kind), "python": platform.python_version(),
             "jax": jax.__version__, "flax": flax.__version__, "sacrebleu": sacrebleu.__version__}
 

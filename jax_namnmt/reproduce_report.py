@@ -191,7 +191,12 @@ def write_report(report: dict, out: Path) -> list[Path]:
           f"{c['finetune']['learning_rate']} after {c['finetune']['warmup_steps']} warm-up steps, dropout "
           f"{c['model']['dropout']}; seeds {c['reproduce']['seeds']}; beam {c['decode']['beam_size']}, length penalty "
           f"{c['decode']['length_penalty']}; test: test_2016_flickr, "
-          f"{c['decode']['test_max_lines'] or 'all'} lines per direction", ""]
+          f"{c['decode']['test_max_lines'] or 'all'} lines per direction",
+          f"- systems: {', '.join(c['reproduce']['systems'])}"
+          + (f" (first seed only: {', '.join(c['reproduce']['one_seed_systems'])})" if c['reproduce']['one_seed_systems'] else "")
+          + (f"; left out: {', '.join(c['reproduce']['skip'])}" if c['reproduce'].get('skip') else "")
+          + "; +TS, +Adapter and Individual need pre-training of their own and are not part of this protocol "
+          "(`python -m jax_namnmt.pipeline --from-scratch --systems all` runs them)", ""]
     md += ["## Summary", ""] + [f"- {line}" for line in summary_lines(report)] + [""]
     paths = []
     for name, s in report.get("settings", {}).items():
