@@ -33,10 +33,11 @@ def make_t2l(A, S):
 
 
 # The model's tables are jit arguments, so each shape configuration compiles once.
-@functools.partial(jax.jit, static_argnames=("beam", "max_len", "alpha", "form"))
-def run_beam(params, cache, beam, max_len, alpha=0.6, form="fairseq"):
+@functools.partial(jax.jit, static_argnames=("beam", "max_len", "alpha", "form", "stop"))
+def run_beam(params, cache, beam, max_len, alpha=0.6, form="fairseq", stop="exact"):
     return beam_search(make_t2l(*params), expand_to_beams(cache, beam),
-                       cache["row_bias"].shape[0], beam, max_len, BOS, EOS, alpha, form)
+                       cache["row_bias"].shape[0], beam, max_len, BOS, EOS, alpha, form,
+                       stop_early=stop)
 
 
 @functools.partial(jax.jit, static_argnames=("max_len",))
@@ -254,3 +255,61 @@ def test_block_top_k_equals_lax_top_k(n, k, block):
     want_v, want_i = jax.lax.top_k(x, k)
     np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
     np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+
+
+@pytest.mark.parametrize("stop", ["fairseq", "exact"])
+@pytest.mark.parametrize("beam", [1, 2, 3, 5])
+def test_each_sentence_decodes_as_it_does_alone(stop, beam):
+    """A sentence's hypotheses and scores do not depend on its batch-mates: under fairseq's rule a
+    sentence that is done (``beam`` finished hypotheses) is frozen while the others run on."""
+    V, L, B = 8, 12, 80
+    params, _, init = second_order_model(V, L, seed=21 + beam, eos_bias=0.5)
+    rng = np.random.default_rng(beam)
+    # row scales spread the rows' finishing steps: some are done early, some run to max_len
+    bias = rng.normal(size=(B, V)) * rng.uniform(0.0, 3.0, size=(B, 1))
+    seqs, scores = map(np.asarray, run_beam(params, init(bias), beam, L, stop=stop))
+    for r in range(B):
+        alone_seqs, alone_scores = map(np.asarray, run_beam(params, init(bias[r:r + 1]), beam, L, stop=stop))
+        np.testing.assert_array_equal(seqs[r], alone_seqs[0], err_msg=f"row {r}")
+        # the same sums: only float32 rounding of differently shaped programs may differ
+        np.testing.assert_allclose(scores[r], alone_scores[0], rtol=1e-6, err_msg=f"row {r}")
+
+
+def _row_scorer(tables):
+    """tokens_to_logits with log-probabilities ``tables[row, step]``; the cache carries each
+    hypothesis's batch row and a 0-d step counter."""
+    tables = jnp.log(jnp.asarray(tables, jnp.float32))
+
+    def tokens_to_logits(ids, cache):
+        return tables[cache["row"], cache["step"]], dict(row=cache["row"], step=cache["step"] + 1)
+
+    return tokens_to_logits
+
+
+def test_fairseq_done_sentence_is_frozen():
+    # Vocabulary 0..3, EOS 2, beam 2. Row 0 finishes "EOS" at step 1 and "3 EOS" at step 2: it is
+    # done. At step 3 "3 3 EOS" would beat "3 EOS" (EOS has probability 0.998 there), but a done
+    # sentence is never updated. Row 1 never wants EOS, so the batch runs to max_len.
+    K, L = 2, 6
+    early = [0.001, 0.001, 0.5, 0.498]
+    late = [0.0005, 0.0005, 0.998, 0.001]
+    never = [0.01, 0.01, 1e-6, 0.98]
+    tables = np.array([[early, early] + [late] * (L - 2), [never] * L])
+    cache = dict(row=jnp.repeat(jnp.arange(2), K), step=jnp.array(0, jnp.int32))
+    fn = _row_scorer(tables)
+    alpha = 0.6
+    want_seqs = [[EOS, 0, 0, 0, 0, 0], [3, EOS, 0, 0, 0, 0]]
+    want_scores = [np.log(0.5), (np.log(0.498) + np.log(0.5)) / 2**alpha]
+    seqs, scores = beam_search(fn, cache, 2, K, L, BOS, EOS, alpha, stop_early="fairseq")
+    assert np.asarray(seqs[0]).tolist() == want_seqs
+    np.testing.assert_allclose(np.asarray(scores[0]), want_scores, rtol=1e-5)
+    assert EOS not in np.asarray(seqs[1]).ravel().tolist()  # row 1 ran on to max_len
+    # row 0 alone stops once it is done, with the same result
+    alone = beam_search(_row_scorer(tables[:1]), dict(row=jnp.zeros(K, jnp.int32), step=jnp.array(0, jnp.int32)),
+                        1, K, L, BOS, EOS, alpha, stop_early="fairseq")
+    np.testing.assert_array_equal(np.asarray(alone[0][0]), np.asarray(seqs[0]))
+    np.testing.assert_allclose(np.asarray(alone[1][0]), np.asarray(scores[0]), rtol=1e-6)
+    # the exact rule searches on and finds the better hypothesis
+    seqs, scores = beam_search(fn, cache, 2, K, L, BOS, EOS, alpha, stop_early="exact")
+    assert np.asarray(seqs[0, 0]).tolist() == [EOS, 0, 0, 0, 0, 0]
+    assert np.asarray(seqs[0, 1]).tolist() == [3, 3, EOS, 0, 0, 0]

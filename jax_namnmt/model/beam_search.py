@@ -189,6 +189,18 @@ def _merge_finished(s: dict, top_logp, top_beam, top_tok, is_eos, length, lp, K:
             jnp.take_along_axis(all_flags, order, axis=1))
 
 
+def _freeze_done(s: dict, fin_seqs, fin_scores, fin_flags, alive_logp):
+    """fairseq's rule: a sentence that already held ``beam`` finished hypotheses before this step
+    is done, and is never updated again while its batch-mates run on (so a sentence's result does
+    not depend on the rest of its batch). Its finished hypotheses are kept as they were and its
+    alive beams are masked to ``-inf``. Returns ``(fin_seqs, fin_scores, fin_flags, alive_logp)``."""
+    done = s["fin_flags"].all(axis=1)
+    return (jnp.where(done[:, None, None], s["fin_seqs"], fin_seqs),
+            jnp.where(done[:, None], s["fin_scores"], fin_scores),
+            jnp.where(done[:, None], s["fin_flags"], fin_flags),
+            jnp.where(done[:, None], NEG_INF, alive_logp))
+
+
 def _best_hypotheses(s: dict, lp, B: int, K: int, rows):
     """The search's result from its final state: the finished hypotheses, slots that none filled
     taken by the best alive ones (penalised at their current length); BOS dropped."""
@@ -228,7 +240,8 @@ def beam_search(
     ``stop_early``: ``"exact"`` stops a sentence only when no alive hypothesis can still beat
     its worst finished one (the search result is then exact for the beam); ``"fairseq"`` stops a
     sentence as soon as it has ``beam`` finished hypotheses (fairseq's rule: much faster when
-    hypotheses finish early, and what fairseq/CTranslate2 do).
+    hypotheses finish early, and what fairseq/CTranslate2 do); a sentence so stopped is frozen
+    while the rest of its batch runs on, so its result is the one it gets decoded alone.
 
     ``min_len``: EOS is banned before this many tokens (fairseq uses 1: no empty output).
     ``max_lens``: optional int array ``[B]``, a per-sentence limit (e.g. ``a * src_len + b``):
@@ -253,6 +266,9 @@ def beam_search(
         new_alive_logp, alive_beam, alive_tok = _next_alive(top_logp, top_beam, top_tok, is_eos, K)
         fin_seqs, fin_scores, fin_flags = _merge_finished(s, top_logp, top_beam, top_tok, is_eos, length, lp, K,
                                                           rows)
+        if stop_early == "fairseq":
+            fin_seqs, fin_scores, fin_flags, new_alive_logp = _freeze_done(
+                s, fin_seqs, fin_scores, fin_flags, new_alive_logp)
         return dict(
             step=length,
             alive_seqs=_extend(s["alive_seqs"], rows, alive_beam, alive_tok, length),
