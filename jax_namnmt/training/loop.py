@@ -114,6 +114,60 @@ def validation_loss(params, batches, masks, config: Config, mesh=None, rules=Non
     return out
 
 
+def _resume(ckpt: Checkpointer, state, layout: str, mesh, phase: str, report: bool):
+    """``(state, epoch, index, layout)``: the checkpoint's state and data position if the run has one
+    (in the checkpoint's layout where it can go on in it), else the fresh state at the start."""
+    if ckpt.latest_step() is None:
+        return state, 0, 0, layout
+    state, meta = ckpt.restore(state)
+    epoch, index = meta["data"]["epoch"], meta["data"]["index"]
+    if report:
+        print(f"[{phase}] resuming from {ckpt.directory}/{ckpt.latest_step()} (epoch {epoch}, batch {index})")
+    # the data position counts batches of the checkpoint's layout (checkpoints written before
+    # data.layout existed used rows): resume in that layout, so the stream goes on unchanged
+    saved = meta["data"].get("layout", "rows")
+    if saved != layout and (saved == "rows" or mesh is None):
+        layout = saved
+    elif saved != layout and report:
+        print(f"[{phase}] the checkpoint was trained in the compact layout, which a mesh cannot use: "
+              f"continuing in rows from batch {index} of epoch {epoch} of the rows' stream")
+    return state, epoch, index, layout
+
+
+def _place(state, mesh, train_step):
+    """One placement for every state: restored (and loaded) arrays are committed to a device, fresh
+    ones are not, and jit compiles once per placement, so without this a resumed run, and every
+    fine-tuning (committed params, fresh step counter), compiled the train step again."""
+    if mesh is None:
+        return jax.device_put(state, jax.local_devices()[0])
+    return parallel.put(state, train_step.state_shardings)
+
+
+def _check_diverged(state, step: int, ckpt: Checkpointer, max_bad_steps: int, phase: str) -> None:
+    """Raises TrainingDiverged (before anything is saved) once ``max_bad_steps`` consecutive
+    updates were skipped; reads one scalar, so it runs at log and save points only."""
+    bad = int(jax.device_get(state["bad_steps"]))
+    if bad >= max_bad_steps:
+        last = ckpt.latest_step()
+        kept = (f"the last good checkpoint {ckpt.directory / str(last)} is kept" if last is not None
+                else f"no checkpoint was saved in {ckpt.directory}")
+        raise TrainingDiverged(
+            f"[{phase}] training diverged at step {step}: the loss or gradient was not finite for "
+            f"{bad} consecutive steps (train.max_bad_steps={max_bad_steps}); the bad state was not "
+            f"saved and {kept}; lower the learning rate, set train.clip_norm or check the data, then run "
+            "the same command again to resume")
+
+
+def _step_record(state, metrics, step: int, window: tuple[int, float]) -> tuple[dict, tuple[int, float]]:
+    """The logged metrics of a step (with the fault counters and a tokens/s estimate: the last step's
+    tokens times the steps since the last record, so no step waits for the device) and the new window."""
+    counts = {"bad_steps": state["bad_steps"], "skipped_steps": state["skipped_steps"]}
+    record = {k: float(v) for k, v in jax.device_get({**metrics, **counts}).items()}
+    now = time.perf_counter()
+    record["tokens_per_s"] = record["tokens"] * (step - window[0]) / max(now - window[1], 1e-9)
+    return record, (step, now)
+
+
 def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Examples,
           valid_examples: Examples | None, init_params, masks=None, phase: str = "train",
           quiet: bool = False):
@@ -124,19 +178,19 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     """
     run_dir = Path(run_dir)
     tc = config.train
-    mc = config.model
     mesh, rules = parallel.mesh_from_config(config.parallel)
     layout = resolve_layout(config.data.layout, mesh.size, jax.default_backend())
     if mesh.size == 1:  # one device: exactly the unsharded program (and its numbers)
         mesh = rules = None
     first_process = jax.process_index() == 0  # multi-host: one process writes metrics and reports
-    train_step = make_train_step(mc, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm,
-                                 mesh, rules)
+    report = not quiet and first_process
+    train_step = make_train_step(config.model, tc.label_smoothing, tc.adam_b1, tc.adam_b2, tc.adam_eps,
+                                 tc.clip_norm, mesh, rules)
     optimizer = make_optimizer(tc.adam_b1, tc.adam_b2, tc.adam_eps, tc.clip_norm)
     sched = schedule_args(schedule.learning_rate, schedule.warmup_steps, schedule.warmup_init_lr)
     key = jax.random.key(tc.seed)
     if mesh is not None:
-        if not quiet and first_process:
+        if report:
             print(f"[{phase}] mesh {parallel.describe(mesh)} over {mesh.size} devices, "
                   f"{jax.process_count()} process(es)")
         sched, key = parallel.put((sched, key), parallel.replicated(mesh))
@@ -144,20 +198,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     state = init_state(init_params, optimizer)
     if mesh is not None:  # before a restore: the checkpoint is then restored onto these shardings
         state = parallel.put(state, train_step.state_shardings)
-    epoch, index = 0, 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        epoch, index = meta["data"]["epoch"], meta["data"]["index"]
-        if not quiet and first_process:
-            print(f"[{phase}] resuming from {ckpt.directory}/{ckpt.latest_step()} (epoch {epoch}, batch {index})")
-        # the data position counts batches of the checkpoint's layout (checkpoints written before
-        # data.layout existed used rows): resume in that layout, so the stream goes on unchanged
-        saved = meta["data"].get("layout", "rows")
-        if saved != layout and (saved == "rows" or mesh is None):
-            layout = saved
-        elif saved != layout and not quiet and first_process:
-            print(f"[{phase}] the checkpoint was trained in the compact layout, which a mesh cannot use: "
-                  f"continuing in rows from batch {index} of epoch {epoch} of the rows' stream")
+    state, epoch, index, layout = _resume(ckpt, state, layout, mesh, phase, report)
     batch_shape = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)  # budget, row lengths
     batcher = make_batcher(train_examples, layout, *batch_shape, seed=tc.seed)
     if index > batcher.num_batches(epoch):
@@ -166,35 +207,15 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     if valid_examples is not None and len(valid_examples):
         valid_batches = validation_batches(valid_examples, config.data.pairs, layout, batch_shape)
     eval_every = schedule.eval_every or tc.eval_every
-    # One placement for every state: restored (and loaded) arrays are committed to a device, fresh
-    # ones are not, and jit compiles once per placement, so without this a resumed run, and every
-    # fine-tuning (committed params, fresh step counter), compiled the train step again.
-    if mesh is None:
-        state = jax.device_put(state, jax.local_devices()[0])
-    else:
-        state = parallel.put(state, train_step.state_shardings)
+    state = _place(state, mesh, train_step)
     step = int(state["step"])
     logger = MetricsLogger(run_dir, phase, enabled=first_process)
     masks = None if masks is None else jax.tree.map(np.asarray, masks)
     if mesh is not None and masks is not None:
         masks = parallel.put(masks, parallel.replicated(mesh))
 
-    def check_diverged(step_now):
-        """Raises TrainingDiverged (before anything is saved) once ``max_bad_steps`` consecutive
-        updates were skipped; reads one scalar, so it runs at log and save points only."""
-        bad = int(jax.device_get(state["bad_steps"]))
-        if bad >= tc.max_bad_steps:
-            last = ckpt.latest_step()
-            kept = (f"the last good checkpoint {ckpt.directory / str(last)} is kept" if last is not None
-                    else f"no checkpoint was saved in {ckpt.directory}")
-            raise TrainingDiverged(
-                f"[{phase}] training diverged at step {step_now}: the loss or gradient was not finite for "
-                f"{bad} consecutive steps (train.max_bad_steps={tc.max_bad_steps}); the bad state was not "
-                f"saved and {kept}; lower the learning rate, set train.clip_norm or check the data, then run "
-                "the same command again to resume")
-
     def save(step_now, position):
-        check_diverged(step_now)
+        _check_diverged(state, step_now, ckpt, tc.max_bad_steps, phase)
         ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1], "layout": layout},
                                     "step": step_now,
                                     "phase": phase, "config": config.to_dict(),
@@ -203,14 +224,14 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     def validate(step_now):
         v = validation_loss(state["params"], valid_batches, masks, config, mesh, rules)
         logger.log(step_now, v, f"{phase}_valid")
-        if not quiet and first_process:
+        if report:
             tqdm.write(f"[{phase}] step {step_now}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
 
     if valid_batches and step == 0 and phase != "pretrain":
         validate(0)  # the starting point (for a masked fine-tune: the cost of the masks before any update)
     bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet or not first_process,
                dynamic_ncols=True)
-    window_step, window_start = step, time.perf_counter()
+    window = (step, time.perf_counter())
     stream = batcher.iterate(epoch, index)
     position = (epoch, index)
     try:
@@ -223,20 +244,15 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             position = (epoch, index + 1)
             bar.update(1)
             if step % tc.log_every == 0 or step == schedule.steps:
-                counts = {"bad_steps": state["bad_steps"], "skipped_steps": state["skipped_steps"]}
-                m = {k: float(v) for k, v in jax.device_get({**metrics, **counts}).items()}
-                now = time.perf_counter()
-                # tokens of the last step times the steps since the last log: an estimate without a sync per step
-                m["tokens_per_s"] = m["tokens"] * (step - window_step) / max(now - window_start, 1e-9)
-                window_step, window_start = step, now
-                logger.log(step, m, phase)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}")
-                check_diverged(step)
+                record, window = _step_record(state, metrics, step, window)
+                logger.log(step, record, phase)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+                _check_diverged(state, step, ckpt, tc.max_bad_steps, phase)
             if valid_batches and (step % eval_every == 0 or step == schedule.steps):
                 validate(step)
             if step % tc.save_every == 0 and step < schedule.steps:
                 save(step, position)
-        check_diverged(step)
+        _check_diverged(state, step, ckpt, tc.max_bad_steps, phase)
         if ckpt.latest_step() != step:
             save(step, position)
         ckpt.wait()
