@@ -334,6 +334,11 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
 
+    def with_sections(self, **sections: Mapping[str, Any]) -> "Config":
+        """A validated copy with fields of some sections replaced: ``with_sections(train={"seed": 2})``."""
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **fields)
+                                            for name, fields in sections.items()}).validate()
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

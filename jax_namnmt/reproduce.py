@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
 import platform
 import sys
 import time
@@ -44,7 +44,7 @@ from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.method.allocation import allocate, mask_report, random_masks, save_masks, load_masks
 from jax_namnmt.method.masks import to_model_masks
-from jax_namnmt.significance import paired_bootstrap, sentence_stats
+from jax_namnmt.significance import paired_bootstrap, paired_bootstrap_mean, sentence_stats
 from jax_namnmt.training.checkpoint import load_json, save_json
 from jax_namnmt.training.loop import validation_batches, validation_loss
 
@@ -107,11 +107,6 @@ def check_config(config: Config) -> Config:
     return config
 
 
-def _with(config: Config, **sections) -> Config:
-    return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **fields)
-                                          for name, fields in sections.items()}).validate()
-
-
 def _valid_history(run_dir: Path) -> list[dict]:
     """The validation records of a run's metrics.jsonl, one per step (the last if a step repeats)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -132,11 +127,12 @@ class Setting:
         r = config.reproduce
         pairs = MANY_TO_MANY_8 if name == "many_to_many" else tuple(r.one_to_many_pairs)
         self.name, self.workdir, self.start, self.quiet, self.report = name, workdir, start, quiet, report
-        self.config = _with(config, data={"pairs": pairs, "data_dir": str((workdir / "data").resolve())},
-                            method={"importance_split": "importance", "importance_max_lines": 0})
+        self.config = config.with_sections(data={"pairs": pairs, "data_dir": str((workdir / "data").resolve())},
+                                           method={"importance_split": "importance", "importance_max_lines": 0})
         self.pairs = list(pairs)
         self.seconds = report.setdefault("seconds", {})
         self.save = save  # writes the report so far (called after every phase: a killed run loses nothing)
+        self._valid = None  # the validation part as {pair: batches}, built at the first step-0 evaluation
 
     def phase(self, name, fn):
         begin = time.perf_counter()
@@ -169,7 +165,7 @@ class Setting:
         r, out = self.config.reproduce, self.workdir / "base"
         steps = r.converge_eval_every
         while True:
-            c = _with(self.config, finetune={"steps": steps, "eval_every": r.converge_eval_every})
+            c = self.config.with_sections(finetune={"steps": steps, "eval_every": r.converge_eval_every})
             if not workflow.is_finished(out, steps):
                 self.phase("converge", lambda: workflow.run_finetune(c, self.workdir, self.start, out, None, self.quiet))
             nll = [h["nll"] for h in _valid_history(out)]
@@ -186,7 +182,7 @@ class Setting:
     def importance(self, base: Path, method: str, loss: str) -> Path:
         path = self.workdir / f"importance_{method}_{loss}.npz"
         if not path.exists():
-            c = _with(self.config, method={"importance_loss": loss})
+            c = self.config.with_sections(method={"importance_loss": loss})
             self.phase("importance", lambda: workflow.run_importance(base, c, self.workdir, method, True, out=path))
         return path
 
@@ -198,15 +194,15 @@ class Setting:
             save_masks(path, masks, pairs, {**dataclasses.asdict(scoring), "importance": method})
         return path
 
-    def step0_nll(self, base_run, masks_path: Path | None) -> dict:
+    def step0_nll(self, base_run, masks: dict | None) -> dict:
+        """Validation of ``base_run`` under flat ``masks`` (None: unmasked), before any update."""
         config = self.config
-        layout = resolve_layout(config.data.layout, 1, jax.default_backend())
-        if not hasattr(self, "_valid"):
+        if self._valid is None:
             examples, _ = workflow.load_examples(config, Path(config.data.data_dir), base_run.vocab, "valid")
+            layout = resolve_layout(config.data.layout, 1, jax.default_backend())
             shape = (config.train.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
             self._valid = validation_batches(examples, self.pairs, layout, shape)
-        masks = None if masks_path is None else to_model_masks(load_masks(masks_path)[0])
-        return validation_loss(base_run.params, self._valid, masks, config)
+        return validation_loss(base_run.params, self._valid, None if masks is None else to_model_masks(masks), config)
 
     def choose_scoring(self, base: Path) -> list[Scoring]:
         """For each rho/k, the scoring with the lowest masked validation NLL before any update."""
@@ -223,10 +219,10 @@ class Setting:
                     for modules in r.module_sets:
                         s = Scoring(loss, norm, modules, rho, k)
                         if s.tag not in grid:
-                            path = self.masks(base, s)
+                            flat = load_masks(self.masks(base, s))[0]
                             theta, _ = workflow.load_importance(self.importance(base, "taylor", loss))
-                            grid[s.tag] = {**self.phase("step0", lambda: self.step0_nll(run, path)),
-                                           "masks": mask_report(load_masks(path)[0], theta, self.pairs)["per_pair"]}
+                            grid[s.tag] = {**self.phase("step0", lambda: self.step0_nll(run, flat)),
+                                           "masks": mask_report(flat, theta, self.pairs)["per_pair"]}
                         if best is None or grid[s.tag]["nll"] < grid[best.tag]["nll"]:
                             best = s
             chosen.append(best)
@@ -238,7 +234,7 @@ class Setting:
     def finetune(self, base: Path, system: str, scoring: Scoring | None, seed: int) -> Path:
         name = system if scoring is None else f"{system}-{scoring.tag}"
         out = self.workdir / "runs" / f"{name}-s{seed}"
-        c = _with(self.config, train={"seed": seed})
+        c = self.config.with_sections(train={"seed": seed})
         if workflow.is_finished(out, c.finetune.steps):
             return out
         masks = None
@@ -292,11 +288,12 @@ class Setting:
             seeds = r.seeds[:1] if system in r.one_seed_systems else r.seeds
             scoring = None if system == "multilingual" else chosen
             runs[system] = {seed: self.finetune(base, system, scoring, seed) for seed in seeds}
-        self.report["curves"] = {system: {seed: [(h["step"], h["nll"]) for h in _valid_history(d)]
-                                          for seed, d in by_seed.items()} for system, by_seed in runs.items()}
-        self.report["step0_per_pair"] = {system: {seed: {p: h[0][f"nll_{p}"] for p in self.pairs}
-                                                  for seed, d in by_seed.items() if (h := _valid_history(d))}
-                                          for system, by_seed in runs.items()}
+        history = {system: {seed: _valid_history(d) for seed, d in by_seed.items()} for system, by_seed in runs.items()}
+        self.report["curves"] = {system: {seed: [(h["step"], h["nll"]) for h in records]
+                                          for seed, records in by_seed.items()} for system, by_seed in history.items()}
+        self.report["step0_per_pair"] = {system: {seed: {p: records[0][f"nll_{p}"] for p in self.pairs}
+                                                  for seed, records in by_seed.items() if records}
+                                          for system, by_seed in history.items()}
         evals = {"pretrained": {0: self.evaluate(base, "pretrained")}}
         for system, by_seed in runs.items():
             evals[system] = {seed: self.evaluate(d, d.name) for seed, d in by_seed.items()}
@@ -336,31 +333,10 @@ def _significance(evals: dict, pairs: list[str], data_dir: Path, dc, samples: in
         for p in pairs:
             row[p] = paired_bootstrap([s[p] for s in stats["method_te"].values()],
                                       [s[p] for s in stats[control].values()], samples)
-        row["avg"] = _avg_bootstrap(stats["method_te"], stats[control], pairs, samples)
+        row["avg"] = paired_bootstrap_mean([[s[p] for s in stats["method_te"].values()] for p in pairs],
+                                           [[s[p] for s in stats[control].values()] for p in pairs], samples)
         out[control] = row
     return out
-
-
-def _avg_bootstrap(a: dict, b: dict, pairs: list[str], samples: int, seed: int = 12345) -> dict:
-    """The mean over directions of the BLEU difference, each direction resampled independently."""
-    from jax_namnmt.significance import bleu_from_stats
-    rng = np.random.default_rng(seed)
-
-    def stack(side):
-        return {p: np.stack([s[p] for s in side.values()]) for p in pairs}
-
-    sa, sb = stack(a), stack(b)
-    observed = np.mean([bleu_from_stats(sa[p].sum(1)).mean() - bleu_from_stats(sb[p].sum(1)).mean() for p in pairs])
-    diffs = np.zeros(samples)
-    for p in pairs:
-        n = sa[p].shape[1]
-        for i in range(samples):
-            counts = np.bincount(rng.integers(0, n, n), minlength=n)
-            diffs[i] += (bleu_from_stats(np.einsum("n,knj->kj", counts, sa[p])).mean()
-                         - bleu_from_stats(np.einsum("n,knj->kj", counts, sb[p])).mean()) / len(pairs)
-    p_value = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"diff": float(observed), "ci95": [float(low), float(high)], "p": p_value, "samples": samples}
 
 
 def environment() -> dict:
@@ -371,7 +347,7 @@ def environment() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"machine": f"{cpu}, {__import__('os').cpu_count()} cores, {jax.device_count()} "
+    return {"machine": f"{cpu}, {os.cpu_count()} cores, {jax.device_count()} "
                        f"{jax.default_backend()} device(s)",
             "device": str(jax.devices()[0].device_kind), "python": platform.python_version(),
             "jax": jax.__version__, "flax": flax.__version__, "sacrebleu": sacrebleu.__version__}

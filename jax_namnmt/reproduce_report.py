@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_namnmt.analysis.plots import pyplot, save_figure
 from jax_namnmt.training.checkpoint import save_json
 
 SHOWN = ("pretrained", "multilingual", "method_te", "method_av", "random", "k0")
@@ -121,10 +122,7 @@ def diagnosis(setting: dict) -> list[str]:
 
 
 def _figure(name: str, setting: dict, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = {"multilingual": "tab:blue", "method_te": "tab:red", "method_av": "tab:orange", "random": "tab:gray",
               "k0": "tab:green"}
@@ -151,9 +149,7 @@ def _figure(name: str, setting: dict, out: Path) -> Path:
     right.set_ylabel("BLEU method_te - multilingual (mean over seeds)")
     right.set_title("the cost per pair")
     fig.tight_layout()
-    path = out / "figures" / f"results_{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = save_figure(fig, out / "figures" / f"results_{name}.png")
     plt.close(fig)
     return path
 
@@ -230,6 +226,5 @@ def write_report(report: dict, out: Path) -> list[Path]:
                f"![validation curves and cost per pair](figures/{figure.name})", ""]
     results_md = out / "results.md"
     results_md.write_text("\n".join(md) + "\n", encoding="utf-8")
-    strip = {k: v for k, v in report.items()}
-    save_json(out / "results.json", strip)
+    save_json(out / "results.json", report)
     return [results_md, out / "results.json", *paths]

@@ -40,24 +40,47 @@ def bleu_from_stats(stats: np.ndarray) -> np.ndarray:
     return 100.0 * bp * np.exp(log_mean)
 
 
-def paired_bootstrap(stats_a: Sequence[np.ndarray], stats_b: Sequence[np.ndarray], samples: int = 1000,
-                     seed: int = 12345) -> dict:
-    """System A (seeds ``stats_a``) against B (seeds ``stats_b``), each ``[sentences, 10]`` on the same
-    sentences. Returns the observed difference (mean over seeds of BLEU(A) - BLEU(B)), the bootstrap's
-    95% interval of that difference, and the two-sided p-value of "no difference":
-    ``2 * min(P(diff* <= 0), P(diff* >= 0))`` over the resamples (capped at 1)."""
+def _resampled_differences(stats_a, stats_b, samples: int, rng) -> tuple[float, np.ndarray]:
+    """The observed difference (mean over seeds of BLEU(A) - BLEU(B)) and ``samples`` draws of it on
+    resampled sentences; each ``stats_*`` a sequence over seeds of ``[sentences, 10]``."""
     a, b = np.stack(stats_a), np.stack(stats_b)  # [seeds, n, 10]
     n = a.shape[1]
     if b.shape[1] != n:
         raise ValueError(f"the systems were scored on {n} and {b.shape[1]} sentences")
     observed = float(bleu_from_stats(a.sum(1)).mean() - bleu_from_stats(b.sum(1)).mean())
-    rng = np.random.default_rng(seed)
     diffs = np.empty(samples)
     for s in range(samples):
         counts = np.bincount(rng.integers(0, n, n), minlength=n)  # a resample as multiplicities
         sa = np.einsum("n,knj->kj", counts, a)
         sb = np.einsum("n,knj->kj", counts, b)
         diffs[s] = bleu_from_stats(sa).mean() - bleu_from_stats(sb).mean()
+    return observed, diffs
+
+
+def _summary(observed: float, diffs: np.ndarray) -> dict:
     p = min(1.0, 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
     low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"diff": observed, "ci95": [float(low), float(high)], "p": p, "samples": samples}
+    return {"diff": float(observed), "ci95": [float(low), float(high)], "p": p, "samples": len(diffs)}
+
+
+def paired_bootstrap(stats_a: Sequence[np.ndarray], stats_b: Sequence[np.ndarray], samples: int = 1000,
+                     seed: int = 12345) -> dict:
+    """System A (seeds ``stats_a``) against B (seeds ``stats_b``), each ``[sentences, 10]`` on the same
+    sentences. Returns the observed difference (mean over seeds of BLEU(A) - BLEU(B)), the bootstrap's
+    95% interval of that difference, and the two-sided p-value of "no difference":
+    ``2 * min(P(diff* <= 0), P(diff* >= 0))`` over the resamples (capped at 1)."""
+    return _summary(*_resampled_differences(stats_a, stats_b, samples, np.random.default_rng(seed)))
+
+
+def paired_bootstrap_mean(directions_a: Sequence[Sequence[np.ndarray]],
+                          directions_b: Sequence[Sequence[np.ndarray]], samples: int = 1000,
+                          seed: int = 12345) -> dict:
+    """As :func:`paired_bootstrap` for the mean over directions of the BLEU difference, each direction
+    (a sequence over seeds of ``[sentences, 10]``) resampled independently."""
+    rng = np.random.default_rng(seed)
+    observed, diffs = [], np.zeros(samples)
+    for a, b in zip(directions_a, directions_b, strict=True):
+        one, draws = _resampled_differences(a, b, samples, rng)
+        observed.append(one)
+        diffs += draws / len(directions_a)
+    return _summary(float(np.mean(observed)), diffs)

@@ -18,7 +18,6 @@ number of pairs (so each sees about as many examples of its pair as the multilin
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import numpy as np
@@ -44,11 +43,6 @@ def parse_systems(text: str) -> list[str]:
     return [s for s in SYSTEMS if s in names]
 
 
-def _replace(config: Config, **sections) -> Config:
-    return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **fields)
-                                          for name, fields in sections.items()}).validate()
-
-
 def scratch_steps(config: Config) -> int:
     """Updates of a system trained from scratch: as many as pre-training plus fine-tuning."""
     return config.train.steps + config.finetune.steps
@@ -60,17 +54,17 @@ def expansion_ffn_dim(config: Config) -> int:
 
 def expansion_config(config: Config) -> Config:
     """+Expansion's pre-training config: the FFN widened; then method_te over it with the usual schedule."""
-    return _replace(config, model={"ffn_dim": expansion_ffn_dim(config)})
+    return config.with_sections(model={"ffn_dim": expansion_ffn_dim(config)})
 
 
 def ts_config(config: Config) -> Config:
     table = target_language_table(config.data.pairs)
-    return _replace(config, model={"ts_target_of_pair": table, "ts_self_attn": config.systems.ts_self_attn},
+    return config.with_sections(model={"ts_target_of_pair": table, "ts_self_attn": config.systems.ts_self_attn},
                     train={"steps": scratch_steps(config)})
 
 
 def adapter_config(config: Config) -> Config:
-    return _replace(config, model={"adapter_pairs": len(config.data.pairs), "adapter_dim": config.systems.adapter_dim},
+    return config.with_sections(model={"adapter_pairs": len(config.data.pairs), "adapter_dim": config.systems.adapter_dim},
                     train={"steps": scratch_steps(config)})
 
 
@@ -80,7 +74,7 @@ def individual_steps(config: Config) -> int:
 
 def individual_config(config: Config, pair: str) -> Config:
     """The bilingual model of one pair (the joint vocabulary and the target tag are kept)."""
-    return _replace(config, data={"pairs": (pair,)}, train={"steps": individual_steps(config)})
+    return config.with_sections(data={"pairs": (pair,)}, train={"steps": individual_steps(config)})
 
 
 # ----------------------------------------------------------------------------- parameter accounting (Para)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +17,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -28,13 +28,13 @@ def _save(fig, path: Path) -> Path:
 
 def importance_lines(theta: np.ndarray, pairs: Sequence[str], module: str, path: Path) -> Path:
     """Fig. 2: the importance of every neuron of ``module`` for each of ``pairs`` (rows of ``theta``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))
     for row, pair in zip(theta, pairs):
         ax.plot(np.arange(len(row)), row, linewidth=0.8, label=pair)
     ax.set(xlabel="neuron", ylabel="importance", title=f"importance of the neurons of {module}")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _heatmap(ax, table: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, cmap="viridis"):
@@ -50,26 +50,26 @@ def _heatmap(ax, table: np.ndarray, rows: Sequence[str], cols: Sequence[str], ti
 
 def scores_heatmaps(lscore: Mapping, mscore: Mapping, path: Path) -> Path:
     """Fig. 3: LScore (layers x pairs) and MScore (layers x modules) side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.45 * len(lscore["layers"]) + 2.5))
     as_array = lambda s: np.array([[np.nan if v is None else v for v in row] for row in s], float)  # noqa: E731
     fig.colorbar(_heatmap(left, as_array(lscore["scores"]), lscore["layers"], lscore["pairs"], "LScore"), ax=left)
     fig.colorbar(_heatmap(right, as_array(mscore["scores"]), mscore["layers"], mscore["modules"], "MScore"),
                  ax=right)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def erasure_heatmap(drops: np.ndarray, settings: Sequence[str], pairs: Sequence[str], path: Path) -> Path:
     """Fig. 5: BLEU lost by every pair (columns) under each erasure (rows)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.0 * len(pairs) + 3, 0.5 * len(settings) + 2))
     fig.colorbar(_heatmap(ax, drops, settings, pairs, "BLEU drop after erasing neurons", cmap="magma"), ax=ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_lines(param: str, values: Sequence[float], deltas: Mapping[str, Sequence[float]], path: Path) -> Path:
     """Fig. 4 / Table 3: BLEU minus the multilingual baseline's as ``param`` varies (average bold)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for pair, row in deltas.items():
         if pair != "avg":
@@ -78,4 +78,4 @@ def sweep_lines(param: str, values: Sequence[float], deltas: Mapping[str, Sequen
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set(xlabel=param, ylabel="BLEU - multilingual", title=f"{param} sweep")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
