@@ -40,7 +40,7 @@ from jax_namnmt import cli, packaged, workflow
 from jax_namnmt.config import IMPORTANCE_LOSSES, MANY_TO_MANY_8, MODULE_SETS, NORMALIZATIONS, Config
 from jax_namnmt.data.batching import resolve_layout
 from jax_namnmt.data.corpus import parse_pairs, read_lines
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
+from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir, write_split
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.method.allocation import allocate, mask_report, random_masks, save_masks, load_masks
 from jax_namnmt.method.masks import to_model_masks
@@ -147,17 +147,15 @@ class Setting:
     # -- data and start model ----------------------------------------------------------
 
     def prepare(self) -> None:
+        """The setting's corpus (rewritten each time: every file is written whole, atomically, and the
+        same; about a second) and the start model's vocabulary."""
         data, r = self.workdir / "data", self.config.reproduce
-        if not (data / f"test.{self.pairs[-1]}.{self.pairs[-1].split('-')[1]}").exists():
-            build_from_multiway(multi30k_dir(), data, self.pairs, {"train": "train", "test": "test_2016_flickr"})
-            langs = sorted({lang for p in parse_pairs(self.pairs) for lang in (p.src, p.tgt)})
-            val = {lang: read_lines(multi30k_dir() / f"{MULTI30K_SPLITS['valid']}.{lang}.gz") for lang in langs}
-            for p in parse_pairs(self.pairs):
-                for lang in (p.src, p.tgt):
-                    (data / f"importance.{p.name}.{lang}").write_text(
-                        "".join(x + "\n" for x in val[lang][:r.importance_lines]), encoding="utf-8")
-                    (data / f"valid.{p.name}.{lang}").write_text(
-                        "".join(x + "\n" for x in val[lang][r.importance_lines:]), encoding="utf-8")
+        pairs = parse_pairs(self.pairs)
+        build_from_multiway(multi30k_dir(), data, pairs, {"train": "train", "test": "test_2016_flickr"})
+        langs = sorted({lang for p in pairs for lang in (p.src, p.tgt)})
+        val = {lang: read_lines(multi30k_dir() / f"{MULTI30K_SPLITS['valid']}.{lang}.gz") for lang in langs}
+        write_split(data, "importance", pairs, {lang: lines[:r.importance_lines] for lang, lines in val.items()})
+        write_split(data, "valid", pairs, {lang: lines[r.importance_lines:] for lang, lines in val.items()})
         workflow.prepare(self.config, self.workdir, True, vocab_from=self.start / "spm.model")
 
     def converge(self) -> Path:

@@ -58,7 +58,7 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
-def _write_split(
+def write_split(
     out_dir: Path, split: str, pairs: Sequence[Pair], lines: Mapping[str, Sequence[str]]
 ) -> None:
     for pair in pairs:
@@ -113,7 +113,7 @@ def build_from_multiway(
         _check_aligned(in_split, files, lines)
         if out_split in max_lines:
             lines = {lang: text[: max_lines[out_split]] for lang, text in lines.items()}
-        _write_split(out_dir, out_split, pairs, lines)
+        write_split(out_dir, out_split, pairs, lines)
     return out_dir
 
 
@@ -192,5 +192,5 @@ def build_from_ntrex(
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, keep in rows.items():
         split_lines = {lang: [text[i] for i in keep] for lang, text in lines.items()}
-        _write_split(out_dir, split, pairs, split_lines)
+        write_split(out_dir, split, pairs, split_lines)
     return out_dir
