@@ -2,7 +2,7 @@
 jax_namnmt.pipeline --workdir W`` first; ``--system`` picks whose importance/masks/run, default
 ``method_te``). Tables are printed, data written as JSON and figures as PNG to ``W/analysis/``.
 
-    python -m jax_namnmt.analyze importance --workdir W [--module decoder/layer_2/ffn/fc1] [--show-pairs a,b,c]
+    python -m jax_namnmt.analyze importance --workdir W [--module decoder_layer_2/ffn/fc1] [--show-pairs a,b,c]
         Fig. 2: every neuron's importance in one module, for three pairs (and how alike they are)
     python -m jax_namnmt.analyze scores --workdir W
         Fig. 3: LScore (layer x pair) and MScore (layer x module) of the masks
@@ -30,6 +30,7 @@ from jax_namnmt.analysis import erasure, plots, scores
 from jax_namnmt.config import Config
 from jax_namnmt.errors import CheckpointError, ConfigError
 from jax_namnmt.method.allocation import load_masks
+from jax_namnmt.method.masks import canonical_name
 from jax_namnmt.metrics import format_table
 from jax_namnmt.training.checkpoint import load_json, save_json
 
@@ -83,7 +84,7 @@ def _table(rows: dict[str, dict[str, float]], cols: list[str]) -> str:
 def importance(args) -> dict:
     p = _paths(args)
     theta, pairs = workflow.load_importance(_require(p["importance"], "importance", args.system))
-    module = args.module or next((m for m in reversed(list(theta)) if m.endswith("ffn/fc1")), next(iter(theta)))
+    module = canonical_name(args.module) if args.module else next((m for m in reversed(list(theta)) if m.endswith("ffn/fc1")), next(iter(theta)))
     if module not in theta:
         raise ConfigError(f"--module {module!r} is not in {p['importance']}; modules: {', '.join(theta)}")
     show = _csv(args.show_pairs) or pairs[:3]

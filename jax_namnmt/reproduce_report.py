@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from jax_namnmt.analysis.plots import pyplot, save_figure
+from jax_namnmt.method.masks import parse_name
 from jax_namnmt.training.checkpoint import save_json
 
 SHOWN = ("pretrained", "multilingual", "method_te", "method_av", "random", "k0")
@@ -77,8 +78,8 @@ def _module_table(setting: dict) -> list[str]:
     pairs = _pairs(setting)
     kinds: dict[str, list[str]] = {}
     for name in report["kept"]:
-        stack, _, *rest = name.split("/")
-        kinds.setdefault("/".join([stack, *rest]), []).append(name)
+        part = parse_name(name)
+        kinds.setdefault(f"{part.stack}/{part.module}", []).append(name)
     lines = ["| module (all layers) | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
     for kind, names in kinds.items():
         cells = []

@@ -33,7 +33,7 @@ from jax_namnmt.decoding import translate_ids
 from jax_namnmt.errors import CheckpointError, ConfigError, DataError
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
-from jax_namnmt.method.masks import module_sizes, to_model_masks
+from jax_namnmt.method.masks import canonical_name, module_sizes, to_model_masks
 from jax_namnmt.metrics import score_by_pair
 from jax_namnmt.model.transformer import init_params
 from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
@@ -252,7 +252,7 @@ def load_importance(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         raise CheckpointError(f"importance file {path} does not exist; run `python -m jax_namnmt.importance` first")
     with np.load(path) as data:
         pairs = json.loads(str(data["__pairs__"]))
-        return {k: data[k] for k in data.files if k != "__pairs__"}, pairs
+        return {canonical_name(k): data[k] for k in data.files if k != "__pairs__"}, pairs
 
 
 def run_allocate(importance_path: Path, out: Path, rho: float, k: float, variant: str, quiet: bool = False,

@@ -99,12 +99,6 @@ def noisy_params(config: ModelConfig, seed: int = 0, scale: float = 0.1):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def _mask_name(path) -> str:
-    """('encoder_layer_0', 'ffn', 'fc1') -> 'encoder/layer_0/ffn/fc1'."""
-    stack, layer = path[0].split("_layer_")
-    return "/".join((stack, f"layer_{layer}") + tuple(path[1:]))
-
-
 # The tests' own helpers are jitted (config static) so every shape compiles once (eager Flax is
 # slow on CPU), with XLA's backend optimizations off: they run a few times each on tiny inputs,
 # so compiling them costs more than it saves. Set per function, never for the process, so
@@ -124,7 +118,7 @@ def forward_h(params, batch, masks, *, config):
     def walk(tree, path):
         for key, value in tree.items():
             if key == "h":
-                acts[_mask_name(path)] = value[0]
+                acts["/".join(path)] = value[0]  # a mask name is its parameter path
             else:
                 walk(value, path + (key,))
 

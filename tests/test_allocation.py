@@ -66,8 +66,8 @@ def test_validation():
         allocate_module(THETA, 0.9, -0.1)
     bad = THETA.copy()
     bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="encoder/layer_0/ffn/fc1"):
-        allocate({"encoder/layer_0/ffn/fc1": bad}, ["a-b", "c-d", "e-f"], 0.9, 0.7)
+    with pytest.raises(ValueError, match="encoder_layer_0/ffn/fc1"):
+        allocate({"encoder_layer_0/ffn/fc1": bad}, ["a-b", "c-d", "e-f"], 0.9, 0.7)
     with pytest.raises(ValueError, match="negative"):
         allocate_module(-THETA, 0.9, 0.7)
     with pytest.raises(ValueError, match="shape"):
@@ -89,15 +89,15 @@ EXPECTED = {
 
 @pytest.mark.parametrize("variant", ["pair", "source", "target"])
 def test_variants(variant):
-    masks = allocate({"encoder/layer_0/ffn/fc1": TABLE}, PAIRS, 0.0, 1.0, variant=variant)
-    np.testing.assert_array_equal(masks["encoder/layer_0/ffn/fc1"], EXPECTED[variant])
+    masks = allocate({"encoder_layer_0/ffn/fc1": TABLE}, PAIRS, 0.0, 1.0, variant=variant)
+    np.testing.assert_array_equal(masks["encoder_layer_0/ffn/fc1"], EXPECTED[variant])
 
 
 def test_separate_variant():
-    table = {"encoder/layer_0/self_attn/q": TABLE, "decoder/layer_0/cross_attn/out": TABLE}
+    table = {"encoder_layer_0/self_attn/q": TABLE, "decoder_layer_0/cross_attn/out": TABLE}
     masks = allocate(table, PAIRS, 0.0, 1.0, variant="separate")
-    np.testing.assert_array_equal(masks["encoder/layer_0/self_attn/q"], EXPECTED["source"])
-    np.testing.assert_array_equal(masks["decoder/layer_0/cross_attn/out"], EXPECTED["target"])
+    np.testing.assert_array_equal(masks["encoder_layer_0/self_attn/q"], EXPECTED["source"])
+    np.testing.assert_array_equal(masks["decoder_layer_0/cross_attn/out"], EXPECTED["target"])
     with pytest.raises(ConfigError, match="embed"):
         allocate({"embed": TABLE}, PAIRS, 0.0, 1.0, variant="separate")
 
@@ -109,8 +109,8 @@ def test_unknown_variant():
 
 def _masks():
     return {
-        "encoder/layer_0/ffn/fc1": allocate_module(THETA, 0.6, 1.0),  # per pair 3, 4, 4
-        "decoder/layer_1/self_attn/v": allocate_module(THETA[:, :2], 0.5, 0.0),  # all ones
+        "encoder_layer_0/ffn/fc1": allocate_module(THETA, 0.6, 1.0),  # per pair 3, 4, 4
+        "decoder_layer_1/self_attn/v": allocate_module(THETA[:, :2], 0.5, 0.0),  # all ones
     }
 
 
@@ -131,11 +131,11 @@ def test_save_load_round_trip(tmp_path):
 def test_load_rejects_masks_that_do_not_fit(tmp_path):
     path = tmp_path / "masks.npz"
     save_masks(path, _masks(), ["de-en", "en-de", "fr-en"], {})
-    expected = {"encoder/layer_0/ffn/fc1": 6, "decoder/layer_1/self_attn/v": 2}
-    with pytest.raises(CheckpointError, match=r"encoder/layer_0/ffn/fc1.*\(3, 5\).*\(3, 6\)"):
+    expected = {"encoder_layer_0/ffn/fc1": 6, "decoder_layer_1/self_attn/v": 2}
+    with pytest.raises(CheckpointError, match=r"encoder_layer_0/ffn/fc1.*\(3, 5\).*\(3, 6\)"):
         load_masks(path, expected=expected)
-    with pytest.raises(CheckpointError, match="missing modules.*decoder/layer_2"):
-        load_masks(path, expected={**expected, "decoder/layer_2/ffn/fc2": 4})
+    with pytest.raises(CheckpointError, match="missing modules.*decoder_layer_2"):
+        load_masks(path, expected={**expected, "decoder_layer_2/ffn/fc2": 4})
     with pytest.raises(CheckpointError, match="4"):
         load_masks(path, num_pairs=4)
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -149,11 +149,11 @@ def test_summary_counts():
     masks, pairs = _masks(), ["de-en", "en-de", "fr-en"]
     rows = summary_rows(masks, pairs)
     assert rows[0] == dict(
-        module="encoder/layer_0/ffn/fc1", neurons=5, general=3, specific=2,
+        module="encoder_layer_0/ffn/fc1", neurons=5, general=3, specific=2,
         pairs_per_specific=1.0, min_per_pair=3, max_per_pair=4,
     )
     assert rows[1] == dict(
-        module="decoder/layer_1/self_attn/v", neurons=2, general=2, specific=0,
+        module="decoder_layer_1/self_attn/v", neurons=2, general=2, specific=0,
         pairs_per_specific=0.0, min_per_pair=2, max_per_pair=2,
     )
     # totals per pair: 3+2, 4+2, 4+2
@@ -163,5 +163,5 @@ def test_summary_counts():
     )
     text = summarize(masks, pairs)
     lines = text.splitlines()
-    assert "encoder/layer_0/ffn/fc1" in text and lines[-1].startswith("total")
+    assert "encoder_layer_0/ffn/fc1" in text and lines[-1].startswith("total")
     assert len({len(line) for line in lines}) == 1  # fixed width

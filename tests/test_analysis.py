@@ -13,17 +13,17 @@ from jax_namnmt.errors import ConfigError
 
 HAND = {
     # 3 pairs. fc1: neuron 0 general; 1, 2, 3 specific to pairs 0, 1, 2.
-    "encoder/layer_0/ffn/fc1": np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]], bool),
+    "encoder_layer_0/ffn/fc1": np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]], bool),
     # q: neuron 1 general; neuron 0 specific, shared by pairs 0 and 1.
-    "encoder/layer_0/self_attn/q": np.array([[1, 1], [1, 1], [0, 1]], bool),
+    "encoder_layer_0/self_attn/q": np.array([[1, 1], [1, 1], [0, 1]], bool),
     # every neuron general: a layer without specific neurons has no score
-    "decoder/layer_0/cross_attn/k": np.ones((3, 2), bool),
+    "decoder_layer_0/cross_attn/k": np.ones((3, 2), bool),
 }
 
 
 def test_lscore_and_mscore_by_hand():
     layers, table = lscore(HAND)
-    assert layers == ["encoder/layer_0", "decoder/layer_0"]
+    assert layers == ["encoder_layer_0", "decoder_layer_0"]
     # encoder layer 0: 4 specific neurons (3 in fc1, 1 in q); pair 0 holds 2, pair 1 holds 2, pair 2 holds 1
     np.testing.assert_allclose(table[0], [0.5, 0.5, 0.25])
     assert np.isnan(table[1]).all()
@@ -40,7 +40,7 @@ def test_lscore_and_mscore_by_hand():
 def random_masks(seed=0, pairs=4, neurons=200):
     rng = np.random.default_rng(seed)
     masks = {}
-    for name in ("encoder/layer_0/ffn/fc1", "decoder/layer_1/self_attn/v"):
+    for name in ("encoder_layer_0/ffn/fc1", "decoder_layer_1/self_attn/v"):
         mask = rng.random((pairs, neurons)) < 0.3
         mask[:, : neurons // 2] = True  # half the neurons general
         masks[name] = mask
@@ -56,9 +56,9 @@ def test_erasing_general_neurons():
         gone = mask.any(axis=0) & ~erased[name].any(axis=0)
         assert gone.sum() == round(0.2 * general.sum()) and general[gone].all()  # only general ones, whole columns
         np.testing.assert_array_equal(erased[name][:, ~gone], mask[:, ~gone])  # the rest untouched
-    assert erase_general(masks, 0.2, seed=3)[0]["encoder/layer_0/ffn/fc1"].tolist() == \
-        erased["encoder/layer_0/ffn/fc1"].tolist()  # seeded
-    assert masks["encoder/layer_0/ffn/fc1"][:, :100].all()  # the input is not modified
+    assert erase_general(masks, 0.2, seed=3)[0]["encoder_layer_0/ffn/fc1"].tolist() == \
+        erased["encoder_layer_0/ffn/fc1"].tolist()  # seeded
+    assert masks["encoder_layer_0/ffn/fc1"][:, :100].all()  # the input is not modified
 
 
 def test_erasing_one_pairs_specific_neurons():

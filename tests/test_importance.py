@@ -20,8 +20,8 @@ RTOL, ATOL = 1e-5, 1e-8
 
 def source_side(name: str) -> bool:
     """Written out independently of the library: which token positions a module lives on."""
-    return name.startswith("encoder/") or name in {
-        f"decoder/layer_{i}/cross_attn/{p}" for i in range(8) for p in ("k", "v")}
+    return name.startswith("encoder_") or name in {
+        f"decoder_layer_{i}/cross_attn/{p}" for i in range(8) for p in ("k", "v")}
 
 
 def _asymmetric_batch(pack, example, seed=0):
@@ -184,7 +184,7 @@ def test_token_counts_and_cross_attention_sides(tiny_config, tiny_params, pack, 
         theta = _importance(tiny_params, batch, masks, tiny_config, method)
         for i in range(tiny_config.dec_layers):
             for proj in ("q", "k", "v", "out"):
-                name = f"decoder/layer_{i}/cross_attn/{proj}"
+                name = f"decoder_layer_{i}/cross_attn/{proj}"
                 np.testing.assert_allclose(theta[name], reference[name], rtol=RTOL, atol=ATOL, err_msg=name)
                 # the other side's normalization: sum over the right tokens / the wrong count
                 wrong = reference[name] * (ratio if proj in ("k", "v") else 1 / ratio)[:, None]

@@ -194,7 +194,7 @@ def _run(config, params, batch, masks, key, steps, schedule, start_step=0):
 def train_setup(tiny_config, tiny_params, pack, example, make_masks):
     masks = flatten(make_masks(tiny_config, NUM_PAIRS, seed=1))
     # neuron 3 of decoder fc1 is dropped by every pair: it must never be updated
-    masks["decoder/layer_0/ffn/fc1"][:, 3] = 0.0
+    masks["decoder_layer_0/ffn/fc1"][:, 3] = 0.0
     return tiny_config, tiny_params, _batch(pack, example), nest(masks)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import dot_equations, mixed_batch
-from jax_namnmt.method.importance import module_name, reads_source_tokens
+from jax_namnmt.method.importance import reads_source_tokens
 from jax_namnmt.method.masks import all_ones, flatten, module_sizes, nest
 from jax_namnmt.model.transformer import MASK_LOOKUP_ENV, Transformer, init_params, mask_lookup_method, on_token_rows
 from jax_namnmt.systems import count_params
@@ -49,7 +49,7 @@ def test_masked_neurons_are_exactly_zero_per_pair(tiny_config, tiny_params, pack
         assert (h[kept] != 0).all(), name
 
     # One neuron spelled out: encoder fc1, dropped by pair 0, kept by pair 1.
-    name = "encoder/layer_0/ffn/fc1"
+    name = "encoder_layer_0/ffn/fc1"
     i = int(np.flatnonzero((flat[name][0] == 0) & (flat[name][1] == 1))[0])
     h = np.asarray(acts[name])[..., i]
     valid = batch["src_segments"] > 0
@@ -59,9 +59,9 @@ def test_masked_neurons_are_exactly_zero_per_pair(tiny_config, tiny_params, pack
 
 # (mask name, params path of its Dense)
 GATED = [
-    ("encoder/layer_0/ffn/fc1", ("encoder_layer_0", "ffn", "fc1", "dense")),
-    ("decoder/layer_0/cross_attn/q", ("decoder_layer_0", "cross_attn", "q", "dense")),
-    ("decoder/layer_0/self_attn/v", ("decoder_layer_0", "self_attn", "v", "dense")),
+    ("encoder_layer_0/ffn/fc1", ("encoder_layer_0", "ffn", "fc1", "dense")),
+    ("decoder_layer_0/cross_attn/q", ("decoder_layer_0", "cross_attn", "q", "dense")),
+    ("decoder_layer_0/self_attn/v", ("decoder_layer_0", "self_attn", "v", "dense")),
 ]
 
 
@@ -185,16 +185,16 @@ def test_module_sizes_hand_count(tiny_config):
     sizes = module_sizes(config)
     d, f = 16, 32
     expected = {
-        "encoder/layer_0/self_attn/q": d, "encoder/layer_0/self_attn/k": d,
-        "encoder/layer_0/self_attn/v": d, "encoder/layer_0/self_attn/out": d,
-        "encoder/layer_0/ffn/fc1": f, "encoder/layer_0/ffn/fc2": d,
+        "encoder_layer_0/self_attn/q": d, "encoder_layer_0/self_attn/k": d,
+        "encoder_layer_0/self_attn/v": d, "encoder_layer_0/self_attn/out": d,
+        "encoder_layer_0/ffn/fc1": f, "encoder_layer_0/ffn/fc2": d,
     }
     for layer in (0, 1):
         for block in ("self_attn", "cross_attn"):
             for proj in ("q", "k", "v", "out"):
-                expected[f"decoder/layer_{layer}/{block}/{proj}"] = d
-        expected[f"decoder/layer_{layer}/ffn/fc1"] = f
-        expected[f"decoder/layer_{layer}/ffn/fc2"] = d
+                expected[f"decoder_layer_{layer}/{block}/{proj}"] = d
+        expected[f"decoder_layer_{layer}/ffn/fc1"] = f
+        expected[f"decoder_layer_{layer}/ffn/fc2"] = d
     assert sizes == expected
     # 6 + 2 * 10 = 26 modules; 16*5 + 32 = 112 encoder neurons, 2 * (16*9 + 32) = 352 decoder
     assert len(sizes) == 26 and sum(sizes.values()) == 112 + 352
@@ -204,7 +204,8 @@ def test_module_sizes_hand_count(tiny_config):
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = tuple(p.key for p in path)
         if keys[-2] == "dense" and keys[-1] == "kernel":
-            dense_paths.add(module_name(keys[:-2]))
+            dense_paths.add("/".join(keys[:-2]))
+    # A mask's name is its projection's parameter path, and every projection has one.
     assert dense_paths == set(sizes)
 
 

@@ -16,9 +16,9 @@ from jax_namnmt.method.allocation import (allocate, embedding_input_modules, gen
                                           normalize_importance, random_masks)
 from jax_namnmt.significance import bleu_from_stats, paired_bootstrap, sentence_stats
 
-NAMES = [f"{stack}/layer_{i}/{block}/{proj}" for stack in ("encoder", "decoder") for i in range(2)
-         for block in ("self_attn",) for proj in ("q", "k", "v", "out")] + ["encoder/layer_0/ffn/fc1",
-                                                                             "decoder/layer_1/cross_attn/k"]
+NAMES = [f"{stack}_layer_{i}/{block}/{proj}" for stack in ("encoder", "decoder") for i in range(2)
+         for block in ("self_attn",) for proj in ("q", "k", "v", "out")] + ["encoder_layer_0/ffn/fc1",
+                                                                             "decoder_layer_1/cross_attn/k"]
 PAIRS = ["de-en", "en-de", "fr-en", "en-fr"]
 
 
@@ -46,7 +46,7 @@ def test_no_embedding_inputs_leaves_the_first_self_attention_qkv_shared_and_noth
     every = allocate(theta, PAIRS, 0.5, 0.9)
     original = allocate(theta, PAIRS, 0.5, 0.9, modules="no_embedding_inputs")
     shared = set(embedding_input_modules(NAMES))
-    assert shared == {f"{s}/layer_0/self_attn/{p}" for s in ("encoder", "decoder") for p in "qkv"}
+    assert shared == {f"{s}_layer_0/self_attn/{p}" for s in ("encoder", "decoder") for p in "qkv"}
     for name in NAMES:
         if name in shared:
             assert original[name].all() and not every[name].all()

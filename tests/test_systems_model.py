@@ -411,7 +411,7 @@ def test_masks_compose_with_the_systems(config, pack, example, make_params, make
     flat = flatten(masks)
     _, acts = fns.forward_h(params, batch, masks, config=config)
     assert set(acts) == set(module_sizes(config)) == set(module_sizes(TINY))
-    for name in ("decoder/layer_0/cross_attn/q", "decoder/layer_0/cross_attn/k", "decoder/layer_0/self_attn/out"):
+    for name in ("decoder_layer_0/cross_attn/q", "decoder_layer_0/cross_attn/k", "decoder_layer_0/self_attn/out"):
         side = "src" if name.endswith("cross_attn/k") else "tgt"
         h = np.asarray(acts[name])
         token_mask = flat[name][batch[f"{side}_pairs"]]

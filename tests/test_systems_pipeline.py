@@ -128,7 +128,7 @@ def test_analyze_importance_and_scores(run_all):
     workdir = run_all["workdir"]
     report = analyze.importance(analyze_args(workdir, "importance", show_pairs="de-en,fr-en"))
     theta, pairs = workflow.load_importance(workdir / "importance_method_te.npz")
-    assert report["module"] == "decoder/layer_0/ffn/fc1" and report["pairs"] == ["de-en", "fr-en"]
+    assert report["module"] == "decoder_layer_0/ffn/fc1" and report["pairs"] == ["de-en", "fr-en"]
     np.testing.assert_allclose(report["importance"], theta[report["module"]][[pairs.index("de-en"),
                                                                            pairs.index("fr-en")]], rtol=1e-6)
     assert _png(report["figure"])

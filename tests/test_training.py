@@ -139,10 +139,10 @@ def test_finetune_leaves_unallocated_neurons_unchanged(workdir, full_run):
     sizes = module_sizes(config.model)
     masks = {name: np.ones((len(pairs), width), bool) for name, width in sizes.items()}
     # neuron 5 of the encoder's fc1 and neuron 3 of the decoder's cross-attention query belong to no pair
-    masks["encoder/layer_0/ffn/fc1"][:, 5] = False
-    masks["decoder/layer_0/cross_attn/q"][:, 3] = False
+    masks["encoder_layer_0/ffn/fc1"][:, 5] = False
+    masks["decoder_layer_0/cross_attn/q"][:, 3] = False
     # neuron 7 of fc1 is lacked by pair 0 only: the other pairs still train it
-    masks["encoder/layer_0/ffn/fc1"][0, 7] = False
+    masks["encoder_layer_0/ffn/fc1"][0, 7] = False
     mask_file = root / "hand_masks.npz"
     save_masks(mask_file, masks, pairs, {"by": "hand"})
 

@@ -1,7 +1,8 @@
 """Where the specific neurons sit (the paper's Fig. 3): LScore and MScore of a mask set.
 
 Masks are the allocation's ``module -> bool [pairs, neurons]`` (``method/allocation.py``); module
-names are ``{encoder|decoder}/layer_{i}/{self_attn|cross_attn|ffn}/{q|k|v|out|fc1|fc2}``. A neuron
+names are their projections' paths ``{encoder|decoder}_layer_{i}/{self_attn|cross_attn|ffn}/{q|k|v|out|fc1|fc2}``
+(``method/masks.py``). A neuron
 in every pair's mask is *general*; the others are *specific* to the pairs whose masks hold them
 (as ``allocation.summary_rows`` counts them).
 
@@ -20,30 +21,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jax_namnmt.method.allocation import general_neurons
-
-
-def split_module(name: str) -> tuple[str, str]:
-    """``"decoder/layer_3/ffn/fc1"`` -> ``("decoder/layer_3", "ffn/fc1")``."""
-    parts = name.split("/")
-    if len(parts) < 3:
-        raise ValueError(f"module name {name!r} is not <stack>/<layer>/<module>")
-    return "/".join(parts[:2]), "/".join(parts[2:])
-
-
-STACKS = ("encoder", "decoder")
-SUBLAYERS = ("self_attn", "cross_attn", "ffn")
+from jax_namnmt.method.masks import STACKS, SUBLAYERS, parse_name
 
 
 def _layer_key(layer: str) -> tuple[int, int]:
     """Model order: the encoder's layers, then the decoder's, by index."""
-    stack, index = layer.split("/")
-    return (STACKS.index(stack) if stack in STACKS else len(STACKS), int(index.rsplit("_", 1)[-1]))
+    stack, index = layer.rsplit("_layer_", 1)
+    return STACKS.index(stack), int(index)
 
 
 def _module_key(module: str) -> int:
     """Self-attention, cross-attention, then the FFN (the order within each kept)."""
-    sublayer = module.split("/")[0]
-    return SUBLAYERS.index(sublayer) if sublayer in SUBLAYERS else len(SUBLAYERS)
+    return SUBLAYERS.index(module.split("/")[0])
 
 
 def specific_counts(mask) -> tuple[np.ndarray, int]:
@@ -61,7 +50,7 @@ def lscore(masks: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
     """``(layers, scores [layers, pairs])``, layers in model order (encoder first)."""
     per_layer: dict[str, tuple[np.ndarray, int]] = {}
     for name, mask in masks.items():
-        layer, _ = split_module(name)
+        layer = parse_name(name).layer_path
         by_pair, total = specific_counts(mask)
         seen, seen_total = per_layer.get(layer, (0, 0))
         per_layer[layer] = (seen + by_pair, seen_total + total)
@@ -74,7 +63,8 @@ def mscore(masks: Mapping[str, np.ndarray]) -> tuple[list[str], list[str], np.nd
     (encoders have no cross-attention) or the module has no specific neuron."""
     cells: dict[tuple[str, str], float] = {}
     for name, mask in masks.items():
-        layer, module = split_module(name)
+        part = parse_name(name)
+        layer, module = part.layer_path, part.module
         by_pair, total = specific_counts(mask)
         cells[layer, module] = float(np.mean(_ratio(by_pair, total)))
     layers = sorted({layer for layer, _ in cells}, key=_layer_key)

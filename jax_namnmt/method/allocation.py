@@ -1,6 +1,6 @@
 """Importance-based neuron allocation (Xie et al. 2021, section 3.2; see docs/method.md).
 
-Importance tables are flat dicts ``module_name -> float array [M, F]``: one row per language
+Importance tables are flat dicts ``mask name -> float array [M, F]`` (names: ``method/masks.py``): one row per language
 pair (in a fixed order), one column per neuron (output feature) of the module. Allocation is
 done within each module independently and yields a boolean mask ``[M, F]`` per module:
 row ``m`` says which neurons pair ``m`` may use.
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jax_namnmt.errors import CheckpointError, ConfigError
+from jax_namnmt.method.masks import canonical_name, parse_name
 
 VARIANTS = ("pair", "source", "target", "separate")
 _META_KEY = "__meta__"
@@ -123,7 +124,8 @@ def normalize_importance(theta, how: str = "none") -> np.ndarray:
 def embedding_input_modules(names) -> list[str]:
     """The projections whose input is the token embedding: the q/k/v of each stack's first
     self-attention (the original code leaves exactly these unmasked)."""
-    return [n for n in names if n.split("/")[1:3] == ["layer_0", "self_attn"] and n.split("/")[-1] in ("q", "k", "v")]
+    parts = {n: parse_name(n) for n in names}
+    return [n for n, p in parts.items() if p.layer == 0 and p.module in ("self_attn/q", "self_attn/k", "self_attn/v")]
 
 
 def shared_modules(names, modules: str = "all") -> list[str]:
@@ -176,15 +178,11 @@ def allocate(
                 f"importance of {name} has shape {theta.shape}, expected [{len(pairs)}, neurons]"
             )
         if variant == "separate":
-            if name.startswith("encoder/"):
-                side = "source"
-            elif name.startswith("decoder/"):
-                side = "target"
-            else:
-                raise ConfigError(
-                    f"variant 'separate' needs module names starting with 'encoder/' or "
-                    f"'decoder/', got {name!r}"
-                )
+            try:
+                stack = parse_name(name).stack
+            except ValueError as e:
+                raise ConfigError(f"variant 'separate' needs encoder or decoder module names: {e}") from None
+            side = "source" if stack == "encoder" else "target"
         else:
             side = variant
         masks[name] = _allocate_grouped(theta, groups[side], rho, k, name)
@@ -378,7 +376,7 @@ def load_masks(
             raise CheckpointError(
                 f"mask file {path}: module {name} has shape {m.shape}, expected [{len(pairs)}, F]"
             )
-        masks[name] = m.astype(bool)
+        masks[canonical_name(name)] = m.astype(bool)
     if expected is not None:
         missing = [n for n in expected if n not in masks]
         extra = [n for n in masks if n not in expected]

@@ -25,7 +25,7 @@ import numpy as np
 
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig, ParallelConfig
-from jax_namnmt.method.masks import module_sizes
+from jax_namnmt.method.masks import module_sizes, parse_name
 from jax_namnmt.model.transformer import Transformer, boxed_abstract_params
 from jax_namnmt.training.step import batch_loss, loss_chunk_for
 from jax_namnmt.xla_options import training_compiler_options
@@ -33,16 +33,11 @@ from jax_namnmt.xla_options import training_compiler_options
 METHODS = ("taylor", "absolute")
 
 
-def module_name(path: tuple[str, ...]) -> str:
-    """Flax path ('encoder_layer_0', 'self_attn', 'q') -> mask name 'encoder/layer_0/self_attn/q'."""
-    stack, layer = path[0].rsplit("_layer_", 1)
-    return "/".join((stack, f"layer_{layer}") + tuple(path[1:]))
-
-
 def reads_source_tokens(name: str) -> bool:
     """Which tokens a module's activations live on: encoder modules and the cross-attention
     keys/values read source positions; everything else in the decoder reads target positions."""
-    return name.startswith("encoder/") or name.endswith(("cross_attn/k", "cross_attn/v"))
+    part = parse_name(name)
+    return part.stack == "encoder" or (part.sublayer == "cross_attn" and part.projection in ("k", "v"))
 
 
 def _collect(tree, path=()):
@@ -122,7 +117,7 @@ def _importance_sums(params, batch, masks, *, config: ModelConfig, num_pairs: in
 
     sums = {}
     for path, score in scores.items():
-        name = module_name(path)
+        name = "/".join(path)  # the mask name is the projection's parameter path
         sums[name] = per_pair(score, "src" if reads_source_tokens(name) else "tgt")
     counts = {
         side: jax.ops.segment_sum((batch[f"{side}_segments"] > 0).reshape(-1).astype(jnp.float32),

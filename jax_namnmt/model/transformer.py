@@ -1,10 +1,10 @@
 """A Flax Transformer whose every projection output is gated per token by a neuron mask.
 
-Masks are data: a pytree mirroring the masked projections,
-``{"encoder": {"layer_0": {"self_attn": {"q","k","v","out"}, "ffn": {"fc1","fc2"}}, ...},
-"decoder": {"layer_0": {"self_attn": ..., "cross_attn": ..., "ffn": ...}, ...}}``, each leaf
-``[num_pairs, features]`` (the registry of masked projections and their sizes:
-``method/masks.py: module_sizes``). Each token carries its example's pair id, so one batch
+Masks are data: the parameter tree cut at the masked projections,
+``{"encoder_layer_0": {"self_attn": {"q","k","v","out"}, "ffn": {"fc1","fc2"}}, ...,
+"decoder_layer_0": {"self_attn": ..., "cross_attn": ..., "ffn": ...}, ...}``, each leaf
+``[num_pairs, features]``, so a mask's path is its projection's parameter path (the registry of
+masked projections and their sizes: ``method/masks.py: module_sizes``). Each token carries its example's pair id, so one batch
 (packed rows included) mixes pairs; ``masks=None`` is the plain multilingual model. How a token
 finds its pair's row: ``ModelConfig.mask_lookup`` (:func:`mask_lookup_method`).
 
@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_namnmt.config import ModelConfig
+from jax_namnmt.method.masks import layer_path
 from jax_namnmt.model.dropout import Dropout
 from jax_namnmt.model.layout import heads_to_compact, heads_to_rows, int_rows
 from jax_namnmt.parallel import constrain
@@ -519,8 +520,8 @@ class Transformer(nn.Module):
             name="embed",
         )
         self.positions = jnp.asarray(sinusoidal_positions(cfg.max_positions, cfg.d_model))
-        self.encoder_layers = [EncoderLayer(cfg, name=f"encoder_layer_{i}") for i in range(cfg.enc_layers)]
-        self.decoder_layers = [DecoderLayer(cfg, name=f"decoder_layer_{i}") for i in range(cfg.dec_layers)]
+        self.encoder_layers = [EncoderLayer(cfg, name=layer_path("encoder", i)) for i in range(cfg.enc_layers)]
+        self.decoder_layers = [DecoderLayer(cfg, name=layer_path("decoder", i)) for i in range(cfg.dec_layers)]
         if cfg.pre_norm:
             self.encoder_norm = nn.LayerNorm(dtype=jnp.float32, name="encoder_norm")
             self.decoder_norm = nn.LayerNorm(dtype=jnp.float32, name="decoder_norm")
@@ -542,7 +543,7 @@ class Transformer(nn.Module):
         bias = attention_bias(rows, rows)
         ctx = Context(src=Side(pairs, layout=layout), deterministic=deterministic)
         for i, layer in enumerate(self.encoder_layers):
-            x = layer(x, bias, _sub(masks, "encoder", f"layer_{i}"), ctx)
+            x = layer(x, bias, _sub(masks, layer_path("encoder", i)), ctx)
         if self.config.pre_norm:
             x = self.encoder_norm(x).astype(x.dtype)
         return x
@@ -586,7 +587,7 @@ class Transformer(nn.Module):
         ctx = Context(src=Side(src_pairs, src_routes, src_layout), tgt=Side(tgt_pairs, routes, layout),
                       deterministic=deterministic, decode=decode)
         for i, layer in enumerate(self.decoder_layers):
-            y = layer(y, encoded, self_bias, cross_bias, _sub(masks, "decoder", f"layer_{i}"), ctx)
+            y = layer(y, encoded, self_bias, cross_bias, _sub(masks, layer_path("decoder", i)), ctx)
         if self.config.pre_norm:
             y = self.decoder_norm(y)
         if return_hidden:  # the compute dtype: output_loss's matmuls take it (bfloat16: tensor cores)
