@@ -10,7 +10,6 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from jax_namnmt import parallel
 from jax_namnmt.config import Config, load_config
 from jax_namnmt.errors import UserError
 
@@ -60,6 +59,8 @@ def config_from_args(args) -> Config:
         overrides.append(f"parallel.mesh={args.mesh}")
     config = load_config(args.config, overrides)
     # jax.distributed.initialize (when a coordinator is configured) before anything touches the devices
+    from jax_namnmt import parallel  # here, not at the top: translate starts without Flax
+
     parallel.initialize_distributed(config.parallel)
     return config
 
