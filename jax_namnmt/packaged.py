@@ -20,7 +20,7 @@ import numpy as np
 
 from jax_namnmt.errors import CheckpointError
 from jax_namnmt.method.masks import flatten, nest
-from jax_namnmt.training.checkpoint import load_json, save_json
+from jax_namnmt.jsonfile import load_json
 
 FORMAT = 1
 PARAMS_FILE = "params.npz"
@@ -48,6 +48,8 @@ def _sha256(path: Path) -> str:
 def save_package(out: Path, params: dict, config_dict: dict, vocab_path: Path, dtype: str = "bfloat16",
                  info: dict | None = None) -> Path:
     """Write a package; the directory is written under a temporary name and renamed when complete."""
+    from jax_namnmt.training.checkpoint import save_json  # Orbax: not on translate's path
+
     if dtype not in STORED_DTYPES:
         raise ValueError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
     out = Path(out)
@@ -79,6 +81,8 @@ def read_package_info(directory: Path) -> dict:
 
 
 def update_package_info(directory: Path, **fields) -> None:
+    from jax_namnmt.training.checkpoint import save_json
+
     info = read_package_info(directory)
     info.update(fields)
     save_json(Path(directory) / PACKAGE_FILE, info)
@@ -86,6 +90,14 @@ def update_package_info(directory: Path, **fields) -> None:
 
 def load_package_params(directory: Path, target: dict) -> dict:
     """float32 parameters of a package, checked against ``target`` (a tree of shapes) and its checksum."""
+    flat = read_package_params(directory)
+    check_params_fit(flat, target, directory)
+    return nest(flat)
+
+
+def read_package_params(directory: Path) -> dict[str, np.ndarray]:
+    """Every parameter of a package as float32, by path, after checking the checksum (not yet
+    against a model: ``check_params_fit``)."""
     directory = Path(directory)
     info = read_package_info(directory)
     path = directory / PARAMS_FILE
@@ -96,24 +108,27 @@ def load_package_params(directory: Path, target: dict) -> dict:
                               "the file is corrupted or was changed; export the package again")
     with np.load(path) as data:
         stored = {k: data[k] for k in data.files}
+    if info["dtype"] == "bfloat16":
+        return {k: v.view(ml_dtypes.bfloat16).astype(np.float32) for k, v in stored.items()}
+    return {k: v.astype(np.float32) for k, v in stored.items()}
+
+
+def check_params_fit(flat: dict[str, np.ndarray], target: dict, directory: Path) -> None:
+    """A CheckpointError naming the file unless ``flat`` (by path) has exactly the paths and shapes of
+    ``target`` (a tree of shapes)."""
+    path = Path(directory) / PARAMS_FILE
     want = {k: tuple(v.shape) for k, v in flatten(target).items()}
-    missing = sorted(set(want) - set(stored))
-    extra = sorted(set(stored) - set(want))
+    missing = sorted(set(want) - set(flat))
+    extra = sorted(set(flat) - set(want))
     if missing or extra:
         raise CheckpointError(
-            f"{path} does not fit the model of {directory / 'config.json'}: "
+            f"{path} does not fit the model of {Path(directory) / 'config.json'}: "
             + (f"missing {missing[:3]}" if missing else "") + (" " if missing and extra else "")
             + (f"unexpected {extra[:3]}" if extra else "")
             + "; the package was made by another version of the model code: export it again")
-    flat = {}
     for key, shape in want.items():
-        value = stored[key]
-        if tuple(value.shape) != shape:
-            raise CheckpointError(f"{path}: '{key}' has shape {tuple(value.shape)} but the model expects {shape}")
-        if info["dtype"] == "bfloat16":
-            value = value.view(ml_dtypes.bfloat16)
-        flat[key] = value.astype(np.float32)
-    return nest(flat)
+        if tuple(flat[key].shape) != shape:
+            raise CheckpointError(f"{path}: '{key}' has shape {tuple(flat[key].shape)} but the model expects {shape}")
 
 
 def package_size(directory: Path) -> int:

@@ -44,6 +44,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jax_namnmt.errors import CheckpointError
+from jax_namnmt.jsonfile import load_json  # re-exported: the doors' JSON reader, Orbax-free
 
 log = logging.getLogger(__name__)
 
@@ -481,16 +482,3 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    """Reads a JSON file; a missing or malformed file raises CheckpointError."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist; check the run directory") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(
-            f"{path}:{e.lineno}: invalid JSON ({e.msg}); the file is corrupted") from None
