@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from jax_namnmt.data.sampling import check_temperature
 from jax_namnmt.errors import ConfigError
 
 LAYOUTS = ("auto", "compact", "rows")  # data.layout (see jax_namnmt/data/batching.py)
@@ -123,6 +124,10 @@ class DataConfig:
     # the packed rows; one device), "rows" (everything on the packed rows), "auto" (compact on
     # one CPU device, rows on accelerators and meshes)
     layout: str = "auto"
+    # Sampling across pairs (training batches): pair m is drawn with probability proportional to
+    # n_m ** (1 / T), n_m its training examples; 1 = proportional (each example once an epoch),
+    # larger = flatter (5 is usual for unbalanced corpora); see jax_namnmt/data/sampling.py
+    sampling_temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,10 @@ class MethodConfig:
     rho: float = 0.9
     k: float = 0.7
     variant: str = "pair"  # pair | source | target | separate
+    # The mask of a direction no pair was trained on (zero-shot, method/zero_shot.py): the encoder from
+    # the pairs sharing its source, the decoder from those sharing its target, combined by
+    # "union" | "intersection"; or "general" (the neurons every pair uses)
+    zero_shot_masks: str = "union"
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,9 @@ class DecodeConfig:
     batch_sentences: int = 128
     test_split: str = "test"
     test_max_lines: int = 0  # per pair; 0 = all
+    # zero-shot directions evaluate and pipeline also score: "auto" (every untrained direction from a
+    # language some pair reads to one some pair writes, if the corpus has it), "none", or "de-cs,cs-de"
+    zero_shot: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -376,6 +388,7 @@ class Config:
             ("method.importance_loss", self.method.importance_loss, IMPORTANCE_LOSSES),
             ("method.modules", self.method.modules, MODULE_SETS),
             ("method.normalize", self.method.normalize, NORMALIZATIONS),
+            ("method.zero_shot_masks", self.method.zero_shot_masks, ("union", "intersection", "general")),
             ("decode.penalty_form", self.decode.penalty_form, ("fairseq", "gnmt")),
             ("decode.stop_early", self.decode.stop_early, ("fairseq", "exact")),
         ]
@@ -413,6 +426,7 @@ class Config:
                if getattr(self.data, n) % 2]
         if self.model.attention_kernel == "cudnn" and odd:
             raise ConfigError(f"model.attention_kernel = 'cudnn' trains on rows of an even length: {', '.join(odd)}")
+        check_temperature(self.data.sampling_temperature, "data.sampling_temperature")
         if self.data.layout not in LAYOUTS:
             raise ConfigError(f"data.layout must be one of {LAYOUTS}, not {self.data.layout!r}")
         if self.data.max_len > self.model.max_positions:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from jax_namnmt import parallel
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, make_batcher, resolve_layout
+from jax_namnmt.data.sampling import PairShares, describe_probabilities
 from jax_namnmt.errors import CheckpointError, TrainingDiverged
 from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
 from jax_namnmt.training.metrics_log import MetricsLogger
@@ -170,11 +171,12 @@ def _step_record(state, metrics, step: int, window: tuple[int, float]) -> tuple[
 
 def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Examples,
           valid_examples: Examples | None, init_params, masks=None, phase: str = "train",
-          quiet: bool = False):
+          quiet: bool = False, trainable=None):
     """Train from ``init_params`` (or resume from ``run_dir``) for ``schedule.steps`` updates.
 
     ``masks`` (nested ``[num_pairs, F]`` arrays) gate every projection per example; ``None``
-    trains the plain model. Returns the final parameters.
+    trains the plain model. ``trainable`` (a boolean tree shaped like the params, ``add_pair``)
+    freezes its False entries bit for bit. Returns the final parameters.
     """
     run_dir = Path(run_dir)
     tc = config.train
@@ -200,7 +202,12 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
         state = parallel.put(state, train_step.state_shardings)
     state, epoch, index, layout = _resume(ckpt, state, layout, mesh, phase, report)
     batch_shape = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)  # budget, row lengths
-    batcher = make_batcher(train_examples, layout, *batch_shape, seed=tc.seed)
+    temperature = config.data.sampling_temperature
+    batcher = make_batcher(train_examples, layout, *batch_shape, seed=tc.seed, temperature=temperature)
+    shares = PairShares(config.data.pairs)  # the realised share of each pair, logged as <phase>_pairs
+    if report and temperature != 1.0:
+        print(f"[{phase}] sampling pairs at temperature {temperature:g}: "
+              f"{describe_probabilities(config.data.pairs, train_examples.pair_ids, temperature)}")
     if index > batcher.num_batches(epoch):
         epoch, index = epoch + 1, 0
     valid_batches = {}
@@ -213,6 +220,9 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     masks = None if masks is None else jax.tree.map(np.asarray, masks)
     if mesh is not None and masks is not None:
         masks = parallel.put(masks, parallel.replicated(mesh))
+    if trainable is not None:
+        trainable = (jax.tree.map(np.asarray, trainable) if mesh is None
+                     else parallel.put(trainable, train_step.state_shardings["params"]))
 
     def save(step_now, position):
         _check_diverged(state, step_now, ckpt, tc.max_bad_steps, phase)
@@ -226,6 +236,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
         logger.log(step_now, v, f"{phase}_valid")
         if report:
             tqdm.write(f"[{phase}] step {step_now}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
+            if temperature != 1.0:
+                tqdm.write(f"[{phase}] pairs trained on: {shares.describe()}")
 
     if valid_batches and step == 0 and phase != "pretrain":
         validate(0)  # the starting point (for a masked fine-tune: the cost of the masks before any update)
@@ -237,15 +249,17 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     try:
         while step < schedule.steps:
             epoch, index, batch = next(stream)
+            shares.add(batch)
             if mesh is not None:
                 batch = parallel.shard_batch(batch, mesh, rules)
-            state, metrics = train_step(state, batch, masks, key, sched)
+            state, metrics = train_step(state, batch, masks, key, sched, trainable)
             step += 1
             position = (epoch, index + 1)
             bar.update(1)
             if step % tc.log_every == 0 or step == schedule.steps:
                 record, window = _step_record(state, metrics, step, window)
                 logger.log(step, record, phase)
+                logger.log(step, shares.record(), f"{phase}_pairs")
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
                 _check_diverged(state, step, ckpt, tc.max_bad_steps, phase)
             if valid_batches and (step % eval_every == 0 or step == schedule.steps):
@@ -253,6 +267,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             if step % tc.save_every == 0 and step < schedule.steps:
                 save(step, position)
         _check_diverged(state, step, ckpt, tc.max_bad_steps, phase)
+        if report and temperature != 1.0:
+            tqdm.write(f"[{phase}] pairs trained on: {shares.describe()}")
         if ckpt.latest_step() != step:
             save(step, position)
         ckpt.wait()
