@@ -99,6 +99,10 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
     optimizer state come back unchanged (selected, bit for bit), the step counter still advances
     (the data position and the dropout key move on), ``bad_steps`` counts it and the metrics carry
     ``skipped`` = 1.0; the loop decides when too many consecutive skips mean divergence.
+
+    ``trainable`` (optional, a boolean tree shaped like the params): only its True entries are
+    updated; the others get a zero gradient (so neither the norm nor Adam's moments see them) and
+    come back bit for bit (``add_pair``: the parameters the old pairs read stay frozen).
     """
     model = Transformer(config)
     optimizer = make_optimizer(b1, b2, eps, clip_norm)
@@ -110,11 +114,11 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
         jit_kwargs["out_shardings"] = (shardings, parallel.replicated(mesh))
 
     @partial(jax.jit, donate_argnums=(0,), **jit_kwargs)
-    def train_step(state, batch, masks, key, schedule):
+    def train_step(state, batch, masks, key, schedule, trainable=None):
         with parallel.activate(mesh, rules):
-            return _train_step(state, batch, masks, key, schedule)
+            return _train_step(state, batch, masks, key, schedule, trainable)
 
-    def _train_step(state, batch, masks, key, schedule):
+    def _train_step(state, batch, masks, key, schedule, trainable):
         dropout_key = jax.random.fold_in(key, state["step"])
 
         def loss_fn(params):
@@ -124,9 +128,13 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
             return loss / ntokens, (nll / ntokens, ntokens)
 
         (loss, (nll, ntokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        if trainable is not None:
+            grads = jax.tree.map(lambda g, t: jnp.where(t, g, 0.0), grads, trainable)
         direction, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         lr = inverse_sqrt_lr(state["step"], schedule[0], schedule[1], schedule[2])
         params = jax.tree.map(lambda p, d: p - lr * d, state["params"], direction)
+        if trainable is not None:
+            params = jax.tree.map(jnp.where, trainable, params, state["params"])
         grad_norm = optax.tree.norm(grads)
         bad = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
         keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
