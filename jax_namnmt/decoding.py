@@ -18,6 +18,7 @@ import numpy as np
 from jax_namnmt.config import DecodeConfig, ModelConfig
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from jax_namnmt.model.baked import module_for
 from jax_namnmt.model.beam_search import beam_search, expand_to_beams
 from jax_namnmt.model.transformer import Transformer, with_decoding
 
@@ -39,8 +40,9 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
         # max_positions sizes the sinusoid table, which must cover the source positions in the
         # encoder (an out-of-range gather would clamp them silently), and the decoder's
         # self-attention caches, whose positions only go up to max_len.
-        encoder = Transformer(dataclasses.replace(config, max_positions=max(max_len + 1, src_len)))
-        model = Transformer(dataclasses.replace(config, max_positions=max_len + 1))
+        module = module_for(config)  # Transformer, or BakedTransformer for a baked per-pair model
+        encoder = module(dataclasses.replace(config, max_positions=max(max_len + 1, src_len)))
+        model = module(dataclasses.replace(config, max_positions=max_len + 1))
         segments = (src != PAD_ID).astype(jnp.int32)
         positions = jnp.broadcast_to(jnp.arange(src_len, dtype=jnp.int32), src.shape)
         src_pairs = jnp.broadcast_to(pair_ids[:, None], src.shape)
