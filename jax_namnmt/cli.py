@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from jax_namnmt.config import Config, load_config
-from jax_namnmt.errors import UserError
+from jax_namnmt.errors import UserError, reason
 
 
 def door_prog(module: str | None) -> str | None:
@@ -105,16 +106,37 @@ def enable_compilation_cache() -> Path | None:
     return path
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """Drops the tracebacks Orbax logs from its worker threads: the same exception reaches the
+    caller, which reports it as one ``error:`` line (``--debug`` keeps them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _os_error_line(err: OSError) -> str:
+    """One line for an OS error no writer turned into a UserError: the file and what failed."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{reason(err)} (run with --debug for the traceback)"
+
+
 def run(main: Callable[[], int | None]) -> None:
-    """Run a door: a UserError prints one clear line and exits 2 (traceback only with --debug).
-    JAX's persistent compilation cache is on (``enable_compilation_cache``)."""
+    """Run a door: a UserError prints one clear line and exits 2 (traceback only with --debug), as
+    does an OS error (a file that cannot be read or written, a full disk) that reached no writer's
+    own message. JAX's persistent compilation cache is on (``enable_compilation_cache``)."""
+    debug = "--debug" in sys.argv
+    if not debug:
+        logging.getLogger("absl").addFilter(_NoLibraryTracebacks())
     enable_compilation_cache()
     try:
         code = main()
-    except UserError as err:
-        if "--debug" in sys.argv:
+    except BrokenPipeError:  # the reader of stdout went away (``| head``): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except (UserError, OSError) as err:
+        if debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err if isinstance(err, UserError) else _os_error_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is kept; run the same command again to resume", file=sys.stderr)

@@ -1,5 +1,13 @@
 """User-facing errors: a clear message, exit status 2, no traceback unless --debug."""
 
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+from typing import Iterator
+
 
 class UserError(Exception):
     """A problem with the user's input (corpus, argument, config, checkpoint).
@@ -23,3 +31,59 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """Too many consecutive updates had a non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+class DirectoryLocked(UserError):
+    """Another live process is writing the directory (``run_lock``); the message names it."""
+
+
+class WriteError(UserError):
+    """A file could not be written (disk full, read-only, permissions); the message names the
+    path and what failed. The previous complete file or checkpoint is left as it was."""
+
+
+WRITE_HINT = "free some space (or fix the permissions) and run the same command again"
+_OS_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def reason(err: BaseException) -> str:
+    """What went wrong, in a short phrase, from an OS or library error: the OS error's text (also
+    when tensorstore carries it as ``os_error_code=N`` in its message), else the exception's type
+    and the first line of its message."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+        code = err.errno
+    else:
+        match = _OS_CODE.search(str(err))
+        code = int(match.group(1)) if match else None
+        text = os.strerror(code) if code else None
+    if text:
+        name = errno.errorcode.get(code) if code else None
+        return f"{text} ({name})" if name else text
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if len(first) > 300:
+        first = first[:297] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """An OS error while writing ``what`` at ``path`` becomes a :class:`WriteError` naming both."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(f"cannot write {what} {path}: {reason(e)}; {WRITE_HINT}") from e
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str, error: type[UserError] = CheckpointError) -> Iterator[None]:
+    """A library error (OS, numpy/zip, JSON, SentencePiece) while reading ``what`` at ``path``
+    becomes one ``error`` (a UserError) naming both."""
+    import zipfile
+
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError) as e:
+        raise error(f"cannot read {what} {path}: {reason(e)}") from e

@@ -11,14 +11,17 @@ package wherever it reads a run directory; parameters come back as float32.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
-from jax_namnmt.errors import CheckpointError
+from jax_namnmt import run_lock
+from jax_namnmt.errors import WRITE_HINT, CheckpointError, WriteError, reading, reason
 from jax_namnmt.method.masks import flatten, nest
 from jax_namnmt.jsonfile import load_json
 
@@ -47,29 +50,70 @@ def _sha256(path: Path) -> str:
 
 def save_package(out: Path, params: dict, config_dict: dict, vocab_path: Path, dtype: str = "bfloat16",
                  info: dict | None = None) -> Path:
-    """Write a package; the directory is written under a temporary name and renamed when complete."""
+    """Write a package: the directory is written under a temporary name (``.OUT.tmp``) and put in
+    place of ``out`` when complete, so a reader sees the old package or the new one, never a mix.
+    A write that fails (disk full, read-only) raises WriteError naming the file; the temporary
+    directory is removed and an existing package at ``out`` is left as it was."""
     from jax_namnmt.training.checkpoint import save_json  # Orbax: not on translate's path
 
     if dtype not in STORED_DTYPES:
         raise ValueError(f"dtype must be one of {STORED_DTYPES}, got {dtype!r}")
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     arrays = {}
     for path, value in flatten(params).items():
         value = np.asarray(value, np.float32)
         arrays[path] = value.astype(ml_dtypes.bfloat16).view(np.uint16) if dtype == "bfloat16" else value
-    np.savez(tmp / PARAMS_FILE, **arrays)
-    save_json(tmp / "config.json", config_dict)
-    shutil.copyfile(vocab_path, tmp / "spm.model")
-    save_json(tmp / PACKAGE_FILE, {"format": FORMAT, "dtype": dtype, "sha256": _sha256(tmp / PARAMS_FILE),
-                                   **(info or {})})
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    current = tmp
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        current = tmp / PARAMS_FILE
+        np.savez(current, **arrays)
+        current = tmp / "config.json"
+        save_json(current, config_dict)
+        current = tmp / "spm.model"
+        shutil.copyfile(vocab_path, current)
+        current = tmp / PACKAGE_FILE
+        save_json(current, {"format": FORMAT, "dtype": dtype, "sha256": _sha256(tmp / PARAMS_FILE), **(info or {})})
+        current = out
+        _publish(tmp, out)
+    except (OSError, WriteError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = reason(e.__cause__ or e) if isinstance(e, WriteError) else reason(e)
+        kept = f"the package in {out} is unchanged" if (out / PACKAGE_FILE).exists() else "nothing was written"
+        raise WriteError(f"cannot write package {out}: writing {current} failed: {cause}; {kept}; {WRITE_HINT}") from e
     return out
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the complete package ``tmp`` in place of ``out``. Where this process holds ``out``'s lock,
+    the lock file is linked into the new directory first, so the lock never leaves ``out``."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    lock = run_lock.lock_path(out)
+    if run_lock.held_here(out) and lock.exists():
+        os.link(lock, run_lock.lock_path(tmp))
+    if _exchange(tmp, out):  # tmp now holds the old package
+        shutil.rmtree(tmp)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old)
 
 
 def read_package_info(directory: Path) -> dict:
@@ -106,7 +150,7 @@ def read_package_params(directory: Path) -> dict[str, np.ndarray]:
     if _sha256(path) != info.get("sha256"):
         raise CheckpointError(f"{path} does not match the SHA-256 in {directory / PACKAGE_FILE}: "
                               "the file is corrupted or was changed; export the package again")
-    with np.load(path) as data:
+    with reading(path, "package parameters"), np.load(path) as data:
         stored = {k: data[k] for k in data.files}
     if info["dtype"] == "bfloat16":
         return {k: v.view(ml_dtypes.bfloat16).astype(np.float32) for k, v in stored.items()}

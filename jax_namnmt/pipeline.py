@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from jax_namnmt import cli, packaged, systems, workflow
+from jax_namnmt import cli, packaged, run_lock, systems, workflow
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.metrics import format_table
 from jax_namnmt.training.checkpoint import load_json, save_json
@@ -80,8 +80,9 @@ def main() -> int:
         args.overrides.append(f"method.variant={args.variant}")
     config = cli.config_from_args(args)
     workdir = Path(args.workdir or ("runs/demo" if start is not None else "runs/scratch"))
-    _claim_workdir(workdir, start)
-    Pipeline(config, workdir, start, args.quiet).run(names)
+    with run_lock.hold(workdir):  # one pipeline per work directory
+        _claim_workdir(workdir, start)
+        Pipeline(config, workdir, start, args.quiet).run(names)
     return 0
 
 

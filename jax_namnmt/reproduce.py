@@ -36,7 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jax_namnmt import cli, packaged, workflow
+from jax_namnmt import cli, packaged, run_lock, workflow
 from jax_namnmt.config import IMPORTANCE_LOSSES, MANY_TO_MANY_8, MODULE_SETS, NORMALIZATIONS, Config
 from jax_namnmt.data.batching import resolve_layout
 from jax_namnmt.data.corpus import parse_pairs, read_lines
@@ -362,7 +362,11 @@ def main() -> int:
     config = check_config(cli.config_from_args(args))
     start = Path(args.pretrained) if args.pretrained else packaged.shipped_model_dir()
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with run_lock.hold(workdir):  # one reproduction per work directory
+        return _reproduce(args, config, start, workdir)
+
+
+def _reproduce(args, config: Config, start: Path, workdir: Path) -> int:
     report_path = workdir / "report.json"
     report = load_json(report_path) if report_path.exists() else {}
     report.update({"command": "python -m jax_namnmt.reproduce " + " ".join(sys.argv[1:]),

@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jax_namnmt import packaged, parallel
+from jax_namnmt import packaged, parallel, run_lock
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, encode_parallel, make_batcher, resolve_layout
 from jax_namnmt.data.corpus import parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
-from jax_namnmt.errors import CheckpointError, ConfigError, DataError
+from jax_namnmt.errors import CheckpointError, ConfigError, DataError, reading, writing
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
 from jax_namnmt.method.masks import canonical_name, module_sizes, to_model_masks
@@ -52,8 +52,13 @@ def data_dir_for(config: Config, workdir: Path) -> Path:
 
 def prepare(config: Config, workdir: Path, quiet: bool = False, vocab_from: Path | None = None) -> dict:
     """Build (if needed) and validate the corpus, and train the joint vocabulary (or, with ``vocab_from``,
-    use that SentencePiece model: the vocabulary of a pre-trained model the work starts from)."""
-    workdir = Path(workdir)
+    use that SentencePiece model: the vocabulary of a pre-trained model the work starts from).
+    Holds ``workdir``'s lock (``run_lock``)."""
+    with run_lock.hold(workdir):
+        return _prepare(config, Path(workdir), quiet, vocab_from)
+
+
+def _prepare(config: Config, workdir: Path, quiet: bool, vocab_from: Path | None) -> dict:
     pairs = parse_pairs(config.data.pairs)
     data_dir = data_dir_for(config, workdir)
     if not config.data.data_dir:
@@ -166,7 +171,12 @@ def export_run(run_dir: Path, out: Path, dtype: str = "bfloat16", info: dict | N
                config: Config | None = None) -> Path:
     """Write ``run_dir``'s latest parameters, config and vocabulary as a package (see ``packaged``).
     ``config`` replaces the stored config (e.g. newer fine-tuning or decoding settings for users of the
-    package); its model and pairs must be the run's."""
+    package); its model and pairs must be the run's. Holds ``out``'s lock."""
+    with run_lock.hold(out):
+        return _export_run(run_dir, Path(out), dtype, info, config)
+
+
+def _export_run(run_dir: Path, out: Path, dtype: str, info: dict | None, config: Config | None) -> Path:
     run = load_run(run_dir)
     if run.masks is not None:
         raise CheckpointError(f"{run_dir} is a masked run; packages hold plain models only")
@@ -185,8 +195,13 @@ def is_finished(run_dir: Path, steps: int) -> bool:
 
 
 def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) -> Path:
-    """Pre-train the plain multilingual model (resumes if ``out`` holds checkpoints)."""
+    """Pre-train the plain multilingual model (resumes if ``out`` holds checkpoints); holds ``out``'s lock."""
     workdir, out = Path(workdir), Path(out)
+    with run_lock.hold(out):
+        return _run_pretrain(config, workdir, out, quiet)
+
+
+def _run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool) -> Path:
     data_dir = data_dir_for(config, workdir)
     vocab = _workdir_vocab(workdir)
     train_ex, valid_ex = _train_and_valid(config, data_dir, vocab, quiet)
@@ -200,8 +215,15 @@ def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) 
 def run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_path: Path | None,
                  quiet: bool = False) -> Path:
     """Fine-tune from ``source``'s parameters with a fresh optimizer, each example under its pair's mask
-    (``masks_path=None``: continue the plain model with the same schedule: the equal-steps baseline)."""
+    (``masks_path=None``: continue the plain model with the same schedule: the equal-steps baseline).
+    Holds ``out``'s lock from the start: a second writer stops before anything is read or written."""
     workdir, out = Path(workdir), Path(out)
+    with run_lock.hold(out):
+        return _run_finetune(config, workdir, source, out, masks_path, quiet)
+
+
+def _run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_path: Path | None,
+                  quiet: bool) -> Path:
     base = load_run(source)
     _check_same_model(base.config, config, source)
     flat = None
@@ -214,7 +236,8 @@ def run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_p
     model_masks = None
     if flat is not None:
         if Path(masks_path).resolve() != (out / "masks.npz").resolve():
-            save_masks(out / "masks.npz", flat, pairs, meta)
+            with writing(out / "masks.npz", "mask file"):
+                save_masks(out / "masks.npz", flat, pairs, meta)
         model_masks = to_model_masks(flat)
     train(out, config, finetune_schedule(config), train_ex, valid_ex, base.params, model_masks,
           phase="finetune" if masks_path else "continue", quiet=quiet)
@@ -224,7 +247,15 @@ def run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_p
 def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: str, quiet: bool = False,
                    out: Path | None = None) -> Path:
     """Score every neuron for every pair on the validation split (one pass over mixed batches); written to
-    ``out`` (default ``run_dir/importance_<method>.npz``) through a temporary file, so never half-written."""
+    ``out`` (default ``run_dir/importance_<method>.npz``) through a temporary file, so never half-written.
+    Holds the lock of the directory written to."""
+    path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
+    with run_lock.hold(path.parent):
+        return _run_importance(run_dir, config, workdir, method, quiet, path)
+
+
+def _run_importance(run_dir: Path, config: Config, workdir: Path | None, method: str, quiet: bool,
+                    path: Path) -> Path:
     run = load_run(run_dir)
     data_dir = data_dir_for(config, workdir or run_dir)
     mc = config.method
@@ -239,10 +270,13 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
                                    num_pairs=len(run.pairs), method=method,
                                    label_smoothing=smoothing, progress=bar,
                                    mesh=mesh, rules=rules)
-    path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)
-    tmp.replace(path)
+    try:
+        with writing(path, "importance file"):
+            np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no partial file (the previous one, if any, stays)
     return path
 
 
@@ -250,17 +284,29 @@ def load_importance(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"importance file {path} does not exist; run `python -m jax_namnmt.importance` first")
-    with np.load(path) as data:
+    with reading(path, "importance file"), np.load(path) as data:
+        if "__pairs__" not in data.files:
+            raise CheckpointError(f"importance file {path} has no __pairs__ entry: it was not written by "
+                                  "`python -m jax_namnmt.importance`")
         pairs = json.loads(str(data["__pairs__"]))
+        if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
+            raise CheckpointError(f"importance file {path}: __pairs__ is not a list of pair names")
         return {canonical_name(k): data[k] for k in data.files if k != "__pairs__"}, pairs
 
 
 def run_allocate(importance_path: Path, out: Path, rho: float, k: float, variant: str, quiet: bool = False,
                  normalize: str = "none", modules: str = "all") -> Path:
+    """Masks from an importance file, written to ``out`` (holding the lock of its directory)."""
+    with run_lock.hold(Path(out).parent):
+        return _run_allocate(importance_path, out, rho, k, variant, quiet, normalize, modules)
+
+
+def _run_allocate(importance_path, out, rho, k, variant, quiet, normalize, modules) -> Path:
     theta, pairs = load_importance(importance_path)
     masks = allocate(theta, pairs, rho, k, variant, normalize=normalize, modules=modules)
-    save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "normalize": normalize,
-                                   "modules": modules, "importance": str(importance_path)})
+    with writing(out, "mask file"):
+        save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "normalize": normalize,
+                                       "modules": modules, "importance": str(importance_path)})
     if not quiet:
         print(summarize(masks, pairs))
     return Path(out)

@@ -29,6 +29,13 @@ that step again moves the corrupted directory aside to ``<step>.corrupt``
 (orbax ignores such names) before writing a fresh one. A checkpoint without a
 manifest (written before manifests existed, or killed between orbax's rename
 and the manifest) is restored unverified, its read errors still caught.
+
+Failed writes: a save that fails part-way (a full disk, a read-only directory) raises
+:class:`WriteError` naming the step directory and the cause; orbax's unfinished
+``<step>.orbax-checkpoint-tmp`` is removed and the previous checkpoint is left as it was, so
+the same command resumes from it once the cause is fixed. Such leftovers of a process that died
+(``kill -9`` in the middle of a save) are removed by the next save from a process that holds the
+run directory's lock (``run_lock``): no other process can be writing them then.
 """
 
 from __future__ import annotations
@@ -37,13 +44,15 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from jax_namnmt.errors import CheckpointError
+from jax_namnmt import run_lock
+from jax_namnmt.errors import WRITE_HINT, CheckpointError, UserError, WriteError, reason
 from jax_namnmt.jsonfile import load_json  # re-exported: the doors' JSON reader, Orbax-free
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ __all__ = ["Checkpointer", "CorruptCheckpointError", "MANIFEST", "save_json", "l
 
 MANIFEST = "integrity.json"
 _HASH = "blake2b"
+_TMP = ".orbax-checkpoint-tmp"  # orbax's suffix of a step (and of its items) being written
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -185,6 +195,7 @@ class Checkpointer:
             self.directory, options=options, handler_registry=registry)
         self._pending: list[int] = []  # saved steps whose manifest is still to be written (async)
         self._bad: dict[int, str] = {}  # step -> why this object found it corrupted; not listed any more
+        self._swept = False  # leftovers of a dead writer removed (first save under the lock)
 
     def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
@@ -255,29 +266,73 @@ class Checkpointer:
                 return
         if step in self._bad:
             self._move_aside(step)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        saved = self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(dict(meta))),
-            force=force,
-        )
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"cannot write checkpoints to {self.directory}: {reason(e)}; {WRITE_HINT}") from e
+        self._sweep()
+        try:
+            saved = self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(dict(meta))),
+                force=force,
+            )
+        except Exception as e:
+            self._failed([step], e)
         if saved:
             self._pending.append(step)
             if not self._manager.is_saving_in_progress():
                 self._write_pending_manifests()
 
+    def _sweep(self) -> None:
+        """Removes unfinished steps (``<step>.orbax-checkpoint-tmp*``) left by a writer that died,
+        once, when this process holds the run directory's lock (else another process may be
+        writing them)."""
+        if self._swept or not run_lock.held_here(self.run_dir) or jax.process_index() != 0:
+            return
+        self._swept = True
+        for leftover in self.directory.glob(f"*{_TMP}*"):
+            log.warning("removing %s: an unfinished checkpoint of a process that stopped while saving it",
+                        leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _failed(self, steps: list[int], err: Exception) -> None:
+        """A save of ``steps`` failed: remove what orbax left unfinished and raise WriteError
+        (a UserError is raised as it is)."""
+        if isinstance(err, UserError):
+            raise err
+        if jax.process_index() == 0:
+            for step in steps:
+                for leftover in self.directory.glob(f"{step}{_TMP}*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            kept = [s for s in self.all_steps() if s not in steps]
+        except Exception:  # noqa: BLE001 - the write error is what the user needs to see
+            kept = []
+        previous = (f"the previous checkpoint {self._step_dir(kept[-1])} is intact" if kept
+                    else "no earlier checkpoint exists")
+        where = ", ".join(str(self._step_dir(s)) for s in steps)
+        raise WriteError(f"cannot write checkpoint {where}: {reason(err)}; {previous}; {WRITE_HINT} "
+                         "to resume from the last intact checkpoint") from err
+
     def _write_pending_manifests(self) -> None:
         """Waits for orbax's pending save, then writes the manifests of the finished steps."""
         if not self._pending:
             return
-        self._manager.wait_until_finished()
         pending, self._pending = self._pending, []
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # an asynchronous save failed
+            self._failed(pending, e)
         if jax.process_index() == 0:  # one writer; every process reads (see _sync)
             for step in pending:
                 step_dir = self._step_dir(step)
                 if step_dir.is_dir():  # absent: already removed by keep-last-N
-                    write_manifest(step_dir)
+                    try:
+                        write_manifest(step_dir)
+                    except WriteError as e:  # the step itself is complete: it stays, restored unverified
+                        raise WriteError(f"checkpoint {step_dir} was written but not its manifest: {e}") from e
         _sync(f"manifests {pending}")
 
     def _move_aside(self, step: int) -> None:
@@ -468,17 +523,23 @@ class Checkpointer:
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` atomically (temporary file, then rename)."""
+    """Writes ``obj`` as JSON to ``path`` atomically (temporary file, then rename): the previous
+    file stays whole until the new one is complete. An OS error (disk full, read-only) raises
+    :class:`WriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # a TypeError before anything is written
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {reason(e)}; {WRITE_HINT}") from e
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except OSError:
+            pass
