@@ -2,14 +2,18 @@
 
 All batches of one call share one shape (the longest source, rounded up), so the whole
 search compiles once per call. On CPU two batches are decoded at once (``decode_workers``).
+``translate`` asks for bucketed shapes (``bucket_shape``: every short input decodes with the
+same program) and for programs saved ahead of time (``aot``); the model code (Flax) is imported
+only when a program has to be traced.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +22,12 @@ import numpy as np
 from jax_namnmt.config import DecodeConfig, ModelConfig
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from jax_namnmt.model.baked import module_for
-from jax_namnmt.model.beam_search import beam_search, expand_to_beams
-from jax_namnmt.model.transformer import Transformer, with_decoding
+
+# the package's sources the beam-search program is made from (its ahead-of-time cache key; a test
+# checks that they cover every module of the package that make_beam_decoder imports)
+PROGRAM_SOURCES = ("decoding.py", "model", "config.py", "parallel.py", "method/masks.py", "errors.py",
+                   "data/vocab.py", "data/sampling.py", "data/__init__.py", "__init__.py", "method/__init__.py")
+SHORT_WIDTH = 32  # bucketed source widths are multiples of this: one program for every short input
 
 
 def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> int:
@@ -32,6 +39,10 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                       stop_early: str = "fairseq", max_len_a: float = 1.2, max_len_b: int = 10,
                       min_len: int = 1):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
+    from jax_namnmt.model.baked import module_for
+    from jax_namnmt.model.beam_search import beam_search, expand_to_beams, shrink_sizes
+    from jax_namnmt.model.transformer import Transformer, with_decoding
+
     config = with_decoding(config)
 
     @jax.jit
@@ -50,31 +61,34 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                                 method=Transformer.encode)
         # The source stays one row per sentence (the cross-attention groups a sentence's beams);
         # the target side has one row per beam.
-        tgt_pairs = expand_to_beams(pair_ids[:, None], beam_size)
         rows = batch * beam_size
-        ones = jnp.ones((rows, 1), jnp.int32)
 
-        def step(variables, ids, position, mutable):
+        def step(variables, ids, position, mutable, sent):
+            beams = ids.shape[0] // sent["pairs"].shape[0]  # 1 at the search's first step
+            ones = jnp.ones((ids.shape[0], 1), jnp.int32)
             logits, state = model.apply(
-                {"params": params, **variables}, encoded, segments, src_pairs, ids, ones, position * ones,
-                tgt_pairs, masks, decode=True, mutable=mutable, method=Transformer.decode)
+                {"params": params, **variables}, sent["encoded"], sent["segments"], sent["src_pairs"], ids, ones,
+                position * ones, expand_to_beams(sent["pairs"][:, None], beams), masks, decode=True,
+                mutable=mutable, method=Transformer.decode)
             return logits[:, 0, :], state
 
+        # Per-sentence inputs: the search gathers them when it drops finished sentences.
+        sent = {"encoded": encoded, "segments": segments, "src_pairs": src_pairs, "pairs": pair_ids}
         # Prefill: creates the self-attention caches ('cache', reordered with the beams) and the
         # source keys/values of every cross-attention ('source', constant during the search).
-        _, state = step({}, jnp.full((rows, 1), BOS_ID, jnp.int32), 0, ["cache", "source"])
-        source = state["source"]
+        _, state = step({}, jnp.full((rows, 1), BOS_ID, jnp.int32), 0, ["cache", "source"], sent)
+        sent["source"] = state["source"]
 
-        def tokens_to_logits(ids, cache):
+        def tokens_to_logits(ids, cache, sent):
             index = cache["decoder_layer_0"]["self_attn"]["index"]
-            logits, new = step({"cache": cache, "source": source}, ids, index, ["cache"])
+            logits, new = step({"cache": cache, "source": sent["source"]}, ids, index, ["cache"], sent)
             return logits, new["cache"]
 
         lengths = segments.sum(axis=1)
         limits = jnp.clip(jnp.ceil(max_len_a * lengths + max_len_b).astype(jnp.int32), 1, max_len)
         sequences, _ = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
                                    length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,
-                                   max_lens=limits)
+                                   max_lens=limits, per_sentence=sent, shrink_to=shrink_sizes(batch))
         return sequences[:, 0, :]
 
     return decode
@@ -89,23 +103,65 @@ def decode_workers(platform: str | None = None) -> int:
     return 2 if (platform or jax.default_backend()) == "cpu" else 1
 
 
+def bucket_shape(sentences: int, width: int, batch_sentences: int) -> tuple[int, int]:
+    """``(rows, width)`` of the program that decodes ``sentences`` sources of at most ``width``
+    tokens: rows a power of two up to ``batch_sentences`` (``batch_sentences`` for more), width a
+    multiple of ``SHORT_WIDTH`` (so all short inputs share one program)."""
+    rows = batch_sentences if sentences >= batch_sentences else 1 << max(0, sentences - 1).bit_length()
+    return min(rows, batch_sentences), -(-max(width, 1) // SHORT_WIDTH) * SHORT_WIDTH
+
+
 def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarray], pair_ids: np.ndarray,
-                  decode: DecodeConfig, progress=None, workers: int | None = None) -> list[np.ndarray]:
+                  decode: DecodeConfig, progress=None, workers: int | None = None, bucket: bool = False,
+                  aot: bool = False, before_compile: Callable[[], None] | None = None,
+                  stats: dict | None = None) -> list[np.ndarray]:
     """Token ids of the best hypothesis for every source (same order), pairs mixed freely.
     ``workers`` batches are decoded at once (None: ``decode_workers()``); the result does not
-    depend on it (each batch is the same compiled program on the same inputs)."""
+    depend on it (each batch is the same compiled program on the same inputs).
+
+    ``bucket``: batches of ``bucket_shape`` (extra rows are empty sources, dropped from the
+    result), so that calls with few or short sources reuse one program. ``aot``: the program is
+    loaded from, or saved to, the ahead-of-time cache (``jax_namnmt.aot``); ``before_compile`` is
+    called first when it has to be compiled (e.g. to check that the parameters fit the model), and
+    ``stats["aot"]`` says what happened, ``stats["program_s"]`` adds the seconds spent getting the
+    program (loading or compiling it)."""
     if len(sources) == 0:
         return []
+    count = len(sources)
+    if bucket:
+        rows, _ = bucket_shape(count, 1, decode.batch_sentences)
+        extra = -count % rows
+        sources = list(sources) + [np.asarray([EOS_ID], np.int32)] * extra
+        pair_ids = np.concatenate([np.asarray(pair_ids, np.int32), np.zeros(extra, np.int32)])
     batches = padded_batches(sources, pair_ids, decode.batch_sentences)
     width = max(src.shape[1] for _, src, _ in batches)
+    if bucket:
+        width = bucket_shape(count, width, decode.batch_sentences)[1]
     max_len = max_output_len(width, decode, 1024)
-    decoder = make_beam_decoder(config, decode.beam_size, max_len, decode.length_penalty, decode.penalty_form,
-                                decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len)
+    settings = (decode.beam_size, max_len, decode.length_penalty, decode.penalty_form, decode.stop_early,
+                decode.max_len_a, decode.max_len_b, decode.min_len)
 
     def padded(src):
         out = np.full((src.shape[0], width), PAD_ID, np.int32)
         out[:, : src.shape[1]] = src
         return out
+
+    first = (params, padded(batches[0][1]), batches[0][2], masks)
+    started = time.perf_counter()
+    if aot:
+        from jax_namnmt import aot as aot_cache
+
+        def lower():
+            if before_compile is not None:
+                before_compile()
+            return make_beam_decoder(config, *settings).lower(*first)
+
+        decoder = aot_cache.compiled("beam_search", repr((config, settings)), first, lower, PROGRAM_SOURCES,
+                                     stats=stats)
+    else:
+        decoder = make_beam_decoder(config, *settings)
+    if stats is not None:
+        stats["program_s"] = stats.get("program_s", 0.0) + time.perf_counter() - started
 
     def run(batch):
         _, src, pairs = batch
@@ -118,18 +174,18 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
             if index >= 0:
                 outputs[index] = tokens[row]
         if progress is not None:
-            progress.update(int((indices >= 0).sum()))
+            progress.update(int(((indices >= 0) & (indices < count)).sum()))
 
     workers = decode_workers() if workers is None else workers
     if workers > 1 and len(batches) > 1:
-        # Compiled here first (once per process and shape; the calls below reuse it): threads
-        # starting together would each compile the search.
-        _, src, pairs = batches[0]
-        decoder.lower(params, padded(src), pairs, masks).compile()
+        if not aot:
+            # Compiled here first (once per process and shape; the calls below reuse it): threads
+            # starting together would each compile the search.
+            decoder.lower(*first).compile()
         with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
             for (indices, _, _), tokens in zip(batches, pool.map(run, batches)):
                 keep(indices, tokens)
     else:
         for batch in batches:
             keep(batch[0], run(batch))
-    return outputs
+    return outputs[:count]

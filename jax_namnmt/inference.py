@@ -1,0 +1,206 @@
+"""A trained model ready to translate, loaded once, and the translation of lines with it.
+
+``load_model`` reads a package (the shipped model is one) with NumPy and SentencePiece alone:
+the model code (Flax) is imported, and the parameters checked against it, only when the beam
+search has to be compiled, not when its program comes from the ahead-of-time cache
+(``jax_namnmt.aot``). A run directory is read by ``workflow.load_run`` (Orbax).
+
+``Translator.translate`` gives one output line per input line, in order, whatever the line:
+empty or blank lines (also lines of only control characters) give empty lines; a line with no
+piece the vocabulary knows (a script it does not cover) is copied through with a warning; a
+line longer than the model was trained for follows ``long_lines`` (``segment``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jax_namnmt import packaged, segment
+from jax_namnmt.config import Config
+from jax_namnmt.data.vocab import EOS_ID, UNK_ID, Vocab
+from jax_namnmt.errors import CheckpointError, DataError
+from jax_namnmt.jsonfile import load_json
+
+
+@dataclass
+class Model:
+    """A trained model for translation (the fields of ``workflow.Run`` that translation reads)."""
+
+    directory: Path
+    config: Config
+    vocab: Vocab
+    params: dict
+    masks: dict | None = None  # flat boolean masks by module, or None for a plain model
+    step: int = 0
+    checked: bool = True  # False: the parameters still have to be checked against the model code
+
+    @property
+    def pairs(self) -> list[str]:
+        return list(self.config.data.pairs)
+
+    def model_masks(self):
+        if self.masks is None:
+            return None
+        from jax_namnmt.method.masks import to_model_masks
+
+        return to_model_masks(self.masks)
+
+    def check(self) -> None:
+        """Check the parameters against the model code (shapes and paths; a CheckpointError
+        naming the package otherwise). Needs Flax; done once."""
+        if self.checked:
+            return
+        import jax
+
+        from jax_namnmt.method.masks import flatten
+        from jax_namnmt.model.transformer import init_params
+
+        target = jax.eval_shape(lambda: init_params(self.config.model))
+        packaged.check_params_fit(flatten(self.params), target, self.directory)
+        self.checked = True
+
+
+def load_model(directory: Path) -> Model:
+    """A package read without the model code, or a run directory through ``workflow.load_run``."""
+    directory = Path(directory)
+    if not packaged.is_package(directory):
+        from jax_namnmt import workflow
+
+        run = workflow.load_run(directory)
+        return Model(run.directory, run.config, run.vocab, run.params, run.masks, run.step)
+    import jax
+
+    from jax_namnmt.method.masks import nest
+
+    config = Config.from_dict(load_json(directory / "config.json"), where=str(directory / "config.json")).validate()
+    vocab_path = directory / "spm.model"
+    if not vocab_path.exists():
+        raise CheckpointError(f"{vocab_path} is missing: the package must hold its vocabulary")
+    vocab = Vocab.load(vocab_path)
+    if vocab.size != config.model.vocab_size:
+        raise CheckpointError(f"{vocab_path} has {vocab.size} pieces but the model in {directory} expects "
+                              f"{config.model.vocab_size}: the vocabulary belongs to another model")
+    info = packaged.read_package_info(directory)
+    params = jax.device_put(nest(packaged.read_package_params(directory)))
+    return Model(directory, config, vocab, params, None, int(info.get("step", 0)), checked=False)
+
+
+def pair_id(model, src: str, tgt: str) -> int:
+    """The index of ``src-tgt`` among the model's pairs (its masks), 0 for a plain model's other
+    directions (zero-shot: a plain model reads the direction from the target tag alone)."""
+    name = f"{src}-{tgt}"
+    model.vocab.tag_id(tgt)  # unknown language code -> a clear DataError
+    if name in model.pairs:
+        return model.pairs.index(name)
+    if model.masks is not None:
+        raise DataError(f"pair {name} has no mask in {model.directory}: this model was allocated for "
+                        f"{', '.join(model.pairs)}")
+    return 0
+
+
+def source_limit(config: Config) -> int:
+    """Subword tokens of a source line the model takes: the longest it was trained on
+    (``data.max_len``, within ``model.max_positions``) less the tag and EOS."""
+    return min(config.data.max_len, config.model.max_positions) - 2
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Translator:
+    """Translates lines ``src -> tgt`` with ``model``; ``long_lines`` is a ``segment`` policy;
+    ``where`` names the input in warnings and errors (``FILE`` or ``stdin``); ``warn`` prints one."""
+
+    model: Model
+    src: str
+    tgt: str
+    long_lines: str = "split"
+    where: str = "stdin"
+    warn: Callable[[str], None] = _warn
+    stats: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.long_lines not in segment.LONG_LINE_POLICIES:
+            raise DataError(f"--long-lines must be one of {', '.join(segment.LONG_LINE_POLICIES)}, "
+                            f"got {self.long_lines!r}")
+        self.pair = pair_id(self.model, self.src, self.tgt)
+        self.tag = self.model.vocab.tag_id(self.tgt)
+        self.limit = source_limit(self.model.config)
+
+    def _unknown_only(self, ids: Sequence[int]) -> bool:
+        """Whether ``ids`` hold no piece but the unknown piece and white space."""
+        vocab = self.model.vocab
+        return UNK_ID in ids and all(i == UNK_ID or not vocab.decode([i]).strip() for i in set(ids))
+
+    def plan(self, text: str, ids: list[int], number: int) -> segment.Plan | str:
+        """The plan for input line ``number`` (1-based, for messages), cleaned to ``text`` and
+        encoded to ``ids``, or the output itself (a string) when nothing is to be translated."""
+        if not text:
+            return ""
+        if self._unknown_only(ids):
+            self.warn(f"{self.where}:{number}: no piece of the vocabulary in this line (a script the model does "
+                      "not know?); copied through untranslated")
+            return segment.one_line(text)
+        sentences = [ids]
+        if len(ids) > self.limit and self.long_lines == "split":
+            parts = segment.split_sentences(text)
+            if len(parts) > 1:
+                sentences = self.model.vocab.encode_batch(parts, num_threads=1)
+        plan = segment.plan_line(sentences, self.limit, self.long_lines)
+        if plan.tokens > self.limit:
+            if self.long_lines == "error":
+                raise DataError(f"{self.where}:{number}: {plan.tokens} subword tokens, longer than the "
+                                f"{self.limit} this model was trained for; split the line, or pass "
+                                "--long-lines split or truncate")
+            if plan.truncated:
+                how = "a sentence of it is" if self.long_lines == "split" else "it is"
+                self.warn(f"{self.where}:{number}: {plan.tokens} subword tokens, longer than the {self.limit} "
+                          f"this model was trained for, and {how} too long to split: {plan.truncated} tokens "
+                          "cut (--long-lines)")
+        return plan
+
+    def translate(self, lines: Sequence[str], first_number: int = 1, progress=None) -> list[str]:
+        """One output line (no line break in it) per line of ``lines``, in order."""
+        from jax_namnmt.decoding import translate_ids
+
+        texts = [segment.clean_line(line).strip() for line in lines]
+        encoded = self.model.vocab.encode_batch(texts)
+        plans = [self.plan(text, ids, first_number + k) for k, (text, ids) in enumerate(zip(texts, encoded))]
+        sources, owners = [], []
+        for k, plan in enumerate(plans):
+            if isinstance(plan, segment.Plan):
+                for piece in plan.pieces:
+                    sources.append(np.asarray((self.tag, *piece, EOS_ID), np.int32))
+                    owners.append(k)
+        decode = self.model.config.decode
+        ids = translate_ids(self.model.params, self.model.config.model, self.model.model_masks(), sources,
+                            np.full(len(sources), self.pair, np.int32), decode, progress=None, bucket=True,
+                            aot=True, before_compile=self.model.check, stats=self.stats)
+        hyps = self.model.vocab.decode_batch(ids) if ids else []
+        parts: list[list[str]] = [[] for _ in lines]
+        for owner, text in zip(owners, hyps):
+            parts[owner].append(text)
+        outputs = [segment.one_line(" ".join(parts[k]) if isinstance(plan, segment.Plan) else plan)
+                   for k, plan in enumerate(plans)]
+        if progress is not None:
+            progress.update(len(lines))
+        return outputs
+
+
+def with_search(model: Model, beam: int | None = None, lenpen: float | None = None) -> Model:
+    """``model`` with its config's beam size and length penalty replaced where given."""
+    decode = model.config.decode
+    if beam is not None:
+        decode = dataclasses.replace(decode, beam_size=beam)
+    if lenpen is not None:
+        decode = dataclasses.replace(decode, length_penalty=lenpen)
+    model.config = dataclasses.replace(model.config, decode=decode)
+    return model
