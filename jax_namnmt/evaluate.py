@@ -56,18 +56,35 @@ def main() -> int:
                    help="a corpus in the fairseq layout (default: the run's corpus; see --workdir)")
     p.add_argument("--split", default=None, help="split name (default: the config's, test)")
     p.add_argument("--max-lines", type=int, default=None, help="first N lines per pair (default: the config's)")
+    p.add_argument("--zero-shot", default=None,
+                   help="zero-shot directions to score too: auto (every untrained direction between the model's "
+                        "languages that the corpus has), none, or e.g. de-cs,cs-de (default: the config's "
+                        "decode.zero_shot, auto)")
+    p.add_argument("--zero-shot-masks", default=None, choices=("union", "intersection", "general"),
+                   help="how a masked model's zero-shot mask is composed (default: the run's method.zero_shot_masks)")
     p.add_argument("--out", default=None, help="write the scores and hypotheses as JSON")
     args = p.parse_args()
     checkpoint = Path(args.checkpoint)
     run = workflow.load_run(checkpoint)
+    if args.zero_shot_masks:
+        run.config = run.config.with_sections(method={"zero_shot_masks": args.zero_shot_masks})
     split = args.split or run.config.decode.test_split
     max_lines = run.config.decode.test_max_lines if args.max_lines is None else args.max_lines
     with ExitStack() as stack:
         data = data_dir(run, checkpoint, args.workdir, args.data, split, stack)
-        scores = workflow.evaluate_run(run, data, split, max_lines, args.quiet)
-    row = {pair: scores[pair]["bleu"] for pair in run.pairs}
-    print(format_table({"BLEU": row, "chrF": {pair: scores[pair]["chrf"] for pair in run.pairs}}, run.pairs,
-                       title=f"{args.checkpoint} on {split} ({max_lines or 'all'} lines per pair)"))
+        zero_shot = workflow.zero_shot_test_set(run, data, split, args.zero_shot,
+                                                embedded=False if args.data else None)
+        scores = workflow.evaluate_run(run, data, split, max_lines, args.quiet, zero_shot=zero_shot)
+    rows = {}
+    for metric, key in (("BLEU", "bleu"), ("chrF", "chrf")):
+        rows[metric] = {pair: scores[pair][key] for pair in run.pairs} | {"avg": scores["avg"][key]}
+        if zero_shot:  # after the trained pairs' average, which they are not part of
+            rows[metric] |= {f"{d} (0-shot)": scores[d][key] for d in zero_shot}
+            rows[metric]["0-shot avg"] = scores["zero_shot_avg"][key]
+    print(format_table(rows, run.pairs, title=f"{args.checkpoint} on {split} ({max_lines or 'all'} lines per pair)"))
+    if zero_shot:
+        print(f"zero-shot (not trained): {', '.join(zero_shot)}; their average BLEU "
+              f"{scores['zero_shot_avg']['bleu']:.2f}; the trained pairs' {scores['avg']['bleu']:.2f}")
     print(f"signature: {scores['signature']['bleu']}")
     if args.out:
         save_json(args.out, scores)

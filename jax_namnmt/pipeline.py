@@ -152,12 +152,19 @@ class Pipeline:
         hypotheses, signature = {}, None
         for run_dir in run_dirs:
             run = workflow.load_run(run_dir)
+            # zero-shot directions: for the systems that are one model over all pairs and route nothing
+            # per trained pair (not the bilingual models, not +Adapter)
+            many = len(run_dirs) == 1 and len(run.pairs) > 1 and not run.config.model.adapter_pairs
+            zero_shot = workflow.zero_shot_test_set(run, data_dir, dc.test_split) if many else []
             scores = self.phase(f"evaluate_{name}" + (f"_{run_dir.name}" if len(run_dirs) > 1 else ""),
                                 lambda: workflow.evaluate_run(run, data_dir, dc.test_split, dc.test_max_lines,
-                                                              self.quiet))
+                                                              self.quiet, zero_shot=zero_shot))
             for pair in run.pairs:
                 row[pair] = scores[pair]["bleu"]
                 chrf[pair] = scores[pair]["chrf"]
+            if zero_shot:
+                row["zero_shot"] = {d: scores[d]["bleu"] for d in zero_shot}
+                row["zero_shot_avg"] = scores["zero_shot_avg"]["bleu"]
             row["params"] += systems.param_count(run.config)
             hypotheses.update(scores["hypotheses"])
             signature = scores["signature"]
@@ -182,15 +189,20 @@ class Pipeline:
 
     def report(self, results: dict, signature: dict) -> None:
         dc, pairs = self.config.decode, list(self.config.data.pairs)
-        rows = {name: {k: v for k, v in s.items() if k in pairs or k in ("avg", "params")}
+        rows = {name: {k: v for k, v in s.items() if k in pairs or k in ("avg", "zero_shot_avg", "params")}
                 for name, s in results.items()}
         for row in rows.values():
             row["params"] = f"{row['params'] / 1e6:.2f}M"
+            if "zero_shot_avg" in row:
+                row["0-shot avg"] = row.pop("zero_shot_avg")
         if "multilingual" in results:
             base = results["multilingual"]
             for name in results:
                 if name.startswith("method") or name == "expansion":
-                    rows[f"{name} - multilingual"] = {k: results[name][k] - base[k] for k in pairs + ["avg"]}
+                    delta = {k: results[name][k] - base[k] for k in pairs + ["avg"]}
+                    if "zero_shot_avg" in results[name] and "zero_shot_avg" in base:
+                        delta["0-shot avg"] = results[name]["zero_shot_avg"] - base["zero_shot_avg"]
+                    rows[f"{name} - multilingual"] = delta
         data_dir = workflow.data_dir_for(self.config, self.workdir)
         lines = dc.test_max_lines or "all"
         test_name = f"{dc.test_split} split of {data_dir} (first {lines} lines per pair)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -23,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jax_namnmt import packaged, parallel, run_lock
+from jax_namnmt import directions, packaged, parallel, run_lock
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, encode_parallel, make_batcher, resolve_layout
-from jax_namnmt.data.corpus import parse_pairs, read_parallel
+from jax_namnmt.data.corpus import find_split_files, parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
@@ -315,15 +316,14 @@ def _run_allocate(importance_path, out, rho, k, variant, quiet, normalize, modul
 # ----------------------------------------------------------------------------- translate / evaluate
 
 
-def pair_id(run: Run, src: str, tgt: str) -> int:
-    name = f"{src}-{tgt}"
-    run.vocab.tag_id(tgt)  # unknown language code -> a clear DataError
-    if name in run.pairs:
-        return run.pairs.index(name)
-    if run.masks is not None:
-        raise DataError(f"pair {name} has no mask in {run.directory}: this model was allocated for "
-                        f"{', '.join(run.pairs)}")
-    return 0  # the plain model translates any direction whose target tag it knows (zero-shot)
+def direction_plan(run: Run, src: str, tgt: str, quiet: bool = False) -> tuple[int, dict | None]:
+    """The pair id and model masks that decode ``src-tgt`` (a trained pair or a zero-shot direction
+    between two of the model's languages; anything else is a DataError naming them)."""
+    plan = directions.plan(run, [directions.check_direction(run.pairs, src, tgt)])
+    if not quiet:
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
+    return plan.pair_ids[f"{src}-{tgt}"], plan.masks
 
 
 def encode_sources(run: Run, lines: Sequence[str], tgt: str) -> list[np.ndarray]:
@@ -335,11 +335,11 @@ def encode_sources(run: Run, lines: Sequence[str], tgt: str) -> list[np.ndarray]
 
 def translate_lines(run: Run, lines: Sequence[str], src: str, tgt: str, progress: bool = False) -> list[str]:
     """One output line per input line, in order; an empty input line gives an empty output line."""
-    pid = pair_id(run, src, tgt)
+    pid, masks = direction_plan(run, src, tgt)
     keep = [i for i, line in enumerate(lines) if line.strip()]
     sources = encode_sources(run, [lines[i] for i in keep], tgt)
     with tqdm(total=len(sources), desc=f"translate {src}-{tgt}", disable=not progress) as bar:
-        ids = translate_ids(run.params, run.config.model, run.model_masks(), sources,
+        ids = translate_ids(run.params, run.config.model, masks, sources,
                             np.full(len(sources), pid, np.int32), run.config.decode, bar)
     outputs = [""] * len(lines)
     for i, hyp in zip(keep, run.vocab.decode_batch(ids) if ids else []):
@@ -347,20 +347,50 @@ def translate_lines(run: Run, lines: Sequence[str], src: str, tgt: str, progress
     return outputs
 
 
-def evaluate_run(run: Run, data_dir: Path, split: str, max_lines: int, quiet: bool = False) -> dict:
-    """BLEU/chrF per pair on ``split`` (first ``max_lines`` per pair), decoding all pairs in mixed batches."""
-    pairs = parse_pairs(run.pairs)
+def zero_shot_test_set(run: Run, data_dir: Path, split: str, spec: str | None = None,
+                       embedded: bool | None = None) -> list[str]:
+    """The zero-shot directions to score on ``split`` (``spec``: ``decode.zero_shot`` by default).
+    On the embedded Multi30k (a run whose ``data.data_dir`` is empty) their files are built into
+    ``data_dir`` from the multi-way corpus; on another corpus "auto" keeps the directions that have
+    files for ``split`` and a named direction without them is an error."""
+    spec = run.config.decode.zero_shot if spec is None else spec
+    wanted = directions.parse_zero_shot(spec, run.pairs)
+    if not wanted:
+        return []
+    if (not run.config.data.data_dir) if embedded is None else embedded:
+        if split not in MULTI30K_SPLITS:
+            raise ConfigError(f"split {split!r} is not a split of the embedded Multi30k ({', '.join(MULTI30K_SPLITS)})")
+        build_from_multiway(multi30k_dir(), data_dir, wanted, {split: MULTI30K_SPLITS[split]})
+        return wanted
+    present = []
+    for pair in parse_pairs(wanted):
+        try:
+            find_split_files(data_dir, split, pair)
+            present.append(pair.name)
+        except DataError:
+            if spec.strip() != "auto":
+                raise
+    return present
+
+
+def evaluate_run(run: Run, data_dir: Path, split: str, max_lines: int, quiet: bool = False,
+                 zero_shot: Sequence[str] = ()) -> dict:
+    """BLEU/chrF per pair on ``split`` (first ``max_lines`` per pair), decoding all pairs in mixed
+    batches; ``zero_shot`` directions (``directions.parse_zero_shot``) are decoded in the same batches
+    and scored beside them: ``avg`` stays the trained pairs' mean, ``zero_shot_avg`` is theirs."""
+    pairs = parse_pairs(list(run.pairs) + list(zero_shot))
+    plan = directions.plan(run, [p.name for p in pairs])
     texts = read_parallel(data_dir, split, pairs, empty_lines="drop")
     sources, pair_ids, refs = [], [], {}
-    for i, p in enumerate(pairs):
+    for p in pairs:
         text = texts[p.name]
         src, ref = (text.src[:max_lines], text.tgt[:max_lines]) if max_lines else (text.src, text.tgt)
         sources.extend(encode_sources(run, src, p.tgt))
-        pair_ids.extend([i] * len(src))
+        pair_ids.extend([plan.pair_ids[p.name]] * len(src))
         refs[p.name] = ref
     start = time.perf_counter()
     with tqdm(total=len(sources), desc=f"beam search ({run.directory.name})", disable=quiet) as bar:
-        ids = translate_ids(run.params, run.config.model, run.model_masks(), sources,
+        ids = translate_ids(run.params, run.config.model, plan.masks, sources,
                             np.asarray(pair_ids, np.int32), run.config.decode, bar)
     seconds = time.perf_counter() - start
     hyps = run.vocab.decode_batch(ids)
@@ -370,6 +400,10 @@ def evaluate_run(run: Run, data_dir: Path, split: str, max_lines: int, quiet: bo
         outputs[p.name] = (hyps[offset: offset + n], refs[p.name])
         offset += n
     scores = score_by_pair(outputs)
+    if zero_shot:
+        scores["avg"] = score_by_pair({p: outputs[p] for p in run.pairs})["avg"]
+        scores["zero_shot"] = list(zero_shot)
+        scores["zero_shot_avg"] = {m: float(np.mean([scores[d][m] for d in zero_shot])) for m in ("bleu", "chrf")}
     scores["decode_seconds"] = seconds
     scores["sentences"] = len(sources)
     scores["hypotheses"] = {name: h for name, (h, _) in outputs.items()}

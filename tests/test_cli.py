@@ -134,8 +134,15 @@ def test_pair_without_files(tiny, tmp_path):
 def test_translate_unknown_language(tiny):
     proc = door("translate", "--checkpoint", tiny["run"], "--src", "de", "--tgt", "xx", "--quiet",
                 stdin="Zwei Hunde spielen im Schnee.\n")
-    assert_user_error(proc, "'xx'", tiny["run"] / "spm.model")
+    assert_user_error(proc, "target language 'xx'", "de, en, fr", tiny["run"])
     assert proc.stdout == ""
+    # a source code the model does not know (it used to translate anyway), and one language twice
+    proc = door("translate", "--checkpoint", tiny["run"], "--src", "xx", "--tgt", "en", "--quiet",
+                stdin="Zwei Hunde spielen im Schnee.\n")
+    assert_user_error(proc, "source language 'xx'", "de, en, fr")
+    proc = door("translate", "--checkpoint", tiny["run"], "--src", "de", "--tgt", "de", "--quiet",
+                stdin="Zwei Hunde spielen im Schnee.\n")
+    assert_user_error(proc, "both 'de'")
 
 
 def test_finetune_masks_that_do_not_fit(tiny, tmp_path):
