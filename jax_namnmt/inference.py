@@ -44,13 +44,6 @@ class Model:
     def pairs(self) -> list[str]:
         return list(self.config.data.pairs)
 
-    def model_masks(self):
-        if self.masks is None:
-            return None
-        from jax_namnmt.method.masks import to_model_masks
-
-        return to_model_masks(self.masks)
-
     def check(self) -> None:
         """Check the parameters against the model code (shapes and paths; a CheckpointError
         naming the package otherwise). Needs Flax; done once."""
@@ -91,19 +84,6 @@ def load_model(directory: Path) -> Model:
     return Model(directory, config, vocab, params, None, int(info.get("step", 0)), checked=False)
 
 
-def pair_id(model, src: str, tgt: str) -> int:
-    """The index of ``src-tgt`` among the model's pairs (its masks), 0 for a plain model's other
-    directions (zero-shot: a plain model reads the direction from the target tag alone)."""
-    name = f"{src}-{tgt}"
-    model.vocab.tag_id(tgt)  # unknown language code -> a clear DataError
-    if name in model.pairs:
-        return model.pairs.index(name)
-    if model.masks is not None:
-        raise DataError(f"pair {name} has no mask in {model.directory}: this model was allocated for "
-                        f"{', '.join(model.pairs)}")
-    return 0
-
-
 def source_limit(config: Config) -> int:
     """Subword tokens of a source line the model takes: the longest it was trained on
     (``data.max_len``, within ``model.max_positions``) less the tag and EOS."""
@@ -116,8 +96,10 @@ def _warn(message: str) -> None:
 
 @dataclass
 class Translator:
-    """Translates lines ``src -> tgt`` with ``model``; ``long_lines`` is a ``segment`` policy;
-    ``where`` names the input in warnings and errors (``FILE`` or ``stdin``); ``warn`` prints one."""
+    """Translates lines ``src -> tgt`` with ``model`` (a trained pair, or a zero-shot direction
+    between two of its languages: ``directions.plan``, whose ``notes`` say so); ``long_lines`` is a
+    ``segment`` policy; ``where`` names the input in warnings and errors (``FILE`` or ``stdin``);
+    ``warn`` prints one."""
 
     model: Model
     src: str
@@ -131,7 +113,11 @@ class Translator:
         if self.long_lines not in segment.LONG_LINE_POLICIES:
             raise DataError(f"--long-lines must be one of {', '.join(segment.LONG_LINE_POLICIES)}, "
                             f"got {self.long_lines!r}")
-        self.pair = pair_id(self.model, self.src, self.tgt)
+        from jax_namnmt import directions
+
+        direction = directions.check_direction(self.model.pairs, self.src, self.tgt)
+        plan = directions.plan(self.model, [direction])  # a trained pair, or zero-shot (composed masks)
+        self.pair, self.masks, self.notes = plan.pair_ids[direction], plan.masks, plan.notes
         self.tag = self.model.vocab.tag_id(self.tgt)
         self.limit = source_limit(self.model.config)
 
@@ -181,7 +167,7 @@ class Translator:
                     sources.append(np.asarray((self.tag, *piece, EOS_ID), np.int32))
                     owners.append(k)
         decode = self.model.config.decode
-        ids = translate_ids(self.model.params, self.model.config.model, self.model.model_masks(), sources,
+        ids = translate_ids(self.model.params, self.model.config.model, self.masks, sources,
                             np.full(len(sources), self.pair, np.int32), decode, progress=None, bucket=True,
                             aot=True, before_compile=self.model.check, stats=self.stats)
         hyps = self.model.vocab.decode_batch(ids) if ids else []

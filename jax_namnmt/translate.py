@@ -89,6 +89,9 @@ def main() -> int:
     model = inference.with_search(inference.load_model(Path(checkpoint)), args.beam, args.lenpen)
     lap("load_model")
     translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin")
+    if not args.quiet:
+        for note in translator.notes:
+            print(f"note: {note}", file=sys.stderr)
     if args.serve is not None:
         from jax_namnmt.serve import serve
 

@@ -1,6 +1,7 @@
 """Property tests with arbitrary input (hypothesis): the corpus reader, the vocabulary wrapper and
 the batcher either give a correct result or a DataError naming the file (and line); never another
-exception, and nothing dropped that the reader's counts do not report."""
+exception, and nothing dropped that the reader's counts do not report. ``translate`` gives one
+output line per input line, whatever the lines, and no line shifts the others."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from jax_namnmt.data.corpus import read_lines, read_parallel
 from jax_namnmt.data.multiway import multi30k_dir
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, train_vocab
 from jax_namnmt.errors import DataError
+from jax_namnmt.segment import clean_line, one_line
 
 pytestmark = pytest.mark.slow  # property tests (hypothesis), many examples each
 
@@ -306,3 +308,39 @@ def test_decoding_batches_hold_every_source_once(examples, size):
             assert np.array_equal(src[row, :n], examples.src[i]) and (src[row, n:] == PAD_ID).all()
             assert pairs[row] == examples.pair_ids[i]
     assert seen == Counter(range(len(examples.src)))
+
+
+# -- translate: one output line per input line ----------------------------------------------------
+
+SENTINEL = "Ein Mann fährt Fahrrad."
+uncovered = st.text(st.sampled_from("ภาษาไทยქართულიᚠᚢᚦ"), min_size=1, max_size=8)  # scripts the vocabulary lacks
+control_only = st.text(st.sampled_from("\x00\x01\x07\x1b\x7f\x85\t\r"), min_size=1, max_size=6)
+long_line = st.integers(2, 6).map(lambda n: " ".join(["Ein Hund läuft über die Wiese."] * n + ["Hund"] * n * 4))
+translate_line = st.one_of(any_line, uncovered, control_only, long_line, st.just(""), st.just(SENTINEL))
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    from tiny_package import make_tiny_package
+
+    from jax_namnmt.inference import Translator, load_model
+
+    package = make_tiny_package(tmp_path_factory.mktemp("fuzz_pkg") / "pkg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_NAMNMT_XLA_CACHE", "off")  # programs kept in memory only
+        yield Translator(load_model(package), "de", "en", "split", warn=lambda _: None)
+
+
+@settings(FAST, max_examples=25)
+@given(lines=st.lists(translate_line, min_size=1, max_size=5))
+def test_translate_gives_one_line_per_line_and_never_shifts(translator, lines):
+    alone = translator.translate([SENTINEL])[0]
+    out = translator.translate(lines + [SENTINEL])
+    assert len(out) == len(lines) + 1 and out[-1] == alone
+    assert translator.translate([SENTINEL] + lines)[0] == alone
+    for line, text in zip(lines, out):
+        assert text == one_line(text) and len((text + "\n").splitlines()) == 1
+        if not clean_line(line).strip():
+            assert text == ""  # empty, blank or control characters only: an empty line
+        if line == SENTINEL:
+            assert text == alone
