@@ -13,12 +13,13 @@ code ``>>xx<<``). Needs ``safetensors`` (``pip install -e '.[marian]'``), not to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
-from jax_namnmt import cli
-from jax_namnmt.config import Config
+from jax_namnmt import cli, packaged
+from jax_namnmt.config import Config, ModelConfig
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, UNK_ID
 from jax_namnmt.decoding import max_output_len
 from jax_namnmt.errors import CheckpointError, UserError, WRITE_HINT, WriteError, reason
@@ -65,22 +66,41 @@ def generation_config(config: Config, positions: int) -> dict:
             "forced_eos_token_id": EOS_ID, "do_sample": False}
 
 
-def export_marian(run_dir: Path, out: Path) -> Path:
-    """Write ``run_dir``'s model (a run directory or a package) as a Marian directory at ``out``
-    (written under a temporary name and moved into place when complete)."""
+def load_model(directory: Path) -> tuple[dict, Config, Path, dict, dict | None]:
+    """``(parameters, config, SentencePiece model, details, baked widths or None)`` of a run
+    directory, a package or a baked package (``python -m jax_namnmt.bake export``); the config's
+    model is a plain ``ModelConfig``."""
+    directory = Path(directory)
+    if packaged.is_package(directory) and "baked" in packaged.read_package_info(directory):
+        from jax_namnmt.bake import load_baked
+
+        baked = load_baked(directory)
+        plain = ModelConfig(**{f.name: getattr(baked.config.model, f.name) for f in dataclasses.fields(ModelConfig)})
+        config = dataclasses.replace(baked.config, model=plain)
+        return baked.params, config, baked.vocab.path, {"baked": baked.info}, dict(baked.config.model.widths)
     from jax_namnmt.workflow import load_run
 
-    run = load_run(Path(run_dir))
+    run = load_run(directory)
     if run.masks is not None:
-        raise CheckpointError(f"{run_dir} is a masked run: MarianMTModel has no per-pair masks; export the plain "
-                              "model it was fine-tuned from, or one pair's model with the masks folded in")
-    config = run.config
+        raise CheckpointError(f"{directory} is a masked run: MarianMTModel has no per-pair masks; export the plain "
+                              "model it was fine-tuned from, or one pair's model baked (python -m jax_namnmt.bake "
+                              "export) and export that")
+    return run.params, run.config, run.vocab.path, {"step": run.step}, None
+
+
+def export_marian(run_dir: Path, out: Path) -> Path:
+    """Write the model of ``run_dir`` (a run directory, a package or a baked package) as a Marian
+    directory at ``out`` (written under a temporary name and moved into place when complete). A
+    baked model's smaller widths are zero-padded to Marian's one shape (``marian.pad_attention``,
+    ``marian.pad_ffn``): the same function, not a smaller file."""
+    params, config, spm, details, baked_widths = load_model(Path(run_dir))
     positions = position_rows(config)
-    tokens = vocab_tokens(spm_pieces(run.vocab.path))
-    state, widths = to_marian_state(flatten(run.params), config.model, BOS_ID, positions)
+    tokens = vocab_tokens(spm_pieces(spm))
+    state, widths = to_marian_state(flatten(params), config.model, BOS_ID, positions, baked_widths)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, ffn_dim=max(widths.values())))
     hf = hf_config(config.model, widths, positions, {"eos": EOS_ID})
     hf[CONFIG_KEY] = {"format": FORMAT, "config": config.to_dict(), "ln_scale": LN_SCALE, "bos_id": BOS_ID,
-                      "start_id": config.model.vocab_size, "step": run.step}
+                      "start_id": config.model.vocab_size, **details}
     tokenizer = {"tokenizer_class": "MarianTokenizer", "source_lang": None, "target_lang": None,
                  "separate_vocabs": False, "model_max_length": config.data.max_len,
                  "unk_token": tokens[UNK_ID], "eos_token": tokens[EOS_ID], "pad_token": START_NAME}
@@ -102,7 +122,7 @@ def export_marian(run_dir: Path, out: Path) -> Path:
             current.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         for name in ("source.spm", "target.spm"):
             current = tmp / name
-            shutil.copyfile(run.vocab.path, current)
+            shutil.copyfile(spm, current)
         current = out
         if out.exists():
             shutil.rmtree(out)
@@ -120,7 +140,8 @@ def directory_size(directory: Path) -> int:
 
 def main() -> int:
     p = cli.parser("Export a run or package as a HuggingFace MarianMTModel directory", config=False)
-    p.add_argument("--checkpoint", required=True, help="a run directory or package (a plain, unmasked model)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory or package of a plain (unmasked) model, or a baked package")
     p.add_argument("--out", required=True, help="the Marian directory (replaced if it exists)")
     args = p.parse_args()
     out = export_marian(Path(args.checkpoint), Path(args.out))

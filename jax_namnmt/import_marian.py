@@ -19,7 +19,7 @@ from jax_namnmt import cli, packaged
 from jax_namnmt.config import Config
 from jax_namnmt.errors import CheckpointError, reading
 from jax_namnmt.export_marian import FORMAT, WEIGHTS, safetensors_numpy, spm_pieces
-from jax_namnmt.marian import CONFIG_KEY, LN_SCALE, from_marian_state, vocab_tokens
+from jax_namnmt.marian import CONFIG_KEY, LN_SCALE, from_marian_state, pad_ffn, vocab_tokens
 from jax_namnmt.method.masks import nest
 
 
@@ -52,12 +52,11 @@ def read_marian(directory: Path) -> tuple[dict, Config, Path]:
     for name, want in fields:
         if hf.get(name) != want:
             raise CheckpointError(f"{where}: {name} = {hf.get(name)!r} but {CONFIG_KEY}.config's model needs {want}")
-    widths = {hf.get("encoder_ffn_dim"), hf.get("decoder_ffn_dim")}
-    if len(widths) != 1:
-        raise CheckpointError(f"{where}: encoder_ffn_dim {hf.get('encoder_ffn_dim')} and decoder_ffn_dim "
-                              f"{hf.get('decoder_ffn_dim')} differ; model.ffn_dim is one width for both stacks")
-    if widths != {model.ffn_dim}:
-        config = config.with_sections(model={"ffn_dim": int(widths.pop())})
+    widths = [hf.get("encoder_ffn_dim"), hf.get("decoder_ffn_dim")]
+    if not all(isinstance(w, int) and w >= 1 for w in widths):
+        raise CheckpointError(f"{where}: encoder_ffn_dim / decoder_ffn_dim = {widths}: not widths")
+    if max(widths) != model.ffn_dim:  # model.ffn_dim is one width: the narrower stack gets zero units
+        config = config.with_sections(model={"ffn_dim": max(widths)})
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing (only safetensors weights are read; save with "
@@ -65,6 +64,7 @@ def read_marian(directory: Path) -> tuple[dict, Config, Path]:
     with reading(weights, "Marian weights"):
         state = safetensors_numpy().load_file(str(weights))
     flat = from_marian_state(state, config.model, int(ours.get("bos_id", 2)), str(weights))
+    flat, _ = pad_ffn(flat, to={"encoder": config.model.ffn_dim, "decoder": config.model.ffn_dim})
     spm = _check_tokenizer(directory)
     return flat, config, spm
 
@@ -94,8 +94,11 @@ def _check_tokenizer(directory: Path) -> Path:
 def import_marian(directory: Path, out: Path, dtype: str = "float32") -> Path:
     """Write the Marian directory's model as a package at ``out``."""
     flat, config, spm = read_marian(Path(directory))
-    return packaged.save_package(Path(out), nest(flat), config.to_dict(), spm, dtype,
-                                 {"from": str(Path(directory).resolve()), "imported": "marian"})
+    info = {"from": str(Path(directory).resolve()), "imported": "marian"}
+    baked = _read_json(Path(directory) / "config.json")[CONFIG_KEY].get("baked")
+    if baked:  # a plain package now (the baked widths zero-padded): not "baked", which names a baked package
+        info["baked_export"] = baked
+    return packaged.save_package(Path(out), nest(flat), config.to_dict(), spm, dtype, info)
 
 
 def main() -> int:

@@ -150,16 +150,17 @@ def marian_names(stack_layers: Mapping[str, int]) -> dict[str, tuple[str, bool]]
     return names
 
 
-def pad_ffn(flat: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def pad_ffn(flat: Mapping[str, np.ndarray], to: Mapping[str, int] | None = None
+            ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Marian has one FFN width per stack: layers with fewer hidden units (a baked model) get
-    zero units up to the stack's widest (``relu(0 x + 0) = 0`` and a zero row of fc2: the same
-    function). Returns the padded parameters and ``{stack: width}``."""
+    zero units up to the stack's widest, or ``to[stack]`` (``relu(0 x + 0) = 0`` and a zero row
+    of fc2: the same function). Returns the padded parameters and ``{stack: width}``."""
     out = dict(flat)
     widths = {}
     for stack in ("encoder", "decoder"):
         count = _stack_layers(flat, stack)
         sizes = [np.shape(flat[f"{layer_path(stack, i)}/ffn/fc1/dense/kernel"])[1] for i in range(count)]
-        widths[stack] = max(sizes, default=1)
+        widths[stack] = max(sizes, default=1) if to is None else max([to[stack], *sizes])
         for i, size in enumerate(sizes):
             extra = widths[stack] - size
             if extra:
@@ -170,20 +171,55 @@ def pad_ffn(flat: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict
     return out, widths
 
 
+def pad_attention(flat: Mapping[str, np.ndarray], widths: Mapping[str, tuple[int, ...]], num_heads: int,
+                  d_model: int) -> dict[str, np.ndarray]:
+    """A baked model's attention (``model/baked.py``: per module ``(heads, qk, v)``, heads of ``qk``
+    query/key and ``v`` value features) at Marian's fixed shape, ``num_heads`` heads of
+    ``d_model / num_heads`` features: the missing features and heads are zeros. The same function: a
+    zero query/key feature adds nothing to a head's scores, a zero value feature and its zero row of
+    ``out`` nothing to the output, and a zero head (uniform weights over zero values) nothing either;
+    queries are scaled by ``(d_model / num_heads) ** -0.5`` in both models."""
+    head = d_model // num_heads
+    out = dict(flat)
+    for module, width in widths.items():
+        if module.endswith("/ffn"):
+            continue
+        heads, qk, v = width
+        if heads > num_heads or qk > head or v > head:
+            raise ConfigError(f"{module}: baked widths {tuple(width)} exceed {num_heads} heads of {head} features")
+
+        def grow(a, per_head, axis):  # [.., heads * per_head, ..] -> [.., num_heads * head, ..]
+            a = np.moveaxis(np.asarray(a), axis, -1)
+            a = a.reshape(a.shape[:-1] + (heads, per_head))
+            a = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, num_heads - heads), (0, head - per_head)])
+            return np.moveaxis(a.reshape(a.shape[:-2] + (num_heads * head,)), -1, axis)
+
+        for name, per_head in (("q", qk), ("k", qk), ("v", v)):
+            out[f"{module}/{name}/dense/kernel"] = grow(flat[f"{module}/{name}/dense/kernel"], per_head, 1)
+            out[f"{module}/{name}/dense/bias"] = grow(flat[f"{module}/{name}/dense/bias"], per_head, 0)
+        out[f"{module}/out/dense/kernel"] = grow(flat[f"{module}/out/dense/kernel"], v, 0)
+    return out
+
+
 def _check_attention_widths(flat: Mapping[str, np.ndarray], d_model: int) -> None:
     for key, value in flat.items():
         if re.search(r"_attn/(q|k|v|out)/dense/kernel$", key) and tuple(np.shape(value)) != (d_model, d_model):
             raise ConfigError(f"parameter {key} has shape {tuple(np.shape(value))}: Marian's attention projections "
-                              f"are {d_model} x {d_model} (d_model), so a model with fewer attention features "
-                              "cannot be expressed; export it with those features zeroed instead of dropped")
+                              f"are {d_model} x {d_model} (d_model); a model with fewer attention features needs "
+                              "its baked widths (model.widths) to be padded back")
 
 
-def to_marian_state(flat: Mapping[str, np.ndarray], config: ModelConfig, bos_id: int,
-                    positions: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def to_marian_state(flat: Mapping[str, np.ndarray], config: ModelConfig, bos_id: int, positions: int,
+                    widths: Mapping[str, tuple[int, ...]] | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Our flat parameters (``packaged.flatten`` paths) as a ``MarianMTModel`` state dict, float32,
-    with ``positions`` rows of position tables; also ``{stack: FFN width}`` (after :func:`pad_ffn`)."""
+    with ``positions`` rows of position tables; also ``{stack: FFN width}`` (after :func:`pad_ffn`).
+    ``widths``: a baked model's per-module widths (``BakedModelConfig.widths``), its attention
+    zero-padded to Marian's shape (:func:`pad_attention`)."""
     check_expressible(config)
     flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+    if widths:
+        flat = pad_attention(flat, widths, config.num_heads, config.d_model)
     _check_attention_widths(flat, config.d_model)
     flat, widths = pad_ffn(flat)
     layers = {stack: _stack_layers(flat, stack) for stack in ("encoder", "decoder")}

@@ -361,6 +361,69 @@ def test_ctranslate2_decodes_the_converted_export_to_our_tokens(tiny, hf_model):
     print(f"CTranslate2: {agree} of {len(tiny['sources'])} agree, {explained} differ by its first-step renormalisation")
 
 
+def random_masks(config, pairs, seed: int = 5, keep: float = 0.6) -> dict[str, np.ndarray]:
+    from jax_namnmt.method.masks import module_sizes
+
+    rng = np.random.default_rng(seed)
+    return {name: rng.random((len(pairs), n)) < keep for name, n in module_sizes(config.model).items()}
+
+
+@needs_st
+def test_masked_run_is_refused(tiny, tmp_path):
+    import shutil
+
+    from jax_namnmt.export_marian import export_marian
+    from jax_namnmt.method.allocation import save_masks
+
+    run = tmp_path / "masked"
+    shutil.copytree(tiny["package"], run)
+    pairs = list(tiny["config"].data.pairs)
+    save_masks(run / "masks.npz", random_masks(tiny["config"], pairs), pairs, {})
+    with pytest.raises(CheckpointError, match="is a masked run: MarianMTModel has no per-pair masks"):
+        export_marian(run, tmp_path / "m")
+
+
+@needs_hf
+def test_baked_pair_exports_as_the_masked_model(tiny, hf_model, tmp_path, fns, pack):
+    """One pair baked (``jax_namnmt.bake``: fewer heads, head features and FFN units than the
+    model) and exported: zero-padded to Marian's one shape, HuggingFace computes the masked
+    model's log-probabilities for that pair; the import gives a plain package of the same function."""
+    from transformers import MarianMTModel
+
+    from jax_namnmt.bake import save_baked
+    from jax_namnmt.export_marian import export_marian
+    from jax_namnmt.import_marian import import_marian
+    from jax_namnmt.method.bake import bake, pair_keep
+    from jax_namnmt.method.masks import to_model_masks
+    from jax_namnmt.workflow import load_run
+
+    config, v = tiny["config"], tiny["config"].model.vocab_size
+    pairs = list(config.data.pairs)
+    masks = random_masks(config, pairs)
+    head = config.model.d_model // config.model.num_heads
+    masks["decoder_layer_0/cross_attn/v"][pairs.index("de-en"), head:2 * head] = False  # its second head goes
+    keep, served = pair_keep(masks, pairs, pair="de-en")
+    params, model = bake(jax.device_get(tiny["params"]), config.model, keep)
+    assert any(w[0] < config.model.num_heads for _, w in model.widths if len(w) == 3)  # heads were dropped
+    baked = dataclasses.replace(config, model=model, data=dataclasses.replace(config.data, pairs=tuple(served)))
+    package = save_baked(tmp_path / "baked", params, baked, tiny["vocab"].path, {"pair": "de-en", "serves": served})
+    out = export_marian(package, tmp_path / "m")
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["encoder_ffn_dim"] < config.model.ffn_dim and hf["d_model"] == config.model.d_model
+    n = len(tiny["sources"]) // 2  # the de-en sources (target tag en)
+    sources, hyps = tiny["sources"][:n], tiny["hyps"][:n]
+    theirs = hf_log_probs(MarianMTModel.from_pretrained(out).eval(), sources, hyps, v)
+    batch = pack([[(s, h, pairs.index("de-en"))] for s, h in zip(sources, hyps)], max(map(len, sources)),
+                 max(map(len, hyps)))
+    ours = np.asarray(jax.nn.log_softmax(fns.forward(tiny["params"], batch, to_model_masks(masks),
+                                                     config=config.model), -1))
+    worst = max(float(np.abs(ours[i, :len(h)] - t[:, :v]).max()) for i, (h, t) in enumerate(zip(hyps, theirs)))
+    assert worst < 1e-4, worst
+    back = load_run(import_marian(out, tmp_path / "back"))
+    assert back.config.model.ffn_dim == max(hf["encoder_ffn_dim"], hf["decoder_ffn_dim"])
+    assert back.pairs == ["de-en"] and back.masks is None
+
+
 # ----------------------------------------------------------------------------- the shipped model, the doors
 
 
