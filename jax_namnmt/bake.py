@@ -2,7 +2,7 @@
 of a masked run: a smaller plain Transformer package that translates that pair token for token as
 the masked model does (the weight surgery: ``method/bake.py``; the model: ``model/baked.py``).
 
-    python -m jax_namnmt.bake export --checkpoint RUN (--pair de-en | --target en) --out DIR [--dtype float32]
+    python -m jax_namnmt.bake export --checkpoint RUN (--pair de-en | --target en) --out DIR [--dtype float32] [--multiple 1]
     python -m jax_namnmt.bake translate --model DIR --src de --tgt en [--input F] [--output F]
 
 The package holds ``config.json`` (the run's config; ``model.widths`` the baked widths, ``data.pairs``
@@ -42,14 +42,15 @@ class Baked:
         return list(self.config.data.pairs)
 
 
-def bake_run(run, pair: str | None = None, target: str | None = None) -> tuple[dict, Config, dict]:
+def bake_run(run, pair: str | None = None, target: str | None = None,
+             multiple: int = 1) -> tuple[dict, Config, dict]:
     """``(params, config, info)`` of ``run`` (``workflow.Run`` of a masked run) baked for ``pair``
-    or ``target``; ``config.data.pairs`` becomes the pairs it serves."""
+    or ``target`` (widths rounded up to ``multiple``); ``config.data.pairs`` becomes the pairs it serves."""
     if run.masks is None:
         raise CheckpointError(f"{run.directory} has no masks.npz: only a masked (fine-tuned) run can be baked")
     keep, served = pair_keep(run.masks, run.pairs, pair=pair, target=target)
     masked = jax.device_get(run.params)
-    params, model = bake(masked, run.config.model, keep)
+    params, model = bake(masked, run.config.model, keep, multiple)
     config = dataclasses.replace(run.config, model=model, data=dataclasses.replace(run.config.data, pairs=tuple(served)))
     info = {"pair": pair, "target": target, "serves": served, "params_masked": count_params(masked),
             "params_baked": count_params(params), "step": run.step, "from": str(Path(run.directory).resolve())}
@@ -113,6 +114,9 @@ def main() -> int:
     e.add_argument("--out", required=True, help="the package directory (replaced if it exists)")
     e.add_argument("--dtype", default="float32", choices=packaged.STORED_DTYPES,
                    help="stored parameters (default float32: the masked run's translations exactly)")
+    e.add_argument("--multiple", type=int, default=1,
+                   help="round every width up to a multiple of this with zero features (e.g. 8 or 128 for "
+                        "accelerators' matrix units; default 1: the smallest model)")
     t = sub.add_parser("translate", help="translate with a baked package")
     t.add_argument("--model", required=True, help="a baked package directory")
     t.add_argument("--src", required=True)
@@ -126,7 +130,7 @@ def main() -> int:
         from jax_namnmt.workflow import load_run
 
         run = load_run(Path(args.checkpoint))
-        params, config, info = bake_run(run, args.pair, args.target)
+        params, config, info = bake_run(run, args.pair, args.target, args.multiple)
         out = save_baked(Path(args.out), params, config, run.vocab.path, info, args.dtype)
         print(f"baked {', '.join(info['serves'])}: {info['params_baked']:,} parameters "
               f"({info['params_baked'] / info['params_masked']:.1%} of the masked model's {info['params_masked']:,}); "

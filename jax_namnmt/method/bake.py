@@ -97,16 +97,21 @@ def _packed(kernel, bias) -> dict:
     return {"dense": {"kernel": kernel, "bias": bias}}
 
 
-def bake_attention(params: Mapping, keep: Mapping[str, np.ndarray], num_heads: int):
-    """One attention module's baked parameters and ``(heads, qk, v)`` widths."""
+def _round_up(width: int, multiple: int) -> int:
+    return -(-max(1, width) // multiple) * multiple
+
+
+def bake_attention(params: Mapping, keep: Mapping[str, np.ndarray], num_heads: int, multiple: int = 1):
+    """One attention module's baked parameters and ``(heads, qk, v)`` widths (each per-head width
+    rounded up to a multiple of ``multiple``)."""
     head_dim = len(keep["q"]) // num_heads
     qk, v, out = keep["q"] & keep["k"], keep["v"], keep["out"]
     heads = [h for h in range(num_heads) if out.any() and v[h * head_dim:(h + 1) * head_dim].any()]
     span = lambda m, h: h * head_dim + np.flatnonzero(m[h * head_dim:(h + 1) * head_dim])  # noqa: E731
     qk_groups = [span(qk, h) for h in heads] or [np.zeros(0, int)]
     v_groups = [span(v, h) for h in heads] or [np.zeros(0, int)]
-    qk_width = max(1, max(len(g) for g in qk_groups))
-    v_width = max(1, max(len(g) for g in v_groups))
+    qk_width = min(head_dim, _round_up(max(len(g) for g in qk_groups), multiple))
+    v_width = min(head_dim, _round_up(max(len(g) for g in v_groups), multiple))
     baked = {}
     for name, groups, width in (("q", qk_groups, qk_width), ("k", qk_groups, qk_width), ("v", v_groups, v_width)):
         baked[name] = _packed(*_columns(*_dense(params[name]), groups, width))
@@ -115,19 +120,23 @@ def bake_attention(params: Mapping, keep: Mapping[str, np.ndarray], num_heads: i
     return baked, (len(qk_groups), qk_width, v_width)
 
 
-def bake_ffn(params: Mapping, keep: Mapping[str, np.ndarray]):
-    """One FFN's baked parameters and ``(hidden,)`` width."""
+def bake_ffn(params: Mapping, keep: Mapping[str, np.ndarray], multiple: int = 1):
+    """One FFN's baked parameters and ``(hidden,)`` width (rounded up to a multiple of ``multiple``)."""
     out = keep["fc2"]
     units = np.flatnonzero(keep["fc1"]) if out.any() else np.zeros(0, int)
-    width = max(1, len(units))
+    width = min(len(keep["fc1"]), _round_up(len(units), multiple))
     fc1 = _columns(*_dense(params["fc1"]), [units], width)
     fc2_kernel, fc2_bias = _dense(params["fc2"])
     return {"fc1": _packed(*fc1), "fc2": _packed(_rows(fc2_kernel, [units], width) * out, fc2_bias * out)}, (width,)
 
 
-def bake(params: Mapping, config: ModelConfig, keep: Mapping[str, np.ndarray]) -> tuple[dict, BakedModelConfig]:
+def bake(params: Mapping, config: ModelConfig, keep: Mapping[str, np.ndarray],
+         multiple: int = 1) -> tuple[dict, BakedModelConfig]:
     """The baked parameters (a new tree; ``params`` unchanged) and their model config, for the kept
-    neurons ``keep`` (``pair_keep``) of every masked projection of ``config``'s model."""
+    neurons ``keep`` (``pair_keep``) of every masked projection of ``config``'s model; every width
+    rounded up to a multiple of ``multiple`` with zero features (never above the original's)."""
+    if multiple < 1:
+        raise ConfigError(f"the width multiple must be at least 1, not {multiple}")
     if config.ts_target_of_pair or config.adapter_pairs:
         raise ConfigError("only a plain masked model can be baked (no +TS, no adapters)")
     sizes = module_sizes(config)
@@ -147,9 +156,9 @@ def bake(params: Mapping, config: ModelConfig, keep: Mapping[str, np.ndarray]) -
     for module, module_keep in modules.items():
         layer, sublayer = module.split("/")
         if sublayer == "ffn":
-            new, width = bake_ffn(params[layer][sublayer], module_keep)
+            new, width = bake_ffn(params[layer][sublayer], module_keep, multiple)
         else:
-            new, width = bake_attention(params[layer][sublayer], module_keep, config.num_heads)
+            new, width = bake_attention(params[layer][sublayer], module_keep, config.num_heads, multiple)
         baked[layer][sublayer] = new
         widths.append((module, width))
     fields = {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "widths"}
