@@ -114,9 +114,26 @@ class _NoLibraryTracebacks(logging.Filter):
         return not (record.exc_info and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
 
 
+def _drop_closed_loop_callbacks(hook):
+    """An unraisable-exception hook that drops ``RuntimeError('Event loop is closed')``: after a
+    failed checkpoint save, tensorstore completes the save's other writes and calls back into
+    Orbax's event loop, already closed; each callback would print a traceback (``--debug`` keeps
+    them). Everything else goes to ``hook``."""
+
+    def drop(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    return drop
+
+
 def _os_error_line(err: OSError) -> str:
     """One line for an OS error no writer turned into a UserError: the file and what failed."""
     where = f"{err.filename}: " if err.filename else ""
+    if err.filename and getattr(err, "filename2", None):  # a copy or rename: both files
+        where = f"{err.filename} -> {err.filename2}: "
     return f"{where}{reason(err)} (run with --debug for the traceback)"
 
 
@@ -127,6 +144,7 @@ def run(main: Callable[[], int | None]) -> None:
     debug = "--debug" in sys.argv
     if not debug:
         logging.getLogger("absl").addFilter(_NoLibraryTracebacks())
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
     enable_compilation_cache()
     try:
         code = main()

@@ -131,3 +131,23 @@ def test_a_user_error_from_a_library_wrapper_keeps_its_cause_for_debug():
     assert str(err.value) == "cannot read mask file /x/y.npz: No space left on device (ENOSPC)"
     assert isinstance(err.value.__cause__, ValueError)
     assert reason(KeyError("k")) == "KeyError: 'k'"
+
+
+def test_closed_event_loop_callbacks_after_a_failed_save_are_dropped():
+    """After a failed checkpoint save tensorstore calls back into Orbax's closed event loop; without
+    --debug these unraisable errors are dropped, anything else still reaches the previous hook."""
+    import types
+
+    seen = []
+    hook = cli._drop_closed_loop_callbacks(seen.append)
+    closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+    other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+    hook(closed)
+    hook(other)
+    assert seen == [other]
+
+
+def test_a_failed_copy_names_both_files():
+    err = OSError(errno.ENOSPC, "No space left on device", "/w/spm.model", None, "/w/run/spm.model")
+    assert cli._os_error_line(err) == ("/w/spm.model -> /w/run/spm.model: No space left on device (ENOSPC) "
+                                       "(run with --debug for the traceback)")

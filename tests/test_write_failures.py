@@ -104,13 +104,16 @@ def test_checkpoint_write_that_fails_keeps_the_previous_one_and_the_same_command
     assert f"cannot write checkpoint {full / 'checkpoints' / '4'}: File too large (EFBIG)" in message, message
     assert f"the previous checkpoint {full / 'checkpoints' / '2'} is intact" in message, message
     assert "run the same command again" in message
-    # nothing half-written is left (orbax's 4.orbax-checkpoint-tmp removed), step 2 verifies, no lock
-    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["2"]
+    # step 2 is intact and the only one listed, the lock is released
+    assert Checkpointer(full).all_steps() == [2]
     assert verify_manifest(full / "checkpoints" / "2")
     assert not run_lock.lock_path(full).exists()
 
     monkeypatch.setattr(Checkpointer, "save", real_save)  # space freed: the same call resumes from step 2
     workflow.run_pretrain(config, work, full, quiet=True)
+    # nothing half-written is left (whatever orbax's writer threads left of 4.orbax-checkpoint-tmp
+    # after the failure went with the resumed run's first save)
+    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == ["2", "4"]
     assert Checkpointer(full).all_steps() == [2, 4]
     got, want = _host(workflow.load_run(full).params), _host(workflow.load_run(clean).params)
     for name in want:
@@ -255,6 +258,24 @@ def test_json_write_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch
         save_json(path, {"a": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
     assert checkpoint.load_json(path) == {"a": 1}
+
+
+def test_vocabulary_copy_into_a_run_is_atomic_and_skipped_when_unchanged(tmp_path):
+    """``write_run_files`` copies the vocabulary into the run at every (re)start: on a full disk a
+    resume must not truncate the run's good copy."""
+    src, dst = tmp_path / "spm.model", tmp_path / "run" / "spm.model"
+    dst.parent.mkdir()
+    src.write_bytes(os.urandom(8192))
+    checkpoint.copy_file(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    with file_size_limit(LIMIT):
+        checkpoint.copy_file(src, dst)  # the same bytes: nothing is written, nothing fails
+    src.write_bytes(src.read_bytes()[:LIMIT] + os.urandom(100))
+    old = dst.read_bytes()
+    with file_size_limit(LIMIT), pytest.raises(WriteError, match=f"cannot write {dst} \\(a copy of {src}\\): File "
+                                                                 "too large"):
+        checkpoint.copy_file(src, dst)
+    assert dst.read_bytes() == old and sorted(p.name for p in dst.parent.iterdir()) == ["spm.model"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")

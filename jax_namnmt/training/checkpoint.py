@@ -40,11 +40,13 @@ run directory's lock (``run_lock``): no other process can be writing them then.
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ from jax_namnmt.jsonfile import load_json  # re-exported: the doors' JSON reader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "CorruptCheckpointError", "MANIFEST", "save_json", "load_json"]
+__all__ = ["Checkpointer", "CorruptCheckpointError", "MANIFEST", "copy_file", "save_json", "load_json"]
 
 MANIFEST = "integrity.json"
 _HASH = "blake2b"
@@ -297,15 +299,25 @@ class Checkpointer:
                         leftover)
             shutil.rmtree(leftover, ignore_errors=True)
 
+    def _remove_unfinished(self, steps: list[int], settle_s: float = 2.0) -> None:
+        """Best effort: orbax's other writer threads of a failed save may still be creating files
+        for a moment; what is left then goes with the next save's sweep (``_sweep``)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            left = [p for step in steps for p in self.directory.glob(f"{step}{_TMP}*")]
+            for path in left:
+                shutil.rmtree(path, ignore_errors=True)
+            if not left or time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
     def _failed(self, steps: list[int], err: Exception) -> None:
         """A save of ``steps`` failed: remove what orbax left unfinished and raise WriteError
         (a UserError is raised as it is)."""
         if isinstance(err, UserError):
             raise err
         if jax.process_index() == 0:
-            for step in steps:
-                for leftover in self.directory.glob(f"{step}{_TMP}*"):
-                    shutil.rmtree(leftover, ignore_errors=True)
+            self._remove_unfinished(steps)
         try:
             kept = [s for s in self.all_steps() if s not in steps]
         except Exception:  # noqa: BLE001 - the write error is what the user needs to see
@@ -520,6 +532,25 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copies ``src`` to ``dst`` atomically (temporary file, then rename); nothing is written when
+    ``dst`` already holds the same bytes. An OS error raises :class:`WriteError` naming ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and filecmp.cmp(src, dst, shallow=False):
+        return
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        raise WriteError(f"cannot write {dst} (a copy of {src}): {reason(e)}; {WRITE_HINT}") from e
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

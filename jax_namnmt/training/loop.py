@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, make_batcher, resolve_layout
 from jax_namnmt.data.sampling import PairShares, describe_probabilities
 from jax_namnmt.errors import CheckpointError, TrainingDiverged
-from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
+from jax_namnmt.training.checkpoint import Checkpointer, copy_file, load_json, save_json
 from jax_namnmt.training.metrics_log import MetricsLogger
 from jax_namnmt.training.step import init_state, make_eval_step, make_optimizer, make_train_step, schedule_args
 
@@ -61,7 +60,7 @@ def write_run_files(run_dir: Path, config: Config, vocab_path: Path, extra: dict
     save_json(run_dir / "config.json", config.to_dict())
     target = run_dir / "spm.model"
     if Path(vocab_path).resolve() != target.resolve():
-        shutil.copyfile(vocab_path, target)
+        copy_file(vocab_path, target)  # atomic, and not rewritten on a resume
     if extra:
         save_json(run_dir / "run.json", extra)
 
