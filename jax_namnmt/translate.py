@@ -220,7 +220,9 @@ def _batch(translator, args, checkpoint: Path, lap) -> None:
                 from jax_namnmt.jsonfile import load_json
 
                 before = load_json(state_path)
-                changed = [k for k in state if k != "input" and before.get(k) != state[k]]
+                # an `error` run wrote no long line: any --long-lines may go on from where it stopped
+                changed = [k for k in state if k != "input" and before.get(k) != state[k]
+                           and not (k == "long_lines" and before.get(k) == "error")]
                 if changed:
                     raise DataError(f"{out_path} was written with other settings "
                                     f"({', '.join(f'{k}: {before.get(k)}, now {state[k]}' for k in changed)}); "
