@@ -44,18 +44,37 @@ class WriteError(UserError):
 
 WRITE_HINT = "free some space (or fix the permissions) and run the same command again"
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _os_code(err: BaseException) -> int | None:
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    match = _OS_CODE.search(str(err))
+    return int(match.group(1)) if match else None
+
+
+def write_hint(err: BaseException) -> str:
+    """What to do about a failed write, from its cause (a full disk, permissions, anything else)."""
+    code = _os_code(err)
+    if code in _NO_SPACE:
+        return "free some space and run the same command again"
+    if code in _NO_PERMISSION:
+        return "make the directory writable (or write elsewhere) and run the same command again"
+    if code is None:
+        return WRITE_HINT
+    return "check the path and run the same command again"
 
 
 def reason(err: BaseException) -> str:
     """What went wrong, in a short phrase, from an OS or library error: the OS error's text (also
     when tensorstore carries it as ``os_error_code=N`` in its message), else the exception's type
     and the first line of its message."""
+    code = _os_code(err)
     if isinstance(err, OSError) and err.strerror:
         text = err.strerror
-        code = err.errno
     else:
-        match = _OS_CODE.search(str(err))
-        code = int(match.group(1)) if match else None
         text = os.strerror(code) if code else None
     if text:
         name = errno.errorcode.get(code) if code else None
@@ -72,7 +91,7 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise WriteError(f"cannot write {what} {path}: {reason(e)}; {WRITE_HINT}") from e
+        raise WriteError(f"cannot write {what} {path}: {reason(e)}; {write_hint(e)}") from e
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from jax_namnmt import run_lock
-from jax_namnmt.errors import WRITE_HINT, CheckpointError, WriteError, reading, reason
+from jax_namnmt.errors import CheckpointError, WriteError, reading, reason, write_hint
 from jax_namnmt.method.masks import flatten, nest
 from jax_namnmt.jsonfile import load_json
 
@@ -81,9 +81,10 @@ def save_package(out: Path, params: dict, config_dict: dict, vocab_path: Path, d
         _publish(tmp, out)
     except (OSError, WriteError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        cause = reason(e.__cause__ or e) if isinstance(e, WriteError) else reason(e)
+        root = (e.__cause__ or e) if isinstance(e, WriteError) else e
+        cause = reason(root)
         kept = f"the package in {out} is unchanged" if (out / PACKAGE_FILE).exists() else "nothing was written"
-        raise WriteError(f"cannot write package {out}: writing {current} failed: {cause}; {kept}; {WRITE_HINT}") from e
+        raise WriteError(f"cannot write package {out}: writing {current} failed: {cause}; {kept}; {write_hint(root)}") from e
     return out
 
 

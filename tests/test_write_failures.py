@@ -290,3 +290,20 @@ def test_read_only_run_directory(prepared, tmp_path):
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+
+
+def test_unwritable_directory_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """What a read-only directory does where permissions apply (root bypasses them): the lock file
+    cannot be created, so the command stops before reading its input (here a missing importance
+    file, which would otherwise be the error)."""
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(run_lock.os, "open", read_only)
+    with pytest.raises(WriteError, match=f"cannot create the lock file {tmp_path / run_lock.LOCK_NAME}: "
+                                         "Permission denied; the directory must be writable"):
+        workflow.run_allocate(tmp_path / "missing.npz", tmp_path / "masks.npz", 0.9, 0.7, "pair", quiet=True)

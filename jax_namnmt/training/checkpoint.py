@@ -54,7 +54,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jax_namnmt import run_lock
-from jax_namnmt.errors import WRITE_HINT, CheckpointError, UserError, WriteError, reason
+from jax_namnmt.errors import CheckpointError, UserError, WriteError, reason, write_hint
 from jax_namnmt.jsonfile import load_json  # re-exported: the doors' JSON reader, Orbax-free
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class Checkpointer:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise WriteError(f"cannot write checkpoints to {self.directory}: {reason(e)}; {WRITE_HINT}") from e
+            raise WriteError(f"cannot write checkpoints to {self.directory}: {reason(e)}; {write_hint(e)}") from e
         self._sweep()
         try:
             saved = self._manager.save(
@@ -325,7 +325,7 @@ class Checkpointer:
         previous = (f"the previous checkpoint {self._step_dir(kept[-1])} is intact" if kept
                     else "no earlier checkpoint exists")
         where = ", ".join(str(self._step_dir(s)) for s in steps)
-        raise WriteError(f"cannot write checkpoint {where}: {reason(err)}; {previous}; {WRITE_HINT} "
+        raise WriteError(f"cannot write checkpoint {where}: {reason(err)}; {previous}; {write_hint(err)} "
                          "to resume from the last intact checkpoint") from err
 
     def _write_pending_manifests(self) -> None:
@@ -545,7 +545,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     except OSError as e:
-        raise WriteError(f"cannot write {dst} (a copy of {src}): {reason(e)}; {WRITE_HINT}") from e
+        raise WriteError(f"cannot write {dst} (a copy of {src}): {reason(e)}; {write_hint(e)}") from e
     finally:
         try:
             tmp.unlink()
@@ -568,7 +568,7 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise WriteError(f"cannot write {path}: {reason(e)}; {WRITE_HINT}") from e
+        raise WriteError(f"cannot write {path}: {reason(e)}; {write_hint(e)}") from e
     finally:
         try:
             tmp.unlink()
