@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -31,7 +32,7 @@ from jax_namnmt.data.corpus import find_split_files, parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
-from jax_namnmt.errors import CheckpointError, ConfigError, DataError, reading, writing
+from jax_namnmt.errors import CheckpointError, ConfigError, DataError, WriteError, reading, writing
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
 from jax_namnmt.method.masks import canonical_name, module_sizes, to_model_masks
@@ -251,6 +252,9 @@ def run_importance(run_dir: Path, config: Config, workdir: Path | None, method: 
     ``out`` (default ``run_dir/importance_<method>.npz``) through a temporary file, so never half-written.
     Holds the lock of the directory written to."""
     path = Path(out) if out else Path(run_dir) / f"importance_{method}.npz"
+    if out is None and Path(run_dir).is_dir() and not os.access(run_dir, os.W_OK):
+        raise WriteError(f"{run_dir} is not writable (an installed package?): pass --out FILE to write the "
+                         "importance scores elsewhere")
     with run_lock.hold(path.parent):
         return _run_importance(run_dir, config, workdir, method, quiet, path)
 

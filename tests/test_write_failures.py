@@ -307,3 +307,14 @@ def test_unwritable_directory_is_refused_before_anything_runs(tmp_path, monkeypa
     with pytest.raises(WriteError, match=f"cannot create the lock file {tmp_path / run_lock.LOCK_NAME}: "
                                          "Permission denied; the directory must be writable"):
         workflow.run_allocate(tmp_path / "missing.npz", tmp_path / "masks.npz", 0.9, 0.7, "pair", quiet=True)
+
+
+def test_importance_into_a_read_only_package_asks_for_out(prepared, monkeypatch):
+    """An installed package's directory is read-only: importance says to pass --out before scoring
+    (``os.access`` stands in for the permissions, which root bypasses)."""
+    work, config, run = prepared
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == run else real_access(path, mode))
+    monkeypatch.setattr(workflow, "compute_importance", lambda *a, **k: pytest.fail("scored a read-only run"))
+    with pytest.raises(WriteError, match=f"{run} is not writable .*pass --out FILE"):
+        workflow.run_importance(run, config, work, "taylor", quiet=True)
