@@ -35,6 +35,7 @@ from jax_namnmt.method import extend
 from jax_namnmt.method.allocation import save_masks
 from jax_namnmt.method.importance import compute_importance
 from jax_namnmt.method.masks import to_model_masks
+from jax_namnmt.method.zero_shot import compose_mask
 from jax_namnmt.metrics import format_table
 from jax_namnmt.training.checkpoint import load_json, save_json
 from jax_namnmt.training.loop import check_resumable, finetune_schedule, train, write_run_files
@@ -182,8 +183,9 @@ def zero_shot_model(source: Path) -> Path | None:
 
 def report(out: Path, workdir: Path, split: str, max_lines: int, quiet: bool = False) -> dict:
     """BLEU of the old pairs from the source run and the new run (each pair's translations compared
-    line by line), of the new pair on the new run, and its zero-shot BLEU: the plain model the source
-    was fine-tuned from and the source's parameters without masks, each with the ``<2tgt>`` tag."""
+    line by line), of the new pair on the new run, and its zero-shot BLEU with the ``<2tgt>`` tag: the
+    plain model the source was fine-tuned from (``pretrained``), the source's parameters without masks
+    (``source_unmasked``) and with the mask row composed from its pairs (``source_composed``)."""
     new = workflow.load_run(out)
     info = load_json(out / "run.json")
     source, pair = Path(info["from"]), info["pair"]
@@ -193,7 +195,9 @@ def report(out: Path, workdir: Path, split: str, max_lines: int, quiet: bool = F
     after = workflow.evaluate_run(restricted(new, old.pairs), data_dir, split, max_lines, quiet)
     added = workflow.evaluate_run(_only(new, pair), data_dir, split, max_lines, quiet)
     zero_shot = {"source_unmasked": workflow.evaluate_run(restricted(old, [pair], masks=False), data_dir, split,
-                                                          max_lines, quiet)[pair]}
+                                                          max_lines, quiet)[pair],
+                 "source_composed": workflow.evaluate_run(composed(old, pair), data_dir, split, max_lines,
+                                                          quiet)[pair]}
     plain = zero_shot_model(source)
     if plain is not None:
         zero_shot["pretrained"] = workflow.evaluate_run(restricted(workflow.load_run(plain), [pair], masks=False),
@@ -208,12 +212,29 @@ def report(out: Path, workdir: Path, split: str, max_lines: int, quiet: bool = F
         "new_pair": {"bleu": added[pair]["bleu"], "chrf": added[pair]["chrf"],
                      "zero_shot": {k: v["bleu"] for k, v in zero_shot.items()},
                      "zero_shot_chrf": {k: v["chrf"] for k, v in zero_shot.items()}},
-        "steps": new.step, "signature": added["signature"],
+        "steps": new.step, "validation_nll": validation_nll(out), "signature": added["signature"],
         "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
         "date": time.strftime("%Y-%m-%d"),
     }
     save_json(out / "add_pair.json", result)
     return result
+
+
+def validation_nll(out: Path) -> dict:
+    """Per-pair validation NLL of the add_pair run at its first and last validation (``metrics.jsonl``)."""
+    path = Path(out) / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    records = [r for r in records if r.get("phase") == "add_pair_valid"]
+    pick = lambda r: {k[4:]: r[k] for k in r if k.startswith("nll_")}  # noqa: E731
+    return {str(r["step"]): pick(r) for r in records[:1] + records[-1:]}
+
+
+def composed(run: workflow.Run, pair: str) -> workflow.Run:
+    """The masked ``run`` translating the untrained ``pair`` zero-shot, under the mask row composed from
+    its pairs (``method.zero_shot_masks``, ``method/zero_shot.py``)."""
+    row, _ = compose_mask(run.masks, run.pairs, pair, run.config.method.zero_shot_masks)
+    config = run.config.with_sections(data={"pairs": (pair,)})
+    return dataclasses.replace(run, config=config, masks={name: m[None] for name, m in row.items()})
 
 
 def _only(run: workflow.Run, pair: str) -> workflow.Run:
