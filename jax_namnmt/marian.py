@@ -82,7 +82,7 @@ def sinusoid(rows: int, dim: int) -> np.ndarray:
     return np.pad(table, ((0, 0), (0, dim % 2))) if dim % 2 else table
 
 
-def position_tables(embedding: np.ndarray, rows: int, bos_id: int, scale: float = LN_SCALE):
+def position_tables(embedding: np.ndarray, rows: int, bos_id: int, scale: float):
     """``(encoder, decoder)`` position tables of the export, float64: ours times ``scale``, the
     decoder's row 0 plus the start token's part (``scale * sqrt(d) * embedding[bos_id]``). A
     directory re-saved by ``save_pretrained`` lacks them (MarianMTModel never saves its tables):
@@ -210,12 +210,13 @@ def _check_attention_widths(flat: Mapping[str, np.ndarray], d_model: int) -> Non
 
 
 def to_marian_state(flat: Mapping[str, np.ndarray], config: ModelConfig, bos_id: int, positions: int,
-                    widths: Mapping[str, tuple[int, ...]] | None = None
+                    widths: Mapping[str, tuple[int, ...]] | None = None, scale: float = LN_SCALE
                     ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Our flat parameters (``packaged.flatten`` paths) as a ``MarianMTModel`` state dict, float32,
     with ``positions`` rows of position tables; also ``{stack: FFN width}`` (after :func:`pad_ffn`).
     ``widths``: a baked model's per-module widths (``BakedModelConfig.widths``), its attention
-    zero-padded to Marian's shape (:func:`pad_attention`)."""
+    zero-padded to Marian's shape (:func:`pad_attention`). ``scale``: the layer-norm input scale
+    (``LN_SCALE``; 1 would leave Marian's epsilon of 1e-5 in place of ours, to measure what that costs)."""
     check_expressible(config)
     flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
     if widths:
@@ -229,7 +230,7 @@ def to_marian_state(flat: Mapping[str, np.ndarray], config: ModelConfig, bos_id:
         extra, missing = sorted(set(flat) - expected), sorted(expected - set(flat))
         raise CheckpointError(f"the parameters do not fit a plain Transformer: unexpected {extra[:3]}, "
                               f"missing {missing[:3]}")
-    scaled = rescale(flat, LN_SCALE)
+    scaled = rescale(flat, scale)
     state = {}
     for ours, (hf, transposed) in names.items():
         value = scaled[ours]
@@ -239,7 +240,7 @@ def to_marian_state(flat: Mapping[str, np.ndarray], config: ModelConfig, bos_id:
     shared = np.zeros((vocab + 1, dim), np.float64)
     shared[:vocab] = scaled["embed/embedding"]
     state["model.shared.weight"] = shared.astype(np.float32)
-    encoder_pos, decoder_pos = position_tables(embedding, positions, bos_id)
+    encoder_pos, decoder_pos = position_tables(embedding, positions, bos_id, scale)
     state["model.encoder.embed_positions.weight"] = encoder_pos.astype(np.float32)
     state["model.decoder.embed_positions.weight"] = decoder_pos.astype(np.float32)
     bias = np.zeros((1, vocab + 1), np.float32)
@@ -287,7 +288,7 @@ def from_marian_state(state: Mapping[str, np.ndarray], config: ModelConfig, bos_
         name = f"model.{side}.embed_positions.weight"
         if name in state:
             stored = np.asarray(state[name], np.float64)
-            want = position_tables(embedding, stored.shape[0], bos_id)[side == "decoder"]
+            want = position_tables(embedding, stored.shape[0], bos_id, LN_SCALE)[side == "decoder"]
             error = np.abs(stored - want).max() / max(np.abs(want).max(), 1.0)
             if error > tolerance:
                 raise CheckpointError(
@@ -349,7 +350,8 @@ def hf_generate_kwargs(decode: DecodeConfig, max_new_tokens: int, eos_id: int, s
     hypotheses (``early_stopping=True``, our ``stop_early="fairseq"``), EOS banned for the first
     ``min_len`` tokens (both after the log-softmax), and EOS forced at the sentence's limit
     ``max_new_tokens`` (:func:`output_limits`; HF's limit is per ``generate`` call, so sentences
-    with other limits go in other calls).
+    with other limits go in other calls). The limit is passed as ``max_length`` (it counts the
+    decoder's start token), which overrides ``generation_config.json``'s without a warning.
 
     One difference: at the limit HF gives the forced EOS log-probability 0, we (and fairseq) its
     own; a search that reaches the limit can then pick another hypothesis."""
@@ -361,7 +363,7 @@ def hf_generate_kwargs(decode: DecodeConfig, max_new_tokens: int, eos_id: int, s
                           "stop_early 'fairseq'; its other rules are not our 'exact' bound")
     return dict(num_beams=decode.beam_size, num_return_sequences=1, do_sample=False,
                 length_penalty=decode.length_penalty, early_stopping=True, min_new_tokens=decode.min_len,
-                max_new_tokens=int(max_new_tokens), eos_token_id=eos_id, forced_eos_token_id=eos_id,
+                max_length=int(max_new_tokens) + 1, eos_token_id=eos_id, forced_eos_token_id=eos_id,
                 pad_token_id=start_id, decoder_start_token_id=start_id, no_repeat_ngram_size=0,
                 repetition_penalty=1.0)
 
