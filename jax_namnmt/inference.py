@@ -115,7 +115,7 @@ class Translator:
                             f"got {self.long_lines!r}")
         from jax_namnmt import directions
 
-        direction = directions.check_direction(self.model.pairs, self.src, self.tgt)
+        direction = directions.check_direction(self.model.pairs, self.src, self.tgt, where=f"({self.model.directory})")
         plan = directions.plan(self.model, [direction])  # a trained pair, or zero-shot (composed masks)
         self.pair, self.masks, self.notes = plan.pair_ids[direction], plan.masks, plan.notes
         self.tag = self.model.vocab.tag_id(self.tgt)
