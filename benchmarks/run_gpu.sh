@@ -87,10 +87,12 @@ run train_throughput train_throughput 90 --steps 20 --warmup 3 --sides jax,maria
 # our step in the compact layout (data.layout=compact; the CPU default; 10% slower than rows on an H100, 2026-11-26)
 run train_throughput_compact train_throughput 60 --steps 20 --warmup 3 --sides jax --layout compact
 run decode_speed decode_speed 70 --sentences 2048 --batch 256 --decode-len 20 ${DECODE_ARGS:-}
-run masked_overhead masked_overhead 55 --steps 20 --warmup 2 --repeats 2 --mask-lookup gather ${MASKED_ARGS:-}
-# the same with the CPU's lookup (one-hot matmul), to keep the choice measured
-run masked_overhead_onehot masked_overhead 55 --steps 20 --warmup 2 --repeats 2 --mask-lookup onehot ${MASKED_ARGS:-}
-run importance_throughput importance_throughput 50 --steps 20 --warmup 2 --repeats 2 ${IMPORTANCE_ARGS:-}
+# 8, 32 and 128 pairs in one run (a masked step compiled per number of pairs; goal: within 5% at 128)
+run masked_overhead masked_overhead 110 --steps 20 --warmup 2 --repeats 2 --mask-lookup gather ${MASKED_ARGS:-}
+# the same with the one-hot-matmul lookup (its cost grows with the pairs), and the CPU's packed bits
+run masked_overhead_onehot masked_overhead 80 --steps 20 --warmup 2 --repeats 2 --mask-lookup onehot --pairs 8,128 ${MASKED_ARGS:-}
+run masked_overhead_bits masked_overhead 80 --steps 20 --warmup 2 --repeats 2 --mask-lookup bits --pairs 8,128 ${MASKED_ARGS:-}
+run importance_throughput importance_throughput 100 --steps 20 --warmup 2 --repeats 2 ${IMPORTANCE_ARGS:-}
 if [ -z "${NO_COMPILE:-}" ]; then
   run train_throughput train_throughput 600 --steps 20 --warmup 3 --sides marian_compiled --merge ${TRAIN_ARGS:-}
 fi

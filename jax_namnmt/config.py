@@ -61,10 +61,11 @@ class ModelConfig:
     # and decoder layer (LN, down to adapter_dim, ReLU, up, add), each token using its pair's.
     adapter_pairs: int = 0  # number of pairs (= len(data.pairs)); 0 = off
     adapter_dim: int = 128
-    # How each token finds its pair's mask row (same 0/1 rows either way): "onehot" (a one-hot
-    # matmul: ~25% faster masked steps on XLA's CPU backend), "gather" (fuses into the multiply
-    # on accelerators), "auto" (onehot on CPU, gather elsewhere, decided when a step is traced;
-    # under auto, $JAX_NAMNMT_MASK_LOOKUP=onehot|gather picks one).
+    # How each token finds its pair's mask row (same 0/1 rows each way): "onehot" (a one-hot
+    # matmul; its cost grows with the number of pairs), "gather" (fuses into the multiply on
+    # accelerators), "bits" (the rows packed 32 neurons a word, gathered and unpacked: CPU), "auto"
+    # (bits on CPU, gather elsewhere, decided when a step is traced; under auto,
+    # $JAX_NAMNMT_MASK_LOOKUP=onehot|gather|bits picks one). model/transformer.py: mask_lookup_method.
     mask_lookup: str = "auto"
 
     @property
@@ -86,7 +87,7 @@ class ModelConfig:
             raise ConfigError(f"{where}.ts_target_of_pair = {list(self.ts_target_of_pair)!r}: entries must be "
                               "target-language ids >= 0 (one per pair)")
         choices = (("dtype", ("float32", "bfloat16")), ("attention_kernel", ("xla", "cudnn")),
-                   ("logits_dtype", ("float32", "bfloat16")), ("mask_lookup", ("auto", "onehot", "gather")))
+                   ("logits_dtype", ("float32", "bfloat16")), ("mask_lookup", ("auto", "onehot", "gather", "bits")))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{where}.{name} = {getattr(self, name)!r}: must be one of {', '.join(allowed)}")

@@ -134,33 +134,44 @@ def test_report_paths_quick_in_a_temporary_directory(monkeypatch, capsys):
 
 
 def test_masked_overhead_quick(run_quick):
-    # the accelerators' lookup (a gather), forced on CPU: the all-ones check then covers it too
-    report, stdout = run_quick("masked_overhead", "--mask-lookup", "gather")
+    # the accelerators' lookup (a gather), forced on CPU: the all-ones check then covers it too;
+    # 8 and 128 pairs in one run (the same sentences, the masks' tables 16x larger)
+    report, stdout = run_quick("masked_overhead", "--mask-lookup", "gather", "--pairs", "8,128")
     r = report["results"]
     assert "error" not in r, r
-    assert r["mask_lookup"] == "gather"
-    check = r["ones_mask_check"]
-    assert check["match"] is True and check["relative_difference"] <= 1e-5, check
-    assert r["num_pairs"] == 8 and r["pairs_per_batch"][1] > 1  # pairs mixed within a batch
-    assert 0.8 < r["mask_keep_share"] < 1.0
-    for side in ("plain", "masked"):
-        assert r[side]["steps"] == 2 and r[side]["target_tokens_per_s"] > 0
-    assert r["overhead"] > -1
-    assert "overhead of the masks" in stdout and "match" in stdout
+    assert r["mask_lookup"] == "gather" and report["num_pairs"] == [8, 128]
+    assert list(r["pairs"]) == ["8", "128"]
+    for n, p in r["pairs"].items():
+        check = p["ones_mask_check"]
+        assert check["match"] is True and check["relative_difference"] <= 1e-5, (n, check)
+        assert p["num_pairs"] == int(n) and p["pairs_per_batch"][1] > 1  # pairs mixed within a batch
+        assert 0.8 < p["mask_keep_share"] < 1.0
+        for side in ("plain", "masked"):
+            assert p[side]["steps"] == 2 and p[side]["target_tokens_per_s"] > 0
+            assert len(p[side]["round_cpu_seconds"]) == 1
+        assert p["overhead"] > -1 and p["overhead_cpu_time_median_of_pairs"] > -1
+    assert r["pairs"]["128"]["mask_table_bytes"] == 16 * r["pairs"]["8"]["mask_table_bytes"]
+    assert r["pairs"]["128"]["pairs_per_batch"][1] > r["pairs"]["8"]["pairs_per_batch"][1]
+    assert "| 128 |" in stdout and "match" in stdout
 
 
 def test_importance_throughput_quick(run_quick):
-    report, stdout = run_quick("importance_throughput")
+    report, stdout = run_quick("importance_throughput", "--pairs", "8,128")
     r = report["results"]
     assert "error" not in r, r
-    imp = r["importance"]
-    assert imp["tokens_match"] is True
-    assert imp["scored_target_tokens"] == r["target_tokens"] > 0
-    assert imp["scored_source_tokens"] == r["source_tokens"] > 0
-    assert sum(imp["scored_target_tokens_per_pair"]) == r["target_tokens"]
-    assert imp["sums_finite"] is True and imp["modules"] == 16  # 1+1 layers: 6 encoder + 10 decoder projections
-    assert r["train"]["target_tokens_per_s"] > 0 and imp["target_tokens_per_s"] > 0
-    assert r["ratio_importance_over_train"] > 0
+    assert list(r["pairs"]) == ["8", "128"]
+    for n, p in r["pairs"].items():
+        imp = p["importance"]
+        assert imp["tokens_match"] is True
+        assert imp["scored_target_tokens"] == p["target_tokens"] > 0
+        assert imp["scored_source_tokens"] == p["source_tokens"] > 0
+        assert len(imp["scored_target_tokens_per_pair"]) == int(n)
+        assert sum(imp["scored_target_tokens_per_pair"]) == p["target_tokens"]
+        assert imp["sums_finite"] is True and imp["modules"] == 16  # 1+1 layers: 6 encoder + 10 decoder projections
+        assert p["train"]["target_tokens_per_s"] > 0 and imp["target_tokens_per_s"] > 0
+        assert p["ratio_importance_over_train"] > 0
+    assert r["pairs"]["128"]["importance"]["sums_bytes"] == 16 * r["pairs"]["8"]["importance"]["sums_bytes"]
+    assert "| 128 |" in stdout
 
 
 def test_decode_speed_quick(run_quick):
@@ -184,7 +195,7 @@ def test_run_gpu_sh_runs_the_chosen_ablations(tmp_path):
     fake.write_text(f'#!/usr/bin/env bash\necho "XLA_FLAGS=${{XLA_FLAGS:-}} ARGS=$*" >> {calls}\n')
     fake.chmod(0o755)
     env = dict(os.environ, PYTHON=str(fake), BUDGET="600", NO_COMPILE="1",
-               ABLATIONS="bf16_logits,cudnn_layer_norm", SKIP="train_throughput_compact masked_overhead_onehot")
+               ABLATIONS="bf16_logits,cudnn_layer_norm", SKIP="train_throughput_compact masked_overhead_onehot masked_overhead_bits")
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), str(tmp_path / "out")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=env)

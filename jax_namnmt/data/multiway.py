@@ -121,9 +121,11 @@ def ntrex_file(ntrex_dir: str | Path, lang: str) -> Path:
     """The NTREX-128 file of ``lang`` (a short code like ``de`` or an NTREX code like ``deu``).
 
     English is the original source side, ``newstest2019-src.eng.txt``.
+    NTREX codes with a script or region (``aze-Latn``, ``eng-GB``) are written with ``_`` in pairs
+    (``en-aze_Latn``: a pair's ``-`` separates its two languages).
     """
     ntrex_dir = Path(ntrex_dir)
-    code = NTREX_CODES.get(lang, lang)
+    code = NTREX_CODES.get(lang, lang).replace("_", "-")
     if code == "eng":
         return ntrex_dir / "newstest2019-src.eng.txt"
     path = ntrex_dir / f"newstest2019-ref.{code}.txt"
@@ -131,9 +133,22 @@ def ntrex_file(ntrex_dir: str | Path, lang: str) -> Path:
         known = " ".join(f"{short}={long}" for short, long in NTREX_CODES.items())
         raise DataError(
             f"unknown language code '{lang}' for NTREX-128 (no file {path}); known codes: "
-            f"{known}, or any code with a newstest2019-ref.CODE.txt file in {ntrex_dir}"
+            f"{known}, or any code with a newstest2019-ref.CODE.txt file in {ntrex_dir} "
+            "(written with '_' for '-': aze_Latn)"
         )
     return path
+
+
+def ntrex_languages(ntrex_dir: str | Path) -> list[str]:
+    """The target languages of an NTREX-128 folder, as pair codes (``-`` written ``_``), sorted:
+    one per ``newstest2019-ref.CODE.txt`` file (English, the source, is ``en``; the second Spanish
+    reference ``newstest2019-ref-2.spa.txt`` is not a language). 127 in the full corpus."""
+    ntrex_dir = Path(ntrex_dir)
+    codes = sorted(path.name[len("newstest2019-ref."):-len(".txt")].replace("-", "_")
+                   for path in ntrex_dir.glob("newstest2019-ref.*.txt"))
+    if not codes:
+        raise DataError(f"{ntrex_dir}: no newstest2019-ref.CODE.txt files; is this the NTREX-128 folder?")
+    return codes
 
 
 def ntrex_document_splits(

@@ -82,27 +82,72 @@ def sinusoidal_positions(max_len: int, dim: int) -> np.ndarray:
 
 
 MASK_LOOKUP_ENV = "JAX_NAMNMT_MASK_LOOKUP"
-MASK_LOOKUPS = ("onehot", "gather")
+MASK_LOOKUPS = ("onehot", "gather", "bits")
 
 
 def mask_lookup_method(setting: str = "auto") -> str:
     """How per-token masks are looked up, for ``ModelConfig.mask_lookup`` = ``setting``:
-    ``onehot`` or ``gather`` as given; ``auto``: ``$JAX_NAMNMT_MASK_LOOKUP`` (``onehot`` or
-    ``gather``) when set, else ``onehot`` on CPU and ``gather`` on accelerators (decided when a
-    step is traced).
+    ``onehot``, ``gather`` or ``bits`` as given; ``auto``: ``$JAX_NAMNMT_MASK_LOOKUP`` when set,
+    else ``bits`` on CPU and ``gather`` on accelerators (decided when a step is traced).
 
-    Both give the same 0/1 rows. On XLA's CPU backend the one-hot matmul runs the masked train
-    step ~25% faster (gathers of [tokens, features] do not fuse there, and the dot is one BLAS
-    call); on GPU the dot materializes a [tokens, features] array per projection, where a gather
-    of the small table fuses into the multiply that applies it."""
+    All give the same 0/1 rows (``bits`` reads a table entry as 1 where it is nonzero: masks are
+    0/1). ``onehot``: a ``[tokens, P] x [P, F]`` matmul per projection, whose cost grows with the
+    number of pairs P (at 128 pairs on the CPU model, d 256, it adds about half a projection's
+    FLOPs to the forward pass). ``gather``: a row gather of the ``[P, F]`` table; it fuses into the
+    multiply that applies it on accelerators, not on XLA's CPU backend. ``bits``: each table packed
+    into 32 neurons a uint32 word (``[P, F/32]``, in the step), the words of each token's pair
+    gathered (32x less than the float rows) and unpacked by shifts in the fusion that applies
+    them; its cost does not grow with P (benchmarks/README.md, "Cost as the number of pairs
+    grows")."""
     if setting in MASK_LOOKUPS:
         return setting
     method = os.environ.get(MASK_LOOKUP_ENV, "").strip().lower()
     if method in MASK_LOOKUPS:
         return method
     if method:
-        raise ValueError(f"{MASK_LOOKUP_ENV}={method!r}: expected 'onehot' or 'gather'")
-    return "onehot" if jax.default_backend() == "cpu" else "gather"
+        raise ValueError(f"{MASK_LOOKUP_ENV}={method!r}: expected one of {', '.join(MASK_LOOKUPS)}")
+    return "bits" if jax.default_backend() == "cpu" else "gather"
+
+
+def pack_mask_bits(table: jnp.ndarray) -> jnp.ndarray:
+    """``[P, F]`` 0/1 table -> ``[P, ceil(F / 32)]`` uint32 words: bit ``j`` of word ``w`` is
+    ``table[:, 32 w + j] != 0``."""
+    pairs, features = table.shape
+    bits = table != 0
+    if features % 32:
+        bits = jnp.pad(bits, ((0, 0), (0, -features % 32)))
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    return jnp.sum(bits.reshape(pairs, -1, 32).astype(jnp.uint32) << shifts, axis=-1, dtype=jnp.uint32)
+
+
+def unpack_mask_bits(words: jnp.ndarray, features: int, dtype) -> jnp.ndarray:
+    """``[..., W]`` uint32 words -> ``[..., features]`` 0/1 of ``dtype`` (the inverse of
+    :func:`pack_mask_bits` row by row)."""
+    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return bits.reshape(words.shape[:-1] + (-1,))[..., :features].astype(dtype)
+
+
+@jax.custom_vjp
+def _bits_lookup(table, pairs):
+    """``table[pairs]`` through the packed words (forward exact for 0/1 tables); its gradient with
+    respect to the table is the gather's (the rows' cotangents summed per pair), so a mask stays
+    differentiable as under ``onehot`` and ``gather``."""
+    words = jnp.take(pack_mask_bits(table), pairs, axis=0, mode="clip")
+    return unpack_mask_bits(words, table.shape[-1], table.dtype)
+
+
+def _bits_lookup_fwd(table, pairs):
+    return _bits_lookup(table, pairs), (pairs, table.shape[0])
+
+
+def _bits_lookup_bwd(residuals, cotangent):
+    pairs, num_pairs = residuals
+    rows = cotangent.reshape(-1, cotangent.shape[-1])
+    table = jax.ops.segment_sum(rows, jnp.clip(pairs.reshape(-1), 0, num_pairs - 1), num_segments=num_pairs)
+    return table, None
+
+
+_bits_lookup.defvjp(_bits_lookup_fwd, _bits_lookup_bwd)
 
 
 def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype, method: str = "auto") -> jnp.ndarray | None:
@@ -111,7 +156,10 @@ def lookup_mask(masks: Masks, name: str, pairs: jnp.ndarray, dtype, method: str 
     if masks is None:
         return None
     table = masks[name].astype(dtype)
-    if mask_lookup_method(method) == "gather":
+    method = mask_lookup_method(method)
+    if method == "bits":
+        return _bits_lookup(table, pairs)
+    if method == "gather":
         return jnp.take(table, pairs, axis=0, mode="clip")
     return jax.nn.one_hot(pairs, table.shape[0], dtype=dtype) @ table
 
