@@ -164,3 +164,30 @@ def test_benchmark_lookup_choices_are_the_models():
     from benchmarks.masked_overhead import LOOKUPS
 
     assert LOOKUPS == MASK_LOOKUPS
+
+
+def test_validation_batches_have_one_shape_across_pairs():
+    """Per-pair validation in the compact layout: pairs whose source/target length ratios differ
+    (as NTREX-128's languages do) still get batches of one shape, so the eval step compiles once
+    rather than once a pair; every example is in exactly one batch of its pair."""
+    from jax_namnmt.data.batching import Examples
+    from jax_namnmt.training.loop import validation_batches
+
+    rng = np.random.default_rng(0)
+    src, tgt, pair_ids = [], [], []
+    for pair in range(12):
+        for _ in range(5):  # target length 3-30 times the pair's ratio: each pair packs differently
+            n_src = int(rng.integers(4, 12))
+            n_tgt = int(min(30, max(2, n_src * (0.5 + pair / 4))))
+            src.append(rng.integers(4, 50, n_src).astype(np.int32))
+            tgt.append(rng.integers(4, 50, n_tgt).astype(np.int32))
+            pair_ids.append(pair)
+    examples = Examples(src, tgt, np.asarray(pair_ids, np.int32), [("x", i + 1) for i in range(len(src))])
+    pairs = [f"en-l{i}" for i in range(12)]
+    batches = validation_batches(examples, pairs, "compact", (256, 32, 32))
+    shapes = {tuple((k, v.shape) for k, v in sorted(b.items())) for group in batches.values() for b in group}
+    assert len(shapes) == 1
+    for pid, pair in enumerate(pairs):
+        starts = sum(int(((b["tgt_positions"] == 0) & (b["tgt_segments"] > 0)).sum()) for b in batches[pair])
+        assert starts == 5
+        assert all(set(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0])) == {pid} for b in batches[pair])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jax_namnmt import parallel
 from jax_namnmt.config import Config
-from jax_namnmt.data.batching import Examples, make_batcher, resolve_layout
+from jax_namnmt.data.batching import CompactBatcher, Examples, make_batcher, resolve_layout
 from jax_namnmt.data.sampling import PairShares, describe_probabilities
 from jax_namnmt.errors import CheckpointError, TrainingDiverged
 from jax_namnmt.training.checkpoint import Checkpointer, copy_file, load_json, save_json
@@ -78,15 +78,25 @@ def check_resumable(run_dir: Path, config: Config) -> None:
 def validation_batches(examples: Examples, pairs, layout: str, batch_shape) -> dict[str, list]:
     """The validation set as ``{pair: batches}``: each pair packed on its own, so the loss and NLL
     come out per pair as well as in total (the batches hold every example once, as one mixed
-    packing would)."""
+    packing would). In the compact layout every pair's batches take the budgets of the whole set
+    (source tokens, rows), so all have one shape and the eval step compiles once, not once a pair
+    (127 compiles with NTREX-128's one-to-many pairs)."""
     out = {}
+    budgets = {}
+    if layout == "compact" and len(examples):
+        whole = CompactBatcher(examples, *batch_shape, seed=0, shuffle=False)
+        budgets = {"src_tokens": whole.src_tokens, "rows": whole.rows}
     for pid, pair in enumerate(pairs):
         keep = np.flatnonzero(np.asarray(examples.pair_ids) == pid)
         if not len(keep):
             continue
         subset = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
                           np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
-        out[pair] = list(make_batcher(subset, layout, *batch_shape, seed=0, shuffle=False).epoch(0))
+        if budgets:
+            batcher = CompactBatcher(subset, *batch_shape, seed=0, shuffle=False, **budgets)
+        else:
+            batcher = make_batcher(subset, layout, *batch_shape, seed=0, shuffle=False)
+        out[pair] = list(batcher.epoch(0))
     return out
 
 
