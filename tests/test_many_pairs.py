@@ -191,3 +191,15 @@ def test_validation_batches_have_one_shape_across_pairs():
         starts = sum(int(((b["tgt_positions"] == 0) & (b["tgt_segments"] > 0)).sum()) for b in batches[pair])
         assert starts == 5
         assert all(set(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0])) == {pid} for b in batches[pair])
+
+
+def test_pair_costs_host_side_at_128_pairs():
+    """The pair-cost benchmark's host side at 128 pairs: the mask file round-trips exactly, pair and
+    target variants allocate, the device tables are 128 float32 rows of every module."""
+    from benchmarks.pair_costs import host_costs, model
+
+    config = model(quick=True)
+    small, large = host_costs(config, 8, 0), host_costs(config, PAIRS, 0)
+    assert large["roundtrip_equal"] and small["roundtrip_equal"]
+    assert large["device_table_bytes"] == PAIRS * 4 * sum(module_sizes(config).values())
+    assert large["file_bytes"] > 8 * small["file_bytes"] and 0.5 < large["kept_share"] < 1.0
