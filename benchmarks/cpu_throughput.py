@@ -93,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-torch", action="store_true", help="JAX only")
     p.add_argument("--no-ctranslate2", action="store_true", help="decoding without the CTranslate2 sides")
+    p.add_argument("--decode-only", action="store_true", help="skip training; decoding sides only")
+    p.add_argument("--no-marian-decode", action="store_true",
+                   help="decoding without Marian's generate (the CTranslate2 sides still need torch to convert)")
     p.add_argument("--ct2-compute-types", default="float32,int8",
                    help="CTranslate2 decoding sides, one per compute type (float32 is ours' precision) and layout")
     p.add_argument("--ct2-layouts", default="1x2,2x1",
@@ -398,10 +401,19 @@ def interleaved(sessions: dict, rounds: int) -> dict:
     """Runs ``rounds`` rounds of every session in turn (ours, then Marian, then ours...), so a
     drift of the machine's speed hits both sides alike; each side's result is its fastest round."""
     seconds = {name: [] for name in sessions}
+    cpu = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, (run_round, _) in sessions.items():
+            before = os.times()
             seconds[name].append(run_round())
-    return {name: result(seconds[name]) for name, (_, result) in sessions.items()}
+            after = os.times()
+            cpu[name].append(after.user + after.system - before.user - before.system)
+    results = {name: result(seconds[name]) for name, (_, result) in sessions.items()}
+    for name, r in results.items():
+        # the process's CPU seconds a round (all its threads): on a machine that other work keeps
+        # busy, wall time measures the share the side got, CPU time more nearly its work
+        r["round_cpu_seconds"] = cpu[name]
+    return results
 
 
 def paired_ratios(ours_seconds: list[float], theirs_seconds: list[float]) -> dict:
@@ -478,7 +490,7 @@ def compare_decoding(args, config, use_torch: bool, ct2_sides: dict) -> dict:
     batches, rounds interleaved: ``{side: result}``."""
     dsrc, dpairs, dbatches = decode_setup(args, config)
     sessions = {"jax": jax_decode_session(args, config, dsrc, dpairs, dbatches)}
-    if use_torch:
+    if use_torch and not args.no_marian_decode:
         sessions["marian"] = marian_decode_session(args, config, dsrc, dpairs, dbatches)
     for side, (compute_type, lay) in ct2_sides.items():
         sessions[side] = ctranslate2_decode_session(args, config, dsrc, dpairs, dbatches, compute_type, lay)
@@ -496,7 +508,7 @@ def decoding_report(args, dres: dict, use_torch: bool, ct2_sides: dict) -> dict:
         "params": "random init (seed), no masks", "results": dres,
         "ours_batches_at_once": decode_workers(), "threads": args.threads,
     }
-    if use_torch:
+    if "marian" in dres:
         decode["ratio_jax_over_marian"] = (dres["jax"]["sentences_per_s"]
                                            / dres["marian"]["sentences_per_s"])
         decode["paired_ratio_jax_over_marian"] = paired_ratios(dres["jax"]["round_seconds"],
@@ -505,6 +517,8 @@ def decoding_report(args, dres: dict, use_torch: bool, ct2_sides: dict) -> dict:
         decode[f"ratio_jax_over_{side}"] = dres["jax"]["sentences_per_s"] / dres[side]["sentences_per_s"]
         decode[f"paired_ratio_jax_over_{side}"] = paired_ratios(dres["jax"]["round_seconds"],
                                                                 dres[side]["round_seconds"])
+        decode[f"paired_cpu_ratio_jax_over_{side}"] = paired_ratios(dres["jax"]["round_cpu_seconds"],
+                                                                    dres[side]["round_cpu_seconds"])
     return decode
 
 
@@ -559,6 +573,16 @@ def print_summary(args, report: dict, ct2_sides: dict) -> None:
               f"{paired['median']:.3f}")
 
 
+def print_decode_ratios(report: dict, ct2_sides: dict) -> None:
+    """Ours over each decoding peer: fastest rounds, round by round, and the median of the pairs."""
+    for side in (["marian"] if "paired_ratio_jax_over_marian" in report["decode"] else []) + list(ct2_sides):
+        paired = report["decode"][f"paired_ratio_jax_over_{side}"]
+        print(f"decode, ours / {side} (sentences/s): {report['decode'][f'ratio_jax_over_{side}']:.3f} (fastest "
+              f"rounds); round by round {', '.join(f'{r:.3f}' for r in paired['per_round'])}, median "
+              f"{paired['median']:.3f}; by CPU seconds, median of pairs "
+              f"{report['decode'][f'paired_cpu_ratio_jax_over_{side}']['median']:.3f}")
+
+
 def write_report(report: dict, load_start: list[float], out) -> None:
     """Adds the load averages at start and end (other work on the machine skews both sides), prints
     them and writes the report to ``out``."""
@@ -581,16 +605,26 @@ def main(argv=None) -> dict:
     config = cpu_model_config(args.quick)
     use_torch = not args.no_torch and torch_available()
 
-    rows, results = compare_training(args, config, use_torch)
-    report = training_report(args, config, rows, results, use_torch)
+    if args.decode_only:
+        rows, results = 0, {}
+        report = {"benchmark": "cpu_decode_throughput", "quick": args.quick, "threads": args.threads,
+                  "rounds": args.rounds, "cpu_count": os.cpu_count(),
+                  "machine": platform.processor() or platform.machine(), "python": sys.version.split()[0]}
+    else:
+        rows, results = compare_training(args, config, use_torch)
+        report = training_report(args, config, rows, results, use_torch)
     ct2_sides = ctranslate2_sides(args, use_torch)
     dres = compare_decoding(args, config, use_torch, ct2_sides)
     report["decode"] = decoding_report(args, dres, use_torch, ct2_sides)
     report["ctranslate2"] = "used" if ct2_sides else "not importable or disabled"
 
-    print_training(args, report, use_torch)
+    if not args.decode_only:
+        print_training(args, report, use_torch)
     print_decoding(args, dres)
-    print_summary(args, report, ct2_sides)
+    if not args.decode_only:
+        print_summary(args, report, ct2_sides)
+    else:
+        print_decode_ratios(report, ct2_sides)
     write_report(report, load_start, args.out)
     return report
 

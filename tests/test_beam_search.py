@@ -313,3 +313,53 @@ def test_fairseq_done_sentence_is_frozen():
     seqs, scores = beam_search(fn, cache, 2, K, L, BOS, EOS, alpha, stop_early="exact")
     assert np.asarray(seqs[0, 0]).tolist() == [EOS, 0, 0, 0, 0, 0]
     assert np.asarray(seqs[0, 1]).tolist() == [3, 3, EOS, 0, 0, 0]
+
+
+def _per_sentence_t2l(A, S, calls=None):
+    """``make_t2l``'s model under the ``per_sentence`` contract: the row biases are per sentence
+    (``sent["row_bias"] [n, V]``), repeated over the ``rows // n`` beams of each; ``calls`` (a
+    list) gets the row count of every call (a host callback: once per executed step)."""
+
+    def tokens_to_logits(ids, cache, sent):
+        last = ids[:, 0]
+        bias = jnp.repeat(sent["row_bias"], ids.shape[0] // sent["row_bias"].shape[0], axis=0)
+        if calls is not None:
+            jax.debug.callback(lambda n=ids.shape[0]: calls.append(n))
+        logits = A[cache["prev"], last] + S[cache["step"]] + bias
+        return logits, dict(prev=last, step=cache["step"] + 1)
+
+    return tokens_to_logits
+
+
+@pytest.mark.parametrize("stop", ["fairseq", "exact"])
+def test_one_beam_first_step_and_dropping_done_sentences_change_no_result(stop):
+    """The per-sentence contract (first step on one beam) and ``shrink_to`` (done sentences leave
+    the batch) give the plain search's hypotheses and scores, while the model runs on fewer rows."""
+    V, L, B, K = 9, 12, 32, 3
+    (A, S), _, init = second_order_model(V, L, seed=31, eos_bias=0.5)
+    rng = np.random.default_rng(4)
+    bias = rng.normal(size=(B, V)) * rng.uniform(0.0, 3.0, size=(B, 1))  # finishing steps spread out
+    limits = jnp.asarray(rng.integers(3, L + 1, size=B), jnp.int32)
+    cache = init(bias)
+    want = beam_search(make_t2l(A, S), expand_to_beams(cache, K), B, K, L, BOS, EOS, 0.6,
+                       stop_early=stop, min_len=1, max_lens=limits)
+    per_beam = expand_to_beams(dict(prev=cache["prev"], step=cache["step"]), K)
+    calls = {}
+    for shrink in [(), (16, 8)]:
+        calls[shrink] = []
+        got = jax.block_until_ready(beam_search(
+            _per_sentence_t2l(A, S, calls[shrink]), per_beam, B, K, L, BOS, EOS, 0.6, stop_early=stop,
+            min_len=1, max_lens=limits, per_sentence=dict(row_bias=cache["row_bias"]), shrink_to=shrink))
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]), err_msg=f"shrink {shrink}")
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6, err_msg=f"shrink {shrink}")
+    plain, shrunk = calls[()], calls[(16, 8)]
+    assert plain[0] == shrunk[0] == B  # the first step: one beam a sentence
+    assert set(plain[1:]) == {B * K} and len(plain) == len(shrunk)
+    assert sorted(set(shrunk[1:]), reverse=True)[:2] == [B * K, 16 * K]  # it moved to smaller batches
+    assert sum(shrunk) < 0.8 * sum(plain)
+
+
+def test_shrink_to_needs_per_sentence_inputs():
+    (A, S), _, init = second_order_model(5, 4, seed=1)
+    with pytest.raises(ValueError, match="per_sentence"):
+        beam_search(make_t2l(A, S), expand_to_beams(init(np.zeros((4, 5))), 2), 4, 2, 4, BOS, EOS, shrink_to=(2,))

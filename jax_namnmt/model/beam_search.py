@@ -117,20 +117,6 @@ def _initial_state(cache, B: int, K: int, max_len: int, bos_id: int) -> dict:
     )
 
 
-def _search_continues(s: dict, lp, max_len: int, stop_early: str):
-    """The loop condition: fewer than ``max_len`` steps and some sentence not done (``beam``
-    finished hypotheses, and under ``"exact"`` none an alive one can still beat)."""
-    # Best possible future score of an alive hypothesis: log probs only decrease, and
-    # lp is monotone in the length, so the bound is at the next or the final length.
-    best_alive = s["alive_logp"].max(axis=1)
-    bound = best_alive / jnp.maximum(lp(s["step"] + 1), lp(max_len))
-    worst_fin = jnp.where(s["fin_flags"], s["fin_scores"], NEG_INF).min(axis=1)
-    done = s["fin_flags"].all(axis=1)
-    if stop_early == "exact":
-        done = done & (worst_fin >= bound)
-    return (s["step"] < max_len) & ~done.all()
-
-
 def _constrained_log_probs(logits, step, K: int, eos_id: int, min_len: int, max_lens):
     """Log-probabilities ``[B * K, V]`` of the next token, EOS banned before ``min_len`` tokens and
     everything but EOS banned at a sentence's ``max_lens`` limit."""
@@ -147,14 +133,72 @@ def _constrained_log_probs(logits, step, K: int, eos_id: int, min_len: int, max_
     return logp
 
 
-def _top_candidates(alive_logp, logp, B: int, K: int):
-    """The ``2K`` best extensions of the alive beams (fewer if ``K * V`` is smaller): their summed
-    log-probabilities, source beams and tokens, best first."""
+def _top_candidates(alive_logp, logp, B: int, K: int, n: int | None = None):
+    """The ``n`` (default ``2K``, fewer if ``K * V`` is smaller) best extensions of the ``K``
+    alive beams: their summed log-probabilities, source beams and tokens, best first."""
     V = logp.shape[-1]
     cand = (alive_logp[:, :, None] + logp.reshape(B, K, V)).reshape(B, K * V)
     # 2K candidates always contain >= K non-EOS ones (each beam has one EOS candidate).
-    top_logp, top_idx = top_k(cand, min(2 * K, K * V))
+    top_logp, top_idx = top_k(cand, min(2 * K if n is None else n, K * V))
     return top_logp, top_idx // V, (top_idx % V).astype(jnp.int32)
+
+
+def _divisor_block(n: int, target: int = 128) -> int | None:
+    """The divisor of ``n`` in ``[target / 2, 2 * target]`` nearest ``target`` (8,000 -> 125,
+    6,000 -> 125): blocks of it tile ``n`` with no padding. None if there is none."""
+    divisors = [b for b in range(target // 2, 2 * target + 1) if n % b == 0]
+    return min(divisors, key=lambda b: abs(b - target)) if divisors else None
+
+
+def _candidates(logits, alive_logp, step, beams: int, B: int, n: int, eos_id: int, min_len: int, max_lens):
+    """The ``n`` best extensions (``min(n, beams * V)``) of each sentence's ``beams`` alive beams
+    from their next-token ``logits [B * beams, V]``: ``(summed log-probabilities, beams, tokens)``,
+    best first; EOS banned before ``min_len`` tokens, only EOS at a sentence's ``max_lens`` limit.
+
+    The same numbers, indices and order as ``top_k`` over ``alive + log_softmax(logits)`` (with
+    blocks of :func:`_divisor_block`), without writing the ``[B * beams, V]`` log-probabilities
+    or candidate scores: a candidate's score ``alive + ((x - max) - logsumexp)`` is computed as
+    ``log_softmax`` computes it, and rounding is monotone, so a block's best score is the score
+    of its largest logit; only the chosen blocks' scores are computed. Vocabularies with no
+    such divisor take the plain route."""
+    x = logits.astype(jnp.float32)
+    N, V = x.shape
+    if V < 2:
+        raise ValueError(f"beam search needs a vocabulary of at least 2 tokens, got {V}")
+    block = _divisor_block(V)
+    k = min(n, beams * V)
+    if block is None or beams * (V // block) <= k:
+        logp = _constrained_log_probs(logits, step, beams, eos_id, min_len, max_lens)
+        return _top_candidates(alive_logp[:, :beams], logp, B, beams, n)
+    # as jax.nn.log_softmax: shifted = x - max; result = shifted - log(sum(exp(shifted)))
+    x_max = jnp.max(x, axis=-1, keepdims=True)
+    lse = jnp.log(jnp.sum(jnp.exp(x - x_max), axis=-1, keepdims=True))
+    alive = alive_logp[:, :beams].reshape(N, 1)
+    is_eos_tok = jnp.arange(V)[None, :] == eos_id
+    banned = None
+    if min_len > 0:
+        banned = is_eos_tok & (step < min_len)
+    if max_lens is not None:
+        force = jnp.repeat(step + 1 >= max_lens, beams)[:, None] & ~is_eos_tok
+        banned = force if banned is None else banned | force
+    if banned is not None:
+        x = jnp.where(banned, NEG_INF, x)
+
+    def score(v, row_max, row_lse, row_alive):  # alive + log_softmax, -inf where banned
+        return row_alive + ((v - row_max) - row_lse)
+
+    blocks = V // block
+    xb = x.reshape(B, beams * blocks, block)
+    per_block = lambda a: jnp.repeat(a.reshape(B, beams), blocks, axis=1)  # noqa: E731 - [B, beams * blocks]
+    best = score(xb.max(axis=-1), per_block(x_max), per_block(lse), per_block(alive))
+    _, chosen = jax.lax.top_k(best, k)
+    chosen = jnp.sort(chosen, axis=-1)  # candidates in index order: ties resolve as in lax.top_k
+    beam_of = chosen // blocks
+    row = lambda a: jnp.take_along_axis(a.reshape(B, beams), beam_of, axis=1)[:, :, None]  # noqa: E731
+    cand = score(jnp.take_along_axis(xb, chosen[:, :, None], axis=1), row(x_max), row(lse), row(alive))
+    values, idx = jax.lax.top_k(cand.reshape(B, k * block), k)
+    flat = jnp.take_along_axis(chosen, idx // block, axis=1) * block + idx % block
+    return values, flat // V, (flat % V).astype(jnp.int32)
 
 
 def _next_alive(top_logp, top_beam, top_tok, is_eos, K: int):
@@ -215,6 +259,76 @@ def _best_hypotheses(s: dict, lp, B: int, K: int, rows):
     )
 
 
+def _sentences_done(s: dict, lp, max_len: int, stop_early: str):
+    """``[B]``: which sentences are done (``beam`` finished hypotheses, and under ``"exact"`` none
+    an alive one can still beat). A done sentence's result no longer changes (``"fairseq"``: it is
+    frozen; ``"exact"``: nothing an alive hypothesis can still reach would rank among its best)."""
+    done = s["fin_flags"].all(axis=1)
+    if stop_early == "exact":
+        best_alive = s["alive_logp"].max(axis=1)
+        bound = best_alive / jnp.maximum(lp(s["step"] + 1), lp(max_len))
+        worst_fin = jnp.where(s["fin_flags"], s["fin_scores"], NEG_INF).min(axis=1)
+        done = done & (worst_fin >= bound)
+    return done
+
+
+def _advance(s: dict, logits, new_cache, beams: int, B: int, K: int, eos_id: int, min_len: int, max_lens, lp,
+             stop_early: str, rows) -> dict:
+    """The state after one step, from the next-token ``logits [B * beams, V]`` of each sentence's
+    first ``beams`` alive beams (``K``, or 1 at a first step whose ``K`` beams are still copies of
+    one) and the model's cache after that step (``[B * beams, ...]`` leaves, reordered here to the
+    ``K`` new alive beams)."""
+    step = s["step"]
+    top_logp, top_beam, top_tok = _candidates(logits, s["alive_logp"], step, beams, B, 2 * K, eos_id, min_len,
+                                              max_lens)
+    missing = min(2 * K, K * logits.shape[-1]) - top_logp.shape[1]
+    if missing > 0:  # one beam of fewer than 2K words: the K-beam step's extra candidates are -inf
+        top_logp = jnp.pad(top_logp, ((0, 0), (0, missing)), constant_values=NEG_INF)
+        top_beam, top_tok = (jnp.pad(a, ((0, 0), (0, missing))) for a in (top_beam, top_tok))
+    is_eos = top_tok == eos_id
+    length = step + 1
+    new_alive_logp, alive_beam, alive_tok = _next_alive(top_logp, top_beam, top_tok, is_eos, K)
+    fin_seqs, fin_scores, fin_flags = _merge_finished(s, top_logp, top_beam, top_tok, is_eos, length, lp, K, rows)
+    if stop_early == "fairseq":
+        fin_seqs, fin_scores, fin_flags, new_alive_logp = _freeze_done(
+            s, fin_seqs, fin_scores, fin_flags, new_alive_logp)
+    return dict(
+        step=length,
+        alive_seqs=_extend(s["alive_seqs"], rows, alive_beam, alive_tok, length),
+        alive_logp=new_alive_logp,
+        fin_seqs=fin_seqs,
+        fin_scores=fin_scores,
+        fin_flags=fin_flags,
+        cache=_gather_beams(new_cache, alive_beam, B, beams),
+    )
+
+
+def shrink_sizes(batch_size: int, smallest: int = 16) -> tuple[int, ...]:
+    """Batch sizes a search of ``batch_size`` sentences moves down through as sentences finish
+    (``beam_search(shrink_to=...)``): halves, none below ``smallest``. Each size is one more
+    compiled loop body."""
+    sizes, n = [], batch_size // 2
+    while n >= smallest:
+        sizes.append(n)
+        n //= 2
+    return tuple(sizes)
+
+
+def _take_sentences(tree, order, n: int, K: int):
+    """Rows of sentences ``order [n']`` of a pytree whose leaves are ``[n, ...]`` (per sentence) or
+    ``[n * K, ...]`` (per beam, a sentence's beams consecutive); 0-d leaves pass through."""
+
+    def take(a):
+        if jnp.ndim(a) == 0:
+            return a
+        if a.shape[0] == n:
+            return a[order]
+        a = a.reshape((n, K) + a.shape[1:])[order]
+        return a.reshape((-1,) + a.shape[2:])
+
+    return jax.tree_util.tree_map(take, tree)
+
+
 def beam_search(
     tokens_to_logits,
     cache,
@@ -228,6 +342,8 @@ def beam_search(
     stop_early: str = "exact",
     min_len: int = 0,
     max_lens=None,
+    per_sentence=None,
+    shrink_to: tuple[int, ...] = (),
 ):
     """Beam search; returns ``(sequences int32 [B, beam, max_len], scores float32 [B, beam])``,
     best first.
@@ -246,42 +362,71 @@ def beam_search(
     ``min_len``: EOS is banned before this many tokens (fairseq uses 1: no empty output).
     ``max_lens``: optional int array ``[B]``, a per-sentence limit (e.g. ``a * src_len + b``):
     at that length only EOS is allowed, so the sentence finishes there (fairseq's rule).
+
+    ``per_sentence``: None, or a pytree of per-sentence arrays (leaves ``[B, ...]``, e.g. the
+    encoded source); then the model is called as ``tokens_to_logits(ids [n * k, 1], cache,
+    per_sentence)`` with ``n`` sentences of ``k`` beams each and the ``per_sentence`` rows of those
+    ``n`` sentences, and its logits and cache must not depend on ``n`` or ``k``. This is what lets the search
+    (1) run the first step on one beam a sentence (``k = 1``; the ``K`` beams are copies of one
+    until then; the cache's rows ``::K`` go in), and (2) with ``shrink_to`` (decreasing sizes,
+    e.g. :func:`shrink_sizes`), stop working on sentences that are done: once no more than the
+    next size of sentences is still running, those (and done ones to fill the size) move into a
+    batch of that size (their cache, state and ``per_sentence`` rows gathered), as CTranslate2
+    drops finished sentences from its batch. Results are those of the plain search.
     """
     _check_search_args(batch_size, beam_size, max_len, penalty_form, stop_early)
     B, K = batch_size, beam_size
+    sizes = [B] + [n for n in shrink_to if n < B]
+    if per_sentence is None and len(sizes) > 1:
+        raise ValueError("beam_search: shrink_to needs per_sentence (the model's per-sentence inputs)")
+    if any(b >= a for a, b in zip(sizes[1:], sizes[2:])) or (len(sizes) > 1 and sizes[-1] < 1):
+        raise ValueError(f"shrink_to must be decreasing positive sizes below the batch size, got {shrink_to}")
 
     def lp(n):
         return length_penalty_divisor(n, length_penalty, penalty_form)
 
+    def call(ids, cache, sent):
+        return tokens_to_logits(ids, cache) if per_sentence is None else tokens_to_logits(ids, cache, sent)
+
+    s = _initial_state(cache, B, K, max_len, bos_id)
     rows = jnp.arange(B)[:, None]
+    if per_sentence is not None:  # the first step, on one beam a sentence
+        first = jax.tree_util.tree_map(lambda a: a if jnp.ndim(a) == 0 else a[::K], cache)
+        logits, new_cache = call(jnp.full((B, 1), bos_id, jnp.int32), first, per_sentence)
+        s = _advance(s, logits, new_cache, 1, B, K, eos_id, min_len, max_lens, lp, stop_early, rows)
 
-    def body(s):
-        step = s["step"]
-        ids = s["alive_seqs"][:, :, step].reshape(B * K, 1)
-        logits, new_cache = tokens_to_logits(ids, s["cache"])
-        logp = _constrained_log_probs(logits, step, K, eos_id, min_len, max_lens)
-        top_logp, top_beam, top_tok = _top_candidates(s["alive_logp"], logp, B, K)
-        is_eos = top_tok == eos_id
-        length = step + 1
-        new_alive_logp, alive_beam, alive_tok = _next_alive(top_logp, top_beam, top_tok, is_eos, K)
-        fin_seqs, fin_scores, fin_flags = _merge_finished(s, top_logp, top_beam, top_tok, is_eos, length, lp, K,
-                                                          rows)
-        if stop_early == "fairseq":
-            fin_seqs, fin_scores, fin_flags, new_alive_logp = _freeze_done(
-                s, fin_seqs, fin_scores, fin_flags, new_alive_logp)
-        return dict(
-            step=length,
-            alive_seqs=_extend(s["alive_seqs"], rows, alive_beam, alive_tok, length),
-            alive_logp=new_alive_logp,
-            fin_seqs=fin_seqs,
-            fin_scores=fin_scores,
-            fin_flags=fin_flags,
-            cache=_gather_beams(new_cache, alive_beam, B, K),
-        )
+    sent, limits, origin = per_sentence, max_lens, jnp.arange(B)
+    out_seqs = out_scores = None
+    for i, n in enumerate(sizes):
+        later = sizes[i + 1] if i + 1 < len(sizes) else 0
+        rows = jnp.arange(n)[:, None]
 
-    s = jax.lax.while_loop(lambda s: _search_continues(s, lp, max_len, stop_early), body,
-                           _initial_state(cache, B, K, max_len, bos_id))
-    return _best_hypotheses(s, lp, B, K, rows)
+        def cond(s, later=later):
+            running = ~_sentences_done(s, lp, max_len, stop_early)
+            return (s["step"] < max_len) & (running.sum() > later if later else running.any())
+
+        def body(s, n=n, rows=rows, sent=sent, limits=limits):
+            ids = s["alive_seqs"][:, :, s["step"]].reshape(n * K, 1)
+            logits, new_cache = call(ids, s["cache"], sent)
+            return _advance(s, logits, new_cache, K, n, K, eos_id, min_len, limits, lp, stop_early, rows)
+
+        s = jax.lax.while_loop(cond, body, s)
+        if len(sizes) == 1:
+            return _best_hypotheses(s, lp, B, K, rows)
+        seqs, scores = _best_hypotheses(s, lp, n, K, rows)
+        if out_seqs is None:
+            out_seqs, out_scores = seqs, scores
+        else:  # rows that only fill the batch have origin B: dropped
+            out_seqs = out_seqs.at[origin].set(seqs, mode="drop")
+            out_scores = out_scores.at[origin].set(scores, mode="drop")
+        if later:
+            running = ~_sentences_done(s, lp, max_len, stop_early)
+            order = jnp.argsort(~running, stable=True)[:later]  # running sentences first
+            origin = jnp.where(running[order], origin[order], B)
+            s = _take_sentences(s, order, n, K)
+            sent = _take_sentences(sent, order, n, K)
+            limits = None if limits is None else limits[order]
+    return out_seqs, out_scores
 
 
 def greedy_search(tokens_to_logits, cache, batch_size: int, max_len: int, bos_id: int, eos_id: int):
