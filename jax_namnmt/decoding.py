@@ -40,7 +40,7 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                       min_len: int = 1):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
     from jax_namnmt.model.baked import module_for
-    from jax_namnmt.model.beam_search import beam_search, expand_to_beams
+    from jax_namnmt.model.beam_search import beam_search, expand_to_beams, shrink_sizes
     from jax_namnmt.model.transformer import Transformer, with_decoding
 
     config = with_decoding(config)
@@ -61,31 +61,34 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                                 method=Transformer.encode)
         # The source stays one row per sentence (the cross-attention groups a sentence's beams);
         # the target side has one row per beam.
-        tgt_pairs = expand_to_beams(pair_ids[:, None], beam_size)
         rows = batch * beam_size
-        ones = jnp.ones((rows, 1), jnp.int32)
 
-        def step(variables, ids, position, mutable):
+        def step(variables, ids, position, mutable, sent):
+            beams = ids.shape[0] // sent["pairs"].shape[0]  # 1 at the search's first step
+            ones = jnp.ones((ids.shape[0], 1), jnp.int32)
             logits, state = model.apply(
-                {"params": params, **variables}, encoded, segments, src_pairs, ids, ones, position * ones,
-                tgt_pairs, masks, decode=True, mutable=mutable, method=Transformer.decode)
+                {"params": params, **variables}, sent["encoded"], sent["segments"], sent["src_pairs"], ids, ones,
+                position * ones, expand_to_beams(sent["pairs"][:, None], beams), masks, decode=True,
+                mutable=mutable, method=Transformer.decode)
             return logits[:, 0, :], state
 
+        # Per-sentence inputs: the search gathers them when it drops finished sentences.
+        sent = {"encoded": encoded, "segments": segments, "src_pairs": src_pairs, "pairs": pair_ids}
         # Prefill: creates the self-attention caches ('cache', reordered with the beams) and the
         # source keys/values of every cross-attention ('source', constant during the search).
-        _, state = step({}, jnp.full((rows, 1), BOS_ID, jnp.int32), 0, ["cache", "source"])
-        source = state["source"]
+        _, state = step({}, jnp.full((rows, 1), BOS_ID, jnp.int32), 0, ["cache", "source"], sent)
+        sent["source"] = state["source"]
 
-        def tokens_to_logits(ids, cache):
+        def tokens_to_logits(ids, cache, sent):
             index = cache["decoder_layer_0"]["self_attn"]["index"]
-            logits, new = step({"cache": cache, "source": source}, ids, index, ["cache"])
+            logits, new = step({"cache": cache, "source": sent["source"]}, ids, index, ["cache"], sent)
             return logits, new["cache"]
 
         lengths = segments.sum(axis=1)
         limits = jnp.clip(jnp.ceil(max_len_a * lengths + max_len_b).astype(jnp.int32), 1, max_len)
         sequences, _ = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
                                    length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,
-                                   max_lens=limits)
+                                   max_lens=limits, per_sentence=sent, shrink_to=shrink_sizes(batch))
         return sequences[:, 0, :]
 
     return decode
