@@ -92,13 +92,12 @@ def mask_lookup_method(setting: str = "auto") -> str:
 
     All give the same 0/1 rows (``bits`` reads a table entry as 1 where it is nonzero: masks are
     0/1). ``onehot``: a ``[tokens, P] x [P, F]`` matmul per projection, whose cost grows with the
-    number of pairs P (at 128 pairs on the CPU model, d 256, it adds about half a projection's
-    FLOPs to the forward pass). ``gather``: a row gather of the ``[P, F]`` table; it fuses into the
+    number of pairs P (P / d of each projection's forward FLOPs: about 40% at 128 pairs on the
+    CPU benchmark's model, d 256). ``gather``: a row gather of the ``[P, F]`` table; it fuses into the
     multiply that applies it on accelerators, not on XLA's CPU backend. ``bits``: each table packed
     into 32 neurons a uint32 word (``[P, F/32]``, in the step), the words of each token's pair
     gathered (32x less than the float rows) and unpacked by shifts in the fusion that applies
-    them; its cost does not grow with P (benchmarks/README.md, "Cost as the number of pairs
-    grows")."""
+    them; its cost hardly depends on P (packing is P x F work a step; docs/scaling.md)."""
     if setting in MASK_LOOKUPS:
         return setting
     method = os.environ.get(MASK_LOOKUP_ENV, "").strip().lower()
