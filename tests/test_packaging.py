@@ -89,7 +89,9 @@ def test_evaluate_defaults_to_the_embedded_corpus(tmp_path, monkeypatch, capsys)
     assert "embedded Multi30k" in captured.err and "on test (5 lines per pair)" in captured.out
     scores = json.loads(out.read_text())
     pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
-    assert scores["sentences"] == 5 * len(pairs)
+    # the trained pairs and, by default, the zero-shot directions between their languages
+    assert scores["zero_shot"] == ["de-cs", "fr-cs", "cs-de", "cs-fr"]
+    assert scores["sentences"] == 5 * (len(pairs) + 4)
     assert all(len(scores["hypotheses"][pair]) == 5 for pair in pairs)
     assert scores["avg"]["bleu"] > 25  # the shipped model on its test lines (about 50 on these 5)
     assert sorted(tmp_path.iterdir()) == [out]  # nothing left behind in the working directory
@@ -190,7 +192,7 @@ def test_the_wheel_installs_and_runs_from_any_directory(tmp_path):
 
     scores = empty / "scores.json"
     _run([python, "-m", "jax_namnmt.evaluate", "--checkpoint", package / "resources" / "model", "--max-lines", "5",
-          "--quiet", "--out", scores], empty, env)
+          "--quiet", "--zero-shot", "none", "--out", scores], empty, env)
     assert json.loads(scores.read_text())["sentences"] == 40
 
     work = empty / "W"  # from the shipped model with its packaged config, every phase small
