@@ -28,7 +28,7 @@ from jax_namnmt.config import ModelConfig
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.method.masks import layer_path
 from jax_namnmt.model.dropout import Dropout
-from jax_namnmt.model.transformer import NEG_INF, Context, Residual, Transformer, sinusoidal_positions
+from jax_namnmt.model.transformer import Context, Residual, Transformer, extend_cache, sinusoidal_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,7 @@ class BakedAttention(nn.Module):
                 self.put_variable("source", "key", k)
                 self.put_variable("source", "value", v)
         if decode and self.causal_cache:
-            k, v, bias = self._extend_cache(k, v)
+            k, v, bias = extend_cache(self, k, v)
         rows, q_len = q.shape[0], q.shape[1]
         if decode:  # a sentence's beams attend to its one copy of the source keys/values together
             group = rows // k.shape[0]
@@ -131,24 +131,6 @@ class BakedAttention(nn.Module):
             context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         context = context.reshape(context.shape[:-2] + (heads * vw,))
         return _Projection(cfg.d_model, dtype, name="out")(context)
-
-    def _extend_cache(self, k, v):
-        """``transformer.Attention._extend_cache`` for this module's widths."""
-        batch, heads, _, _ = k.shape
-        max_len = self.config.max_positions
-        is_init = not self.has_variable("cache", "key")
-        cached_k = self.variable("cache", "key", jnp.zeros, (batch, heads, max_len, k.shape[-1]), k.dtype)
-        cached_v = self.variable("cache", "value", jnp.zeros, (batch, heads, max_len, v.shape[-1]), v.dtype)
-        index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
-        if is_init:
-            return k, v, None
-        i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, 0, i, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, 0, i, 0))
-        index.value = i + 1
-        bias = jnp.where(jnp.arange(max_len) <= i, 0.0, NEG_INF)[None, None, None, :]
-        return cached_k.value, cached_v.value, bias
-
 
 class BakedFeedForward(nn.Module):
     config: BakedModelConfig

@@ -341,7 +341,7 @@ class Attention(nn.Module):
                 self.put_variable("source", "value", v)
 
         if decode and self.causal_cache:
-            k, v, bias = self._extend_cache(k, v)
+            k, v, bias = extend_cache(self, k, v)
 
         if q_side.layout is not None:
             return self._compact_attention(q, k, v, bias, masks, q_side, kv_side, ctx.deterministic)
@@ -397,24 +397,25 @@ class Attention(nn.Module):
         context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
         return self._out(context, masks, q_side)
 
-    def _extend_cache(self, k, v):
-        """Write this step's key/value (head-major ``[batch, heads, 1, head_dim]``) at the cache
-        index; attend to positions <= index."""
-        batch, heads, _, head_dim = k.shape
-        max_len = self.config.max_positions  # the cache holds positions 0 .. max_positions - 1
-        is_init = not self.has_variable("cache", "key")
-        cached_k = self.variable("cache", "key", jnp.zeros, (batch, heads, max_len, head_dim), k.dtype)
-        cached_v = self.variable("cache", "value", jnp.zeros, (batch, heads, max_len, head_dim), v.dtype)
-        index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
-        if is_init:
-            return k, v, None
-        i = index.value
-        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, 0, i, 0))
-        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, 0, i, 0))
-        index.value = i + 1
-        visible = jnp.arange(max_len) <= i
-        bias = jnp.where(visible, 0.0, NEG_INF)[None, None, None, :]
-        return cached_k.value, cached_v.value, bias
+def extend_cache(module: nn.Module, k, v):
+    """Write this step's key/value (head-major ``[batch, heads, 1, width]``; keys and values may
+    differ in width) into ``module``'s ``cache`` collection at its index; attend to positions <=
+    index. The cache holds positions 0 .. ``module.config.max_positions - 1``."""
+    batch, heads, _, _ = k.shape
+    max_len = module.config.max_positions
+    is_init = not module.has_variable("cache", "key")
+    cached_k = module.variable("cache", "key", jnp.zeros, (batch, heads, max_len, k.shape[-1]), k.dtype)
+    cached_v = module.variable("cache", "value", jnp.zeros, (batch, heads, max_len, v.shape[-1]), v.dtype)
+    index = module.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+    if is_init:
+        return k, v, None
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, 0, i, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, 0, i, 0))
+    index.value = i + 1
+    visible = jnp.arange(max_len) <= i
+    bias = jnp.where(visible, 0.0, NEG_INF)[None, None, None, :]
+    return cached_k.value, cached_v.value, bias
 
 
 class FeedForward(nn.Module):
