@@ -59,6 +59,20 @@ class Model:
         self.checked = True
 
 
+def read_config_and_vocab(directory: Path, holder: str) -> tuple[Config, Vocab]:
+    """A run directory's or package's validated config and its vocabulary, checked to fit each
+    other (``holder`` names the kind of directory in the errors). No model code needed."""
+    config = Config.from_dict(load_json(directory / "config.json"), where=str(directory / "config.json")).validate()
+    vocab_path = directory / "spm.model"
+    if not vocab_path.exists():
+        raise CheckpointError(f"{vocab_path} is missing: the {holder} must hold its vocabulary")
+    vocab = Vocab.load(vocab_path)
+    if vocab.size != config.model.vocab_size:
+        raise CheckpointError(f"{vocab_path} has {vocab.size} pieces but the model in {directory} expects "
+                              f"{config.model.vocab_size}: the vocabulary belongs to another model")
+    return config, vocab
+
+
 def load_model(directory: Path) -> Model:
     """A package read without the model code, or a run directory through ``workflow.load_run``."""
     directory = Path(directory)
@@ -71,14 +85,7 @@ def load_model(directory: Path) -> Model:
 
     from jax_namnmt.method.masks import nest
 
-    config = Config.from_dict(load_json(directory / "config.json"), where=str(directory / "config.json")).validate()
-    vocab_path = directory / "spm.model"
-    if not vocab_path.exists():
-        raise CheckpointError(f"{vocab_path} is missing: the package must hold its vocabulary")
-    vocab = Vocab.load(vocab_path)
-    if vocab.size != config.model.vocab_size:
-        raise CheckpointError(f"{vocab_path} has {vocab.size} pieces but the model in {directory} expects "
-                              f"{config.model.vocab_size}: the vocabulary belongs to another model")
+    config, vocab = read_config_and_vocab(directory, "package")
     info = packaged.read_package_info(directory)
     params = jax.device_put(nest(packaged.read_package_params(directory)))
     return Model(directory, config, vocab, params, None, int(info.get("step", 0)), checked=False)

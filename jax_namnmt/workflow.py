@@ -32,13 +32,14 @@ from jax_namnmt.data.corpus import find_split_files, parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
+from jax_namnmt.inference import read_config_and_vocab
 from jax_namnmt.errors import CheckpointError, ConfigError, DataError, WriteError, reading, writing
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
 from jax_namnmt.method.masks import canonical_name, module_sizes, to_model_masks
 from jax_namnmt.metrics import score_by_pair
 from jax_namnmt.model.transformer import init_params
-from jax_namnmt.training.checkpoint import Checkpointer, load_json, save_json
+from jax_namnmt.training.checkpoint import Checkpointer, save_json
 from jax_namnmt.training.loop import (check_resumable, finetune_schedule, pretrain_schedule, train,
                                      write_run_files)
 
@@ -150,14 +151,7 @@ def load_run(run_dir: Path) -> Run:
     if not (run_dir / "config.json").exists():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass a directory written by "
                               "train, finetune or pipeline")
-    config = Config.from_dict(load_json(run_dir / "config.json"), where=str(run_dir / "config.json")).validate()
-    vocab_path = run_dir / "spm.model"
-    if not vocab_path.exists():
-        raise CheckpointError(f"{vocab_path} is missing: the run directory must hold its vocabulary")
-    vocab = Vocab.load(vocab_path)
-    if vocab.size != config.model.vocab_size:
-        raise CheckpointError(f"{vocab_path} has {vocab.size} pieces but the model in {run_dir} expects "
-                              f"{config.model.vocab_size}: the vocabulary belongs to another model")
+    config, vocab = read_config_and_vocab(run_dir, "run directory")
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           jax.eval_shape(lambda: init_params(config.model)))
     if packaged.is_package(run_dir):
