@@ -129,9 +129,7 @@ def _run_add_pair(config, workdir, source, out, pair, grow, quiet) -> Path:
     else:
         start = time.perf_counter()
         theta = score(base, config, data_dir, pair, quiet)
-        tmp = importance_path.with_suffix(".tmp.npz")
-        np.savez(tmp, __pairs__=np.asarray(json.dumps(list(ext.data.pairs))), **theta)
-        tmp.replace(importance_path)
+        workflow.save_importance(importance_path, theta, ext.data.pairs)
         if not quiet:
             print(f"[add_pair] importance of {len(ext.data.pairs)} pairs: {time.perf_counter() - start:.1f} s")
     mc = config.method

@@ -269,14 +269,21 @@ def _run_importance(run_dir: Path, config: Config, workdir: Path | None, method:
                                    num_pairs=len(run.pairs), method=method,
                                    label_smoothing=smoothing, progress=bar,
                                    mesh=mesh, rules=rules)
+    save_importance(path, theta, run.pairs)
+    return path
+
+
+def save_importance(path: Path, theta: dict[str, np.ndarray], pairs: Sequence[str]) -> None:
+    """Write an importance table (``load_importance`` reads it) atomically; a failed write raises
+    WriteError naming ``path`` and leaves no partial file (the previous one, if any, stays)."""
+    path = Path(path)
     tmp = path.with_suffix(".tmp.npz")
     try:
         with writing(path, "importance file"):
-            np.savez(tmp, __pairs__=np.asarray(json.dumps(run.pairs)), **theta)
+            np.savez(tmp, __pairs__=np.asarray(json.dumps(list(pairs))), **theta)
             tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)  # a failed write leaves no partial file (the previous one, if any, stays)
-    return path
+        tmp.unlink(missing_ok=True)
 
 
 def load_importance(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -40,6 +40,7 @@ run directory's lock (``run_lock``): no other process can be writing them then.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import hashlib
 import json
@@ -534,23 +535,32 @@ class Checkpointer:
         self.close()
 
 
+@contextlib.contextmanager
+def _replaced_atomically(path: Path, failure: str):
+    """Yields a temporary path beside ``path`` to write; then renames it over ``path``, so the
+    previous file stays whole until the new one is complete. An OS error raises
+    :class:`WriteError` ("cannot write ``failure``: ..."); the temporary file never stays."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(f"cannot write {failure}: {reason(e)}; {write_hint(e)}") from e
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copies ``src`` to ``dst`` atomically (temporary file, then rename); nothing is written when
     ``dst`` already holds the same bytes. An OS error raises :class:`WriteError` naming ``dst``."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and filecmp.cmp(src, dst, shallow=False):
         return
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
+    with _replaced_atomically(dst, f"{dst} (a copy of {src})") as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        raise WriteError(f"cannot write {dst} (a copy of {src}): {reason(e)}; {write_hint(e)}") from e
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
@@ -559,18 +569,9 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
     :class:`WriteError` naming ``path``."""
     path = Path(path)
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # a TypeError before anything is written
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with _replaced_atomically(path, str(path)) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {reason(e)}; {write_hint(e)}") from e
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
