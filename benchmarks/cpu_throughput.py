@@ -404,10 +404,11 @@ def interleaved(sessions: dict, rounds: int) -> dict:
     cpu = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, (run_round, _) in sessions.items():
-            before = os.times()
+            # process_time: user + system CPU of the whole process (all threads), to the nanosecond;
+            # os.times counts 10 ms clock ticks, so a quick round could read 0 and divide by it
+            before = time.process_time()
             seconds[name].append(run_round())
-            after = os.times()
-            cpu[name].append(after.user + after.system - before.user - before.system)
+            cpu[name].append(time.process_time() - before)
     results = {name: result(seconds[name]) for name, (_, result) in sessions.items()}
     for name, r in results.items():
         # the process's CPU seconds a round (all its threads): on a machine that other work keeps
