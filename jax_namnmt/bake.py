@@ -22,9 +22,9 @@ import numpy as np
 
 from jax_namnmt import cli, packaged
 from jax_namnmt.config import Config
-from jax_namnmt.errors import CheckpointError, DataError
+from jax_namnmt.errors import CheckpointError
 from jax_namnmt.method.bake import bake, count_params, pair_keep
-from jax_namnmt.model.baked import BakedModelConfig, param_shapes
+from jax_namnmt.model.baked import param_shapes
 
 
 @dataclasses.dataclass
@@ -67,32 +67,27 @@ def save_baked(out: Path, params: dict, config: Config, vocab_path: Path, info: 
 
 def load_baked(directory: Path) -> Baked:
     """A baked package written by :func:`save_baked` (checksum and shapes checked)."""
-    from jax_namnmt.data.vocab import Vocab
-    from jax_namnmt.jsonfile import load_json
+    from jax_namnmt.inference import is_baked, read_config_and_vocab
 
     directory = Path(directory)
     if not packaged.is_package(directory) or "baked" not in packaged.read_package_info(directory):
         raise CheckpointError(f"{directory} is not a baked package (python -m jax_namnmt.bake export writes one)")
     info = packaged.read_package_info(directory)
-    raw = load_json(directory / "config.json")
-    model = dict(raw.get("model", {}))
-    widths = model.pop("widths", None)
-    if not isinstance(widths, dict):
+    config, vocab = read_config_and_vocab(directory, "baked package")
+    if not is_baked(config):
         raise CheckpointError(f"{directory / 'config.json'}: model.widths is missing: not a baked model's config")
-    config = Config.from_dict({**raw, "model": model}, where=str(directory / "config.json"))
-    config = dataclasses.replace(config, model=BakedModelConfig.from_dict(model, widths)).validate()
     params = packaged.load_package_params(directory, param_shapes(config.model))
-    return Baked(directory, config, Vocab.load(directory / "spm.model"), params, info["baked"])
+    return Baked(directory, config, vocab, params, info["baked"])
 
 
 def translate(baked: Baked, lines: list[str], src: str, tgt: str) -> list[str]:
     """One output line per input line (an empty line gives an empty line), beam search with the
     package's decoding settings."""
     from jax_namnmt.decoding import translate_ids
+    from jax_namnmt.directions import check_baked_direction
     from jax_namnmt.workflow import encode_sources
 
-    if f"{src}-{tgt}" not in baked.pairs:
-        raise DataError(f"{baked.directory} is baked for {', '.join(baked.pairs)}, not {src}-{tgt}")
+    check_baked_direction(baked.pairs, src, tgt, baked.directory)
     keep = [i for i, line in enumerate(lines) if line.strip()]
     sources = encode_sources(baked, [lines[i] for i in keep], tgt)
     ids = translate_ids(baked.params, baked.config.model, None, sources, np.zeros(len(sources), np.int32),

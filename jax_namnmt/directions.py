@@ -42,6 +42,16 @@ def check_direction(pairs: Sequence[str], src: str, tgt: str, where: str = "") -
     return f"{src}-{tgt}"
 
 
+def check_baked_direction(pairs: Sequence[str], src: str, tgt: str, where) -> str:
+    """``src-tgt`` if a baked package (``where``) serves it: it was baked for ``pairs`` alone (their
+    masks folded into its weights), so it has no other direction, zero-shot or not."""
+    direction = f"{src}-{tgt}"
+    if direction not in pairs:
+        raise DataError(f"{where} is baked for {', '.join(pairs)}, not {direction}: a baked package translates "
+                        "only the directions it was baked for (bake the masked run again for another)")
+    return direction
+
+
 def parse_zero_shot(spec: str, pairs: Sequence[str]) -> list[str]:
     """``decode.zero_shot``: "auto" (every untrained direction between a language some pair reads
     and one some pair writes), "none", or a comma-separated list of directions."""

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jax_namnmt import packaged, segment
-from jax_namnmt.config import Config
+from jax_namnmt.config import Config, ModelConfig
 from jax_namnmt.data.vocab import EOS_ID, UNK_ID, Vocab
 from jax_namnmt.errors import CheckpointError, DataError
 from jax_namnmt.jsonfile import load_json
@@ -49,20 +49,54 @@ class Model:
         naming the package otherwise). Needs Flax; done once."""
         if self.checked:
             return
-        import jax
-
         from jax_namnmt.method.masks import flatten
-        from jax_namnmt.model.transformer import init_params
 
-        target = jax.eval_shape(lambda: init_params(self.config.model))
-        packaged.check_params_fit(flatten(self.params), target, self.directory)
+        packaged.check_params_fit(flatten(self.params), param_shapes(self.config.model), self.directory)
         self.checked = True
+
+
+def is_baked(config: Config) -> bool:
+    """Whether ``config`` is a baked per-pair model's (``python -m jax_namnmt.bake export``; its
+    ``model`` a ``BakedModelConfig`` with per-module ``widths``)."""
+    return hasattr(config.model, "widths")
+
+
+def param_shapes(model: ModelConfig) -> dict:
+    """The parameter tree (ShapeDtypeStructs) of ``model``, a plain or a baked model's config
+    (imports the model code, Flax)."""
+    import jax
+
+    if hasattr(model, "widths"):
+        from jax_namnmt.model.baked import param_shapes as baked_shapes
+
+        return baked_shapes(model)
+    from jax_namnmt.model.transformer import init_params
+
+    return jax.eval_shape(lambda: init_params(model))
+
+
+def parse_config(raw: dict, where: str) -> Config:
+    """The validated config of a ``config.json`` (``where`` names it in errors). A ``model.widths``
+    entry (a baked package's) makes ``model`` a ``BakedModelConfig``; that imports the model
+    code, so only a baked package's config needs Flax."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or "widths" not in model:
+        return Config.from_dict(raw, where=where).validate()
+    from jax_namnmt.model.baked import BakedModelConfig
+
+    model = dict(model)
+    widths = model.pop("widths")
+    if not isinstance(widths, dict):
+        raise CheckpointError(f"{where}: model.widths must map module names to widths, got {widths!r}")
+    config = Config.from_dict({**raw, "model": model}, where=where)
+    return dataclasses.replace(config, model=BakedModelConfig.from_dict(model, widths)).validate()
 
 
 def read_config_and_vocab(directory: Path, holder: str) -> tuple[Config, Vocab]:
     """A run directory's or package's validated config and its vocabulary, checked to fit each
-    other (``holder`` names the kind of directory in the errors). No model code needed."""
-    config = Config.from_dict(load_json(directory / "config.json"), where=str(directory / "config.json")).validate()
+    other (``holder`` names the kind of directory in the errors). No model code needed, but for a
+    baked package's config (``parse_config``)."""
+    config = parse_config(load_json(directory / "config.json"), str(directory / "config.json"))
     vocab_path = directory / "spm.model"
     if not vocab_path.exists():
         raise CheckpointError(f"{vocab_path} is missing: the {holder} must hold its vocabulary")
@@ -122,6 +156,8 @@ class Translator:
                             f"got {self.long_lines!r}")
         from jax_namnmt import directions
 
+        if is_baked(self.model.config):  # baked for its pairs alone: no zero-shot direction
+            directions.check_baked_direction(self.model.pairs, self.src, self.tgt, self.model.directory)
         direction = directions.check_direction(self.model.pairs, self.src, self.tgt, where=f"({self.model.directory})")
         plan = directions.plan(self.model, [direction])  # a trained pair, or zero-shot (composed masks)
         self.pair, self.masks, self.notes = plan.pair_ids[direction], plan.masks, plan.notes

@@ -32,7 +32,7 @@ from jax_namnmt.data.corpus import find_split_files, parse_pairs, read_parallel
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
-from jax_namnmt.inference import read_config_and_vocab
+from jax_namnmt.inference import is_baked, param_shapes, read_config_and_vocab
 from jax_namnmt.errors import CheckpointError, ConfigError, DataError, WriteError, reading, writing
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
@@ -152,8 +152,7 @@ def load_run(run_dir: Path) -> Run:
         raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass a directory written by "
                               "train, finetune or pipeline")
     config, vocab = read_config_and_vocab(run_dir, "run directory")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          jax.eval_shape(lambda: init_params(config.model)))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), param_shapes(config.model))
     if packaged.is_package(run_dir):
         params = jax.tree.map(jnp.asarray, packaged.load_package_params(run_dir, target))
         meta = packaged.read_package_info(run_dir)
@@ -176,6 +175,8 @@ def _export_run(run_dir: Path, out: Path, dtype: str, info: dict | None, config:
     run = load_run(run_dir)
     if run.masks is not None:
         raise CheckpointError(f"{run_dir} is a masked run; packages hold plain models only")
+    if is_baked(run.config):
+        raise CheckpointError(f"{run_dir} is a baked package already (python -m jax_namnmt.bake export writes one)")
     if config is not None:
         _check_same_model(run.config, config, run_dir)
     details = {"step": run.step, "from": str(Path(run_dir).resolve()), **(info or {})}

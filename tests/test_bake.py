@@ -200,6 +200,47 @@ def test_cli_on_the_shipped_model_with_masks(tmp_path):
         bake_cli.bake_run(workflow.load_run(packaged.shipped_model_dir()), pair="de-en")
 
 
+def test_translate_cli_reads_a_baked_package(tmp_path, monkeypatch):
+    """``python -m jax_namnmt.translate --checkpoint BAKED`` (the run loaders read ``model.widths``)
+    translates as ``bake translate`` does, token for token, and refuses a direction it was not baked for."""
+    from tiny_package import make_tiny_package
+
+    from jax_namnmt import bake as bake_cli
+    from jax_namnmt import inference, workflow
+    from jax_namnmt import translate as translate_cli
+    from jax_namnmt.method.allocation import save_masks
+
+    run_dir = make_tiny_package(tmp_path / "masked", beam=2)
+    plain = workflow.load_run(run_dir)
+    rng = np.random.default_rng(0)
+    save_masks(run_dir / "masks.npz", {name: rng.random((len(plain.pairs), n)) < 0.7
+                                        for name, n in module_sizes(plain.config.model).items()}, plain.pairs,
+               {"by": "test"})
+    params, config, info = bake_cli.bake_run(workflow.load_run(run_dir), pair="de-en")
+    out = bake_cli.save_baked(tmp_path / "baked", params, config, run_dir / "spm.model", info)
+    lines = ["Zwei Hunde spielen im Schnee.", "", "Ein Mann fährt mit dem Fahrrad eine Straße entlang.",
+             "Eine Frau in einem roten Kleid singt.", "Kinder spielen im Park."]
+    want = bake_cli.translate(bake_cli.load_baked(out), lines, "de", "en")
+    assert want[1] == "" and len({w for w in want if w}) > 1  # not vacuous: the outputs depend on the line
+    src, got = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setenv("JAX_NAMNMT_XLA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["translate", "--checkpoint", str(out), "--src", "de", "--tgt", "en",
+                                      "--input", str(src), "--output", str(got), "--quiet"])
+    assert translate_cli.main() == 0
+    assert got.read_text(encoding="utf-8").split("\n")[:-1] == want
+    # en-de is between the package's languages, but not baked: refused (no zero-shot), naming what it has
+    with pytest.raises(DataError, match=r"baked for de-en, not en-de"):
+        inference.Translator(inference.load_model(out), "en", "de")
+    with pytest.raises(DataError, match=r"baked for de-en, not en-de"):
+        bake_cli.translate(bake_cli.load_baked(out), lines, "en", "de")
+    # load_run reads it too (the baked widths, no masks); it is not exported again as a plain package
+    run = workflow.load_run(out)
+    assert run.config.model.widths == config.model.widths and run.masks is None
+    with pytest.raises(CheckpointError, match="a baked package already"):
+        workflow.export_run(out, tmp_path / "again")
+
+
 def test_nest_helper_is_the_models_mask_tree():
     """The masks the tests hand the masked model are the allocation's flat masks, nested."""
     flat = random_flat_masks(TINY, seed=0)
