@@ -113,7 +113,7 @@ class BakedAttention(nn.Module):
                 self.put_variable("source", "key", k)
                 self.put_variable("source", "value", v)
         if decode and self.causal_cache:
-            k, v, bias = extend_cache(self, k, v)
+            k, v, bias = extend_cache(self, k, v, ctx)
         rows, q_len = q.shape[0], q.shape[1]
         if decode:  # a sentence's beams attend to its one copy of the source keys/values together
             group = rows // k.shape[0]

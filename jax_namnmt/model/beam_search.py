@@ -2,8 +2,10 @@
 
 The model is seen only through ``tokens_to_logits(ids int32 [N, 1], cache) -> (logits [N, V],
 new_cache)`` where ``N = batch * beam`` (``batch`` for greedy). ``cache`` is any pytree; its
-array leaves have leading dimension N (use :func:`expand_to_beams` on the per-sentence cache)
-and its 0-d leaves (e.g. a decoding step index) are passed through untouched.
+array leaves have leading dimension N (per beam: reordered with the beams; use
+:func:`expand_to_beams` on a per-sentence cache) or ``batch`` (per sentence: the model's own,
+e.g. keys/values in one slot per beam that it addresses through a per-beam leaf; never
+reordered), and its 0-d leaves (e.g. a decoding step index) are passed through untouched.
 
 Conventions of the returned sequences: no BOS; the EOS token is kept where a hypothesis
 finished; positions after it are 0.
@@ -50,18 +52,30 @@ def length_penalty_divisor(length, alpha, form: str = "fairseq"):
     raise ConfigError(f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {form!r}")
 
 
-def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int):
+def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int, per_sentence=None):
     """Select beams ``beam_idx [B, K']`` from a pytree of ``[B * beam_size, ...]`` arrays,
-    giving ``[B * K', ...]``; 0-d leaves pass through."""
+    giving ``[B * K', ...]``; 0-d leaves, and leaves flagged in ``per_sentence`` (a pytree of
+    bools of the same structure, or None), pass through."""
     rows = jnp.arange(batch_size)[:, None]
 
-    def gather(a):
-        if jnp.ndim(a) == 0:
+    def gather(a, keep=False):
+        if keep or jnp.ndim(a) == 0:
             return a
         a = a.reshape((batch_size, beam_size) + a.shape[1:])[rows, beam_idx]
         return a.reshape((-1,) + a.shape[2:])
 
-    return jax.tree_util.tree_map(gather, tree)
+    if per_sentence is None:
+        return jax.tree_util.tree_map(gather, tree)
+    return jax.tree_util.tree_map(gather, tree, per_sentence)
+
+
+def _sentence_leaves(cache, batch_size: int, beam_size: int):
+    """Which leaves of the initial ``cache`` hold one row per sentence (leading dimension
+    ``batch_size``, not ``batch_size * beam_size``): a model's own per-sentence state, e.g. a
+    key/value cache of one slot per beam (``transformer.extend_cache``), which the search never
+    reorders. With one beam every leaf counts as per beam (reordering is then the identity)."""
+    return jax.tree_util.tree_map(
+        lambda a: bool(beam_size > 1 and jnp.ndim(a) > 0 and a.shape[0] == batch_size), cache)
 
 
 def top_k(x, k: int, block: int = 128):
@@ -273,7 +287,7 @@ def _sentences_done(s: dict, lp, max_len: int, stop_early: str):
 
 
 def _advance(s: dict, logits, new_cache, beams: int, B: int, K: int, eos_id: int, min_len: int, max_lens, lp,
-             stop_early: str, rows) -> dict:
+             stop_early: str, rows, sentence_leaves=None) -> dict:
     """The state after one step, from the next-token ``logits [B * beams, V]`` of each sentence's
     first ``beams`` alive beams (``K``, or 1 at a first step whose ``K`` beams are still copies of
     one) and the model's cache after that step (``[B * beams, ...]`` leaves, reordered here to the
@@ -299,7 +313,7 @@ def _advance(s: dict, logits, new_cache, beams: int, B: int, K: int, eos_id: int
         fin_seqs=fin_seqs,
         fin_scores=fin_scores,
         fin_flags=fin_flags,
-        cache=_gather_beams(new_cache, alive_beam, B, beams),
+        cache=_gather_beams(new_cache, alive_beam, B, beams, sentence_leaves),
     )
 
 
@@ -390,10 +404,13 @@ def beam_search(
 
     s = _initial_state(cache, B, K, max_len, bos_id)
     rows = jnp.arange(B)[:, None]
+    sentence_leaves = _sentence_leaves(cache, B, K)
     if per_sentence is not None:  # the first step, on one beam a sentence
-        first = jax.tree_util.tree_map(lambda a: a if jnp.ndim(a) == 0 else a[::K], cache)
+        first = jax.tree_util.tree_map(lambda a, keep: a if keep or jnp.ndim(a) == 0 else a[::K], cache,
+                                       sentence_leaves)
         logits, new_cache = call(jnp.full((B, 1), bos_id, jnp.int32), first, per_sentence)
-        s = _advance(s, logits, new_cache, 1, B, K, eos_id, min_len, max_lens, lp, stop_early, rows)
+        s = _advance(s, logits, new_cache, 1, B, K, eos_id, min_len, max_lens, lp, stop_early, rows,
+                     sentence_leaves)
 
     sent, limits, origin = per_sentence, max_lens, jnp.arange(B)
     out_seqs = out_scores = None
@@ -408,7 +425,8 @@ def beam_search(
         def body(s, n=n, rows=rows, sent=sent, limits=limits):
             ids = s["alive_seqs"][:, :, s["step"]].reshape(n * K, 1)
             logits, new_cache = call(ids, s["cache"], sent)
-            return _advance(s, logits, new_cache, K, n, K, eos_id, min_len, limits, lp, stop_early, rows)
+            return _advance(s, logits, new_cache, K, n, K, eos_id, min_len, limits, lp, stop_early, rows,
+                            sentence_leaves)
 
         s = jax.lax.while_loop(cond, body, s)
         if len(sizes) == 1:

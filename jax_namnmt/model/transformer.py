@@ -341,7 +341,7 @@ class Attention(nn.Module):
                 self.put_variable("source", "value", v)
 
         if decode and self.causal_cache:
-            k, v, bias = extend_cache(self, k, v)
+            k, v, bias = extend_cache(self, k, v, ctx)
 
         if q_side.layout is not None:
             return self._compact_attention(q, k, v, bias, masks, q_side, kv_side, ctx.deterministic)
@@ -397,24 +397,49 @@ class Attention(nn.Module):
         context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
         return self._out(context, masks, q_side)
 
-def extend_cache(module: nn.Module, k, v):
-    """Write this step's key/value (head-major ``[batch, heads, 1, width]``; keys and values may
-    differ in width) into ``module``'s ``cache`` collection at its index; attend to positions <=
-    index. The cache holds positions 0 .. ``module.config.max_positions - 1``."""
-    batch, heads, _, _ = k.shape
+def extend_cache(module: nn.Module, k, v, ctx: Context):
+    """Write this decoding step's keys/values (head-major ``[rows, heads, 1, width]``; keys and
+    values may differ in width) into ``module``'s ``cache`` collection at its index; returns the
+    keys, values and bias to attend with.
+
+    The cache is kept per *sentence*, with one slot per beam: ``[sentences, heads, slots *
+    max_positions, width]`` (``sentences`` is the source side's rows, ``slots`` the rows a sentence
+    had when the cache was made, i.e. the search's beams). Row ``r`` of a step writes slot ``r %
+    beams`` of its sentence at the step's position, and records that slot at that position in its
+    ``lineage`` (``[rows, max_positions]`` int32, a per-beam leaf). A beam search reorders only
+    the lineage with the beams (``beam_search``: leaves of one row per sentence are never
+    reordered), so no key/value is copied when beams swap: a beam attends, at each earlier
+    position, to the slot its lineage names there. The sentence's beams share one read of its
+    cache (``[sentences, 1, beams, slots * max_positions]`` bias). With one row per sentence
+    (greedy decoding, one example a row) this is the usual per-row cache."""
+    rows, heads, _, _ = k.shape
+    sentences = rows if ctx.src.pairs is None else ctx.src.pairs.shape[0]
+    beams = rows // sentences
     max_len = module.config.max_positions
     is_init = not module.has_variable("cache", "key")
-    cached_k = module.variable("cache", "key", jnp.zeros, (batch, heads, max_len, k.shape[-1]), k.dtype)
-    cached_v = module.variable("cache", "value", jnp.zeros, (batch, heads, max_len, v.shape[-1]), v.dtype)
+    cached_k = module.variable("cache", "key", jnp.zeros, (sentences, heads, beams * max_len, k.shape[-1]), k.dtype)
+    cached_v = module.variable("cache", "value", jnp.zeros, (sentences, heads, beams * max_len, v.shape[-1]), v.dtype)
+    lineage = module.variable("cache", "lineage", jnp.zeros, (rows, max_len), jnp.int32)
     index = module.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
     if is_init:
         return k, v, None
     i = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, 0, i, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, 0, i, 0))
+    slots = cached_k.value.shape[2] // max_len
+
+    def write(cache, x):  # x [rows, heads, 1, width] -> slots 0 .. beams - 1 of each sentence, position i
+        view = cache.reshape((sentences, heads, slots, max_len, x.shape[-1]))
+        x = x.reshape((sentences, beams, heads, 1, x.shape[-1])).transpose(0, 2, 1, 3, 4)
+        return jax.lax.dynamic_update_slice(view, x, (0, 0, 0, i, 0)).reshape(cache.shape)
+
+    cached_k.value = write(cached_k.value, k)
+    cached_v.value = write(cached_v.value, v)
+    slot = jnp.arange(rows, dtype=jnp.int32) % beams
+    lineage.value = jax.lax.dynamic_update_slice(lineage.value, slot[:, None], (0, i))
     index.value = i + 1
-    visible = jnp.arange(max_len) <= i
-    bias = jnp.where(visible, 0.0, NEG_INF)[None, None, None, :]
+    # visible[sentence, beam, slot, position]: the beam's own history, one slot a position
+    visible = ((lineage.value.reshape(sentences, beams, 1, max_len) == jnp.arange(slots)[None, None, :, None])
+               & (jnp.arange(max_len) <= i))
+    bias = jnp.where(visible, 0.0, NEG_INF).reshape(sentences, 1, beams, slots * max_len)
     return cached_k.value, cached_v.value, bias
 
 
