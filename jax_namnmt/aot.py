@@ -22,9 +22,10 @@ import hashlib
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from jax_namnmt.errors import atomic_write
 
 SUBDIR = "aot"
 _PACKAGE = Path(__file__).resolve().parent
@@ -105,15 +106,8 @@ def save(path: Path, compiled) -> bool:
 
     try:
         data = pickle.dumps(serialize_executable.serialize(compiled))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path, "wb") as f:
+            f.write(data)
     except Exception:
         return False
     return True

@@ -6,7 +6,9 @@ import contextlib
 import errno
 import os
 import re
-from typing import Iterator
+import secrets
+from pathlib import Path
+from typing import IO, Iterator
 
 
 class UserError(Exception):
@@ -92,6 +94,42 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
         yield
     except OSError as e:
         raise WriteError(f"cannot write {what} {path}: {reason(e)}; {write_hint(e)}") from e
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str | None = "wb", name: str | None = None, *,
+                 encoding: str | None = None, newline: str | None = None) -> Iterator[IO | Path]:
+    """Write ``path`` whole or not at all: the block writes a temporary file beside it, which is
+    flushed to disk and renamed over ``path`` when the block ends, so a reader (or a crash) sees
+    the previous file or the new one, never part of one.
+
+    Yields the temporary file opened with ``mode`` (``encoding``, ``newline`` as for ``open``), or
+    with ``mode=None`` its path, for libraries that write by name (``numpy.savez``, matplotlib's
+    ``savefig``; the name ends with ``path``'s suffix, which they read). Missing parent
+    directories are created. An OS error (disk full, read-only; in the block or the rename)
+    raises :class:`WriteError` "cannot write NAME: cause; hint" (``name``: e.g. ``"mask file
+    PATH"``, default the path). Whatever fails, the temporary file is removed and a previous file
+    at ``path`` is left as it was; other exceptions pass through unchanged."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if mode is None:
+                yield tmp
+                with open(tmp, "rb") as f:  # what the library wrote, on disk before the rename
+                    os.fsync(f.fileno())
+            else:
+                with open(tmp, mode, encoding=encoding, newline=newline) as f:
+                    yield f
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise WriteError(f"cannot write {name or path}: {reason(e)}; {write_hint(e)}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi
 from jax_namnmt.data.vocab import EOS_ID, Vocab, train_vocab
 from jax_namnmt.decoding import translate_ids
 from jax_namnmt.inference import is_baked, param_shapes, read_config_and_vocab
-from jax_namnmt.errors import CheckpointError, ConfigError, DataError, WriteError, reading, writing
+from jax_namnmt.errors import CheckpointError, ConfigError, DataError, WriteError, atomic_write, reading
 from jax_namnmt.method.allocation import allocate, load_masks, save_masks, summarize
 from jax_namnmt.method.importance import compute_importance
 from jax_namnmt.method.masks import canonical_name, module_sizes, to_model_masks
@@ -233,8 +233,7 @@ def _run_finetune(config: Config, workdir: Path, source: Path, out: Path, masks_
     model_masks = None
     if flat is not None:
         if Path(masks_path).resolve() != (out / "masks.npz").resolve():
-            with writing(out / "masks.npz", "mask file"):
-                save_masks(out / "masks.npz", flat, pairs, meta)
+            save_masks(out / "masks.npz", flat, pairs, meta)
         model_masks = to_model_masks(flat)
     train(out, config, finetune_schedule(config), train_ex, valid_ex, base.params, model_masks,
           phase="finetune" if masks_path else "continue", quiet=quiet)
@@ -277,14 +276,8 @@ def _run_importance(run_dir: Path, config: Config, workdir: Path | None, method:
 def save_importance(path: Path, theta: dict[str, np.ndarray], pairs: Sequence[str]) -> None:
     """Write an importance table (``load_importance`` reads it) atomically; a failed write raises
     WriteError naming ``path`` and leaves no partial file (the previous one, if any, stays)."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp.npz")
-    try:
-        with writing(path, "importance file"):
-            np.savez(tmp, __pairs__=np.asarray(json.dumps(list(pairs))), **theta)
-            tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb", f"importance file {path}") as f:
+        np.savez(f, __pairs__=np.asarray(json.dumps(list(pairs))), **theta)
 
 
 def load_importance(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -311,9 +304,8 @@ def run_allocate(importance_path: Path, out: Path, rho: float, k: float, variant
 def _run_allocate(importance_path, out, rho, k, variant, quiet, normalize, modules) -> Path:
     theta, pairs = load_importance(importance_path)
     masks = allocate(theta, pairs, rho, k, variant, normalize=normalize, modules=modules)
-    with writing(out, "mask file"):
-        save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "normalize": normalize,
-                                       "modules": modules, "importance": str(importance_path)})
+    save_masks(out, masks, pairs, {"rho": rho, "k": k, "variant": variant, "normalize": normalize,
+                                   "modules": modules, "importance": str(importance_path)})
     if not quiet:
         print(summarize(masks, pairs))
     return Path(out)

@@ -25,7 +25,7 @@ import pytest
 
 from jax_namnmt import packaged, run_lock, workflow
 from jax_namnmt.config import load_config
-from jax_namnmt.errors import UserError, WriteError
+from jax_namnmt.errors import UserError, WriteError, atomic_write
 from jax_namnmt.method.allocation import allocate, load_masks
 from jax_namnmt.method.masks import module_sizes
 from jax_namnmt.training import checkpoint
@@ -258,6 +258,55 @@ def test_json_write_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch
         save_json(path, {"a": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
     assert checkpoint.load_json(path) == {"a": 1}
+
+
+def test_atomic_write_that_fails_halfway_keeps_the_previous_file(tmp_path):
+    """``errors.atomic_write``, every atomic writer's: a write that fails part-way raises WriteError
+    naming the file, leaves the previous file as it was and no temporary file beside it."""
+    path = tmp_path / "table.npz"
+    path.write_bytes(b"old contents")
+
+    def only_the_old_file():
+        assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+        assert path.read_bytes() == b"old contents"
+
+    with file_size_limit(LIMIT), pytest.raises(WriteError, match=f"^cannot write {path}: File too large \\(EFBIG\\)"):
+        with atomic_write(path) as f:
+            f.write(b"x" * (LIMIT // 2))
+            f.flush()  # half of it is on disk in the temporary file
+            f.write(b"x" * LIMIT)
+    only_the_old_file()
+    # an OS error raised in the block, a library writing by name (the path form), the caller's name
+    with pytest.raises(WriteError, match=f"^cannot write mask file {path}: No space left on device \\(ENOSPC\\); "
+                                         "free some space"):
+        with atomic_write(path, None, f"mask file {path}") as tmp:
+            assert tmp.parent == tmp_path and tmp.name.endswith(".npz")  # savez keeps the name
+            np.savez(tmp, a=np.arange(10))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    only_the_old_file()
+    with pytest.raises(ZeroDivisionError):  # not a write error: passes through, nothing written either
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write("new")
+            1 / 0
+    only_the_old_file()
+    # the rename fails (a directory is in the way): WriteError, the temporary file removed
+    blocked = tmp_path / "blocked"
+    (blocked / "inside").mkdir(parents=True)
+    with pytest.raises(WriteError, match=f"^cannot write {blocked}: Is a directory"):
+        with atomic_write(blocked, "w", encoding="utf-8") as f:
+            f.write("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", path.name]
+    blocked.joinpath("inside").rmdir()
+    blocked.rmdir()
+    # a write that completes replaces the file, in both forms
+    with atomic_write(path, None) as tmp:
+        np.savez(tmp, a=np.arange(3))
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["a"], np.arange(3))
+    with atomic_write(tmp_path / "new" / "lines.txt", "w", encoding="utf-8") as f:  # parents created
+        f.write("ä\n")
+    assert (tmp_path / "new" / "lines.txt").read_text(encoding="utf-8") == "ä\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", path.name]
 
 
 def test_vocabulary_copy_into_a_run_is_atomic_and_skipped_when_unchanged(tmp_path):

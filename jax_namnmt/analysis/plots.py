@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_namnmt.errors import atomic_write
+
 
 def pyplot():
     import matplotlib
@@ -18,11 +20,10 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG, atomically (a failed write raises WriteError naming it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_write(path, "wb", f"figure {path}") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

@@ -8,12 +8,11 @@ which is split by document so that no document is in two splits.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from jax_namnmt.data.corpus import Pair, parse_pairs, read_lines
-from jax_namnmt.errors import ConfigError, DataError
+from jax_namnmt.errors import ConfigError, DataError, atomic_write
 
 MULTI30K_SPLITS: dict[str, str] = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
 
@@ -51,11 +50,10 @@ def _languages(pairs: Sequence[Pair]) -> list[str]:
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    """Write ``lines`` as UTF-8 text, atomically (a crash never leaves half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    """Write ``lines`` as UTF-8 text, atomically (a crash never leaves half a file; a failed write
+    raises WriteError naming it)."""
+    with atomic_write(path, "w", f"corpus file {path}", encoding="utf-8", newline="\n") as f:
         f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
 
 
 def write_split(

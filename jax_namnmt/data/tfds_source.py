@@ -29,13 +29,13 @@ interrupted import leaves no half-written corpus.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jax_namnmt.data.corpus import Pair, parse_pairs
-from jax_namnmt.errors import ConfigError, DataError
+from jax_namnmt.errors import ConfigError, DataError, atomic_write, writing
 
 TFDS_SPLITS: dict[str, str] = {"train": "train", "valid": "validation", "test": "test"}
 READ_THREADS = 8  # grain threads decoding records ahead of the writer
@@ -189,30 +189,30 @@ def _split_source(dataset: TfdsDataset, split: str):
 
 
 class _Writer:
-    """The output files of one split, written under temporary names and renamed by ``commit``."""
+    """The output files of one split, each an ``atomic_write``: renamed into place when the
+    writer's ``with`` block ends without an error, removed (the previous files kept) otherwise."""
 
     def __init__(self, out_dir: Path):
         self.out_dir, self.files, self.counts, self.joined = out_dir, {}, {}, {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self._stack.__exit__(*exc)
 
     def add(self, name: str, text: str) -> None:
+        path = self.out_dir / name
         if name not in self.files:
-            tmp = self.out_dir / f".{name}.tmp{os.getpid()}"
-            self.files[name] = (tmp, open(tmp, "w", encoding="utf-8", newline="\n"))
+            self.files[name] = self._stack.enter_context(
+                atomic_write(path, "w", f"corpus file {path}", encoding="utf-8", newline="\n"))
             self.counts[name], self.joined[name] = 0, 0
         line, joined = _one_line(text)
-        self.files[name][1].write(line + "\n")
+        with writing(path, "corpus file"):  # names this file (the others' atomic_write only remove theirs)
+            self.files[name].write(line + "\n")
         self.counts[name] += 1
         self.joined[name] += joined
-
-    def commit(self) -> None:
-        for name, (tmp, f) in self.files.items():
-            f.close()
-            os.replace(tmp, self.out_dir / name)
-
-    def discard(self) -> None:
-        for tmp, f in self.files.values():
-            f.close()
-            tmp.unlink(missing_ok=True)
 
 
 def _write_split(out_split: str, in_split: str, pairs: Sequence[Pair], chosen: Mapping[str, TfdsDataset],
@@ -220,8 +220,7 @@ def _write_split(out_split: str, in_split: str, pairs: Sequence[Pair], chosen: M
     from tqdm import tqdm
 
     _, grain = _libraries()
-    writer = _Writer(out_dir)
-    try:
+    with _Writer(out_dir) as writer:
         for dataset in {id(d): d for d in chosen.values()}.values():  # each dataset read once a split
             served = [p for p in pairs if chosen[p.name] is dataset]
             source = _split_source(dataset, in_split)
@@ -237,10 +236,6 @@ def _write_split(out_split: str, in_split: str, pairs: Sequence[Pair], chosen: M
                 if f"{out_split}.{pair.name}.{pair.src}" not in writer.files:
                     raise DataError(f"TFDS dataset {dataset.spec}, split {in_split!r}: no example has both "
                                     f"{pair.src!r} and {pair.tgt!r}, so pair {pair.name} gets no {out_split} data")
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
     report.lines.update(writer.counts)
     report.joined_line_breaks.update(writer.joined)
 

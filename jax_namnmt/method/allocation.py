@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jax_namnmt.errors import CheckpointError, ConfigError
+from jax_namnmt.errors import CheckpointError, ConfigError, atomic_write
 from jax_namnmt.method.masks import canonical_name, parse_name
 
 VARIANTS = ("pair", "source", "target", "separate")
@@ -316,8 +315,9 @@ def summarize(masks: Mapping[str, np.ndarray], pairs: Sequence[str]) -> str:
 
 
 def save_masks(path, masks: Mapping[str, np.ndarray], pairs: Sequence[str], meta: dict) -> None:
-    """Write a mask set to one ``.npz`` file (atomically): one bool array per module plus a
-    JSON entry holding ``pairs`` and ``meta`` (which must be JSON-serialisable)."""
+    """Write a mask set to one ``.npz`` file (atomically: ``errors.atomic_write``; a failed write
+    raises WriteError naming it): one bool array per module plus a JSON entry holding ``pairs``
+    and ``meta`` (which must be JSON-serialisable)."""
     path = os.fspath(path)
     if _META_KEY in masks:
         raise ValueError(f"module name {_META_KEY!r} is reserved")
@@ -326,17 +326,8 @@ def save_masks(path, masks: Mapping[str, np.ndarray], pairs: Sequence[str], meta
         if m.ndim != 2 or m.shape[0] != len(pairs):
             raise ValueError(f"mask of {name} has shape {m.shape}, expected [{len(pairs)}, F]")
     arrays[_META_KEY] = np.asarray(json.dumps({"pairs": list(pairs), "meta": meta}))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "wb", f"mask file {path}") as f:
+        np.savez(f, **arrays)
 
 
 def load_masks(

@@ -40,7 +40,6 @@ run directory's lock (``run_lock``): no other process can be writing them then.
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
 import hashlib
 import json
@@ -55,7 +54,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jax_namnmt import run_lock
-from jax_namnmt.errors import CheckpointError, UserError, WriteError, reason, write_hint
+from jax_namnmt.errors import CheckpointError, UserError, WriteError, atomic_write, reason, write_hint
 from jax_namnmt.jsonfile import load_json  # re-exported: the doors' JSON reader, Orbax-free
 
 log = logging.getLogger(__name__)
@@ -535,31 +534,13 @@ class Checkpointer:
         self.close()
 
 
-@contextlib.contextmanager
-def _replaced_atomically(path: Path, failure: str):
-    """Yields a temporary path beside ``path`` to write; then renames it over ``path``, so the
-    previous file stays whole until the new one is complete. An OS error raises
-    :class:`WriteError` ("cannot write ``failure``: ..."); the temporary file never stays."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise WriteError(f"cannot write {failure}: {reason(e)}; {write_hint(e)}") from e
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copies ``src`` to ``dst`` atomically (temporary file, then rename); nothing is written when
     ``dst`` already holds the same bytes. An OS error raises :class:`WriteError` naming ``dst``."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and filecmp.cmp(src, dst, shallow=False):
         return
-    with _replaced_atomically(dst, f"{dst} (a copy of {src})") as tmp:
+    with atomic_write(dst, None, f"{dst} (a copy of {src})") as tmp:
         shutil.copyfile(src, tmp)
 
 
@@ -569,9 +550,5 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
     :class:`WriteError` naming ``path``."""
     path = Path(path)
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # a TypeError before anything is written
-    with _replaced_atomically(path, str(path)) as tmp:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_write(path, None) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
