@@ -1,6 +1,11 @@
 """Tests for jax_namnmt.training.metrics_log."""
 
+import contextlib
+import errno
 import json
+import os
+import resource
+import signal
 import struct
 
 import jax.numpy as jnp
@@ -9,6 +14,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from jax_namnmt.errors import WriteError
 from jax_namnmt.training.metrics_log import MetricsLogger
 
 
@@ -81,3 +87,76 @@ def test_resumed_run_appends(tmp_path):
 def test_reserved_metric_name(tmp_path):
     with MetricsLogger(tmp_path, "main") as logger, pytest.raises(ValueError, match="step"):
         logger.log(1, {"step": 1.0}, phase="train")
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """No file of this process may grow past ``nbytes`` (a write past it fails with EFBIG), as on a
+    full disk (tests/test_write_failures.py does the same)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_failed_jsonl_write_names_the_file_and_keeps_the_lines_before(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    logger = MetricsLogger(tmp_path, "main")
+    logger.log(1, {"loss": 3.0}, phase="train")
+    logger.flush()
+    before = path.read_bytes()
+    with file_size_limit(len(before) + 20), pytest.raises(
+            WriteError, match=f"^cannot write metrics file {path}: File too large \\(EFBIG\\); free some space"):
+        logger.log(2, {"loss": 2.0, "lr": 1e-3}, phase="train")  # a line longer than the 20 bytes left
+    assert path.read_bytes() == before  # the partial line is cut off again
+    logger.close()  # closed already by the failure: nothing fails a second time
+    assert scalars(tmp_path, "main")["train/loss"] == [(1, 3.0)]
+    with MetricsLogger(tmp_path, "main") as again:  # a resumed run appends whole lines after it
+        again.log(2, {"loss": 2.0}, phase="train")
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_failed_jsonl_write_on_a_full_disk(tmp_path, monkeypatch):
+    """A write that fails with ENOSPC (not a size limit) before anything of the line is written."""
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLogger(tmp_path, "main") as logger:
+        logger.log(1, {"loss": 3.0}, phase="train")
+        before = path.read_bytes()
+
+        class FullDisk:
+            def __init__(self, file):
+                self.file = file
+
+            def __getattr__(self, name):
+                return getattr(self.file, name)
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(logger, "_jsonl", FullDisk(logger._jsonl))
+        with pytest.raises(WriteError, match=f"^cannot write metrics file {path}: No space left on device"):
+            logger.log(2, {"loss": 2.0}, phase="train")
+    assert path.read_bytes() == before
+
+
+def test_failed_tensorboard_write_names_the_event_file_and_keeps_its_events(tmp_path):
+    logger = MetricsLogger(tmp_path, "main")
+    logger.log(1, {"loss": 3.0}, phase="train")
+    logger.flush()
+    event_file = logger.tb_path
+    assert event_file.parent == tmp_path / "tb" / "main"
+    before = event_file.read_bytes()
+    many = {f"m{i}": float(i) for i in range(20)}  # 20 events (~1 kB), a JSON line of ~300 bytes
+    limit = max(event_file.stat().st_size, (tmp_path / "metrics.jsonl").stat().st_size) + 500
+    with file_size_limit(limit), pytest.raises(
+            WriteError, match=f"^cannot write TensorBoard event file {event_file}: File too large"):
+        logger.log(2, many, phase="train")  # the JSON line fits
+        logger.flush()  # the buffered events do not
+    assert event_file.read_bytes() == before  # cut back to what the last flush wrote: every record whole
+    assert scalars(tmp_path, "main") == {"train/loss": [(1, 3.0)]}
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    logger.close()
