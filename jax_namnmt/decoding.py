@@ -125,7 +125,9 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
                   decode: DecodeConfig, progress=None, workers: int | None = None, bucket: bool = False,
                   aot: bool = False, before_compile: Callable[[], None] | None = None,
                   stats: dict | None = None) -> list[np.ndarray]:
-    """Token ids of the best hypothesis for every source (same order), pairs mixed freely.
+    """Token ids of the best hypothesis for every source (same order), pairs mixed freely; each
+    as long as its batch's output limit (``max_output_len`` of the batch's program width), zeros
+    after EOS.
     ``workers`` batches are decoded at once (None: ``decode_workers()``); the result does not
     depend on it (each batch is the same compiled program on the same inputs).
 

@@ -363,3 +363,21 @@ def test_shrink_to_needs_per_sentence_inputs():
     (A, S), _, init = second_order_model(5, 4, seed=1)
     with pytest.raises(ValueError, match="per_sentence"):
         beam_search(make_t2l(A, S), expand_to_beams(init(np.zeros((4, 5))), 2), 4, 2, 4, BOS, EOS, shrink_to=(2,))
+
+
+def test_per_sentence_cache_leaves_are_never_reordered():
+    """A cache leaf of one row per sentence (a model's own state, e.g. keys/values in one slot per
+    beam) passes through the beam reordering untouched, while per-beam leaves follow their beams;
+    with one beam every leaf counts as per beam."""
+    from jax_namnmt.model.beam_search import _gather_beams, _sentence_leaves
+
+    B, K = 3, 2
+    cache = {"beam": jnp.arange(B * K) * 10, "sentence": jnp.arange(B) + 100, "index": jnp.array(7)}
+    flags = _sentence_leaves(cache, B, K)
+    assert flags == {"beam": False, "sentence": True, "index": False}
+    assert not any(jax.tree_util.tree_leaves(_sentence_leaves(cache, B * K, 1)))
+    beam_idx = jnp.array([[1, 1], [0, 1], [1, 0]])
+    got = _gather_beams(cache, beam_idx, B, K, flags)
+    np.testing.assert_array_equal(got["beam"], [10, 10, 20, 30, 50, 40])
+    np.testing.assert_array_equal(got["sentence"], [100, 101, 102])
+    assert int(got["index"]) == 7

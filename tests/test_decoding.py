@@ -14,7 +14,8 @@ import pytest
 from jax_namnmt.config import DecodeConfig
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID
-from jax_namnmt.decoding import decode_workers, translate_ids
+from jax_namnmt import decoding
+from jax_namnmt.decoding import decode_workers, program_width, translate_ids
 from jax_namnmt.model.transformer import Transformer
 
 NUM_PAIRS = 3
@@ -316,3 +317,36 @@ def test_beam_search_on_the_model_gives_the_reference_beams_and_scores(setup, be
         for k, (tokens, score) in enumerate(hyps):
             np.testing.assert_array_equal(sequences[i, k], _padded(tokens), err_msg=f"source {i}, beam {k}")
             np.testing.assert_allclose(scores[i, k], score, rtol=1e-5, atol=1e-5, err_msg=f"source {i}, beam {k}")
+
+
+def test_each_batch_decodes_at_its_own_width(setup, monkeypatch):
+    """Batches are padded to their own longest source (rounded up to ``WIDTH_STEP``), not the
+    call's: one program a width, and the same translations as each sentence decoded alone or in a
+    wider program (``bucket=True`` pads to multiples of 32). Each output is as long as its
+    program's output limit: compared without the padding after EOS."""
+    config, params, masks, sources, pair_ids, _ = setup
+    rng = np.random.default_rng(5)
+    long = [np.concatenate([rng.integers(4, config.vocab_size, n - 1), [EOS_ID]]) for n in (20, 20, 35)]
+    mixed, pairs = sources[:4] + long, np.concatenate([pair_ids[:4], [0, 1, 2]]).astype(np.int32)
+    decode = dataclasses.replace(GREEDY, beam_size=2, length_penalty=0.6, max_len_a=0.5, max_len_b=4,
+                                 batch_sentences=2)
+    assert [program_width(n) for n in (1, 16, 17, 35)] == [16, 16, 32, 48]
+    made = []
+    original = decoding.make_beam_decoder
+
+    def recording(config, beam_size, max_len, *rest):
+        made.append(max_len)
+        return original(config, beam_size, max_len, *rest)
+
+    monkeypatch.setattr(decoding, "make_beam_decoder", recording)
+    together = translate_ids(params, config, masks, mixed, pairs, decode, workers=1)
+    # programs of widths 48 (the 35-token source), 32 (the two of 20) and 16 (the short ones)
+    assert sorted(set(made)) == [int(0.5 * w + 4) for w in (16, 32, 48)]
+    for i, src in enumerate(mixed):
+        alone = translate_ids(params, config, masks, [src], pairs[i:i + 1], decode, workers=1)[0]
+        np.testing.assert_array_equal(np.trim_zeros(together[i], "b"), np.trim_zeros(alone, "b"),
+                                      err_msg=f"source {i}")
+    bucketed = translate_ids(params, config, masks, mixed, pairs, decode, workers=1, bucket=True)
+    for i, (a, b) in enumerate(zip(together, bucketed)):
+        np.testing.assert_array_equal(np.trim_zeros(a, "b"), np.trim_zeros(b, "b"), err_msg=f"source {i}, bucketed")
+    assert len({len(a) for a in together}) == 3  # the three programs' output limits
