@@ -5,7 +5,7 @@ randomly initialised (quality is irrelevant), on the same source sentences cut i
 
 Sources: random tokens with Multi30k-like lengths (12-25 tokens, tag and EOS included), cut by
 ``data.batching.padded_batches`` (sorted by length, ``--batch`` sentences a batch). Ours pads every
-batch to the widest one (as ``decoding.translate_ids`` does: one compiled shape) and runs
+batch to the widest one (one compiled shape; ``decoding.translate_ids`` now gives each batch its own width) and runs
 ``decoding.make_beam_decoder`` on each batch, all batches dispatched before one final
 ``block_until_ready`` (no host sync inside the timed loop); Marian gets each batch's real rows
 (dummy rows dropped), padded to the batch's longest source.

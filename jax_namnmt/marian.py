@@ -388,7 +388,7 @@ def ct2_translate_kwargs(decode: DecodeConfig, max_decoding_length: int) -> dict
 def output_limits(lengths, decode: DecodeConfig, max_len: int) -> np.ndarray:
     """Each sentence's length limit (tokens, EOS included) in ``decoding.translate_ids``:
     ``ceil(max_len_a * length + max_len_b)`` in float32 (as the decoder computes it), at most
-    ``max_len`` (``decoding.max_output_len(width, decode, 1024)`` of the call's widest source) and at
+    ``max_len`` (``decoding.max_output_len(width, decode, 1024)`` of the batch's program width) and at
     least 1."""
     lengths = np.asarray(lengths, np.float32)
     raw = np.ceil(np.float32(decode.max_len_a) * lengths + np.float32(decode.max_len_b)).astype(np.int32)
