@@ -109,12 +109,15 @@ def atomic_write(path: str | os.PathLike, mode: str | None = "wb", name: str | N
     directories are created. An OS error (disk full, read-only; in the block or the rename)
     raises :class:`WriteError` "cannot write NAME: cause; hint" (``name``: e.g. ``"mask file
     PATH"``, default the path). Whatever fails, the temporary file is removed and a previous file
-    at ``path`` is left as it was; other exceptions pass through unchanged."""
+    at ``path`` is left as it was; other exceptions pass through unchanged. A temporary file
+    that a killed writer on this host left beside ``path`` is removed by the next write of it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    host = _host_tag()
+    tmp = path.with_name(f".{path.name}.{host}-{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(path, host)
             if mode is None:
                 yield tmp
                 with open(tmp, "rb") as f:  # what the library wrote, on disk before the rename
@@ -130,6 +133,28 @@ def atomic_write(path: str | os.PathLike, mode: str | None = "wb", name: str | N
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _host_tag() -> str:
+    """This host's name as it goes into a temporary file's name (no dots or dashes)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", os.uname().nodename) or "host"
+
+
+def _remove_stale_temporaries(path: Path, host: str) -> None:
+    """Remove ``atomic_write`` temporaries of ``path`` left by writers of this host that are no
+    longer running (killed mid-write); another host's, or a live writer's, are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)-[0-9a-f]+\.tmp{re.escape(path.suffix)}$")
+    for candidate in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
+        match = pattern.match(candidate.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+        except OSError:  # alive, another user's
+            pass
 
 
 @contextlib.contextmanager

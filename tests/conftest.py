@@ -4,6 +4,9 @@ random neuron masks and a packer for the packed-row batch layout of ``data/batch
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -217,3 +220,17 @@ def sacrebleu_scores(hyps: list[str], data_dir: Path, split: str, pair: str, max
     refs = (Path(data_dir) / f"{split}.{pair}.{tgt}").read_text(encoding="utf-8").splitlines()[:max_lines]
     assert len(hyps) == len(refs) and all(r.strip() for r in refs), (pair, len(hyps), len(refs))
     return sacrebleu.corpus_bleu(list(hyps), [refs]).score, sacrebleu.corpus_chrf(list(hyps), [refs]).score
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """No file of this process may grow past ``nbytes`` (a write past it fails with EFBIG),
+    as on a full disk."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)

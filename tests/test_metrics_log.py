@@ -1,11 +1,8 @@
 """Tests for jax_namnmt.training.metrics_log."""
 
-import contextlib
 import errno
 import json
 import os
-import resource
-import signal
 import struct
 
 import jax.numpy as jnp
@@ -14,6 +11,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from conftest import file_size_limit
 from jax_namnmt.errors import WriteError
 from jax_namnmt.training.metrics_log import MetricsLogger
 
@@ -87,20 +85,6 @@ def test_resumed_run_appends(tmp_path):
 def test_reserved_metric_name(tmp_path):
     with MetricsLogger(tmp_path, "main") as logger, pytest.raises(ValueError, match="step"):
         logger.log(1, {"step": 1.0}, phase="train")
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes: int):
-    """No file of this process may grow past ``nbytes`` (a write past it fails with EFBIG), as on a
-    full disk (tests/test_write_failures.py does the same)."""
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 def test_failed_jsonl_write_names_the_file_and_keeps_the_lines_before(tmp_path):

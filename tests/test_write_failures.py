@@ -9,12 +9,9 @@ ENOSPC; the JSON writer gets a real ENOSPC from a patched ``open``."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import file_size_limit
 from jax_namnmt import packaged, run_lock, workflow
 from jax_namnmt.config import load_config
 from jax_namnmt.errors import UserError, WriteError, atomic_write
@@ -33,19 +31,6 @@ from jax_namnmt.training.checkpoint import Checkpointer, save_json, verify_manif
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 1024  # bytes: every file of the failing write below is larger
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes: int):
-    """No file of this process may grow past ``nbytes`` (a write past it fails with EFBIG)."""
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 def limited(fn, nbytes: int = LIMIT):
@@ -367,3 +352,27 @@ def test_importance_into_a_read_only_package_asks_for_out(prepared, monkeypatch)
     monkeypatch.setattr(workflow, "compute_importance", lambda *a, **k: pytest.fail("scored a read-only run"))
     with pytest.raises(WriteError, match=f"{run} is not writable .*pass --out FILE"):
         workflow.run_importance(run, config, work, "taylor", quiet=True)
+
+
+def test_atomic_write_removes_what_a_killed_writer_left(tmp_path):
+    """A temporary file that a writer of this host left when it was killed mid-write is removed by
+    the next write of the same file; a live writer's, another host's and another file's stay."""
+    import subprocess
+    import sys
+
+    from jax_namnmt.errors import _host_tag
+
+    path = tmp_path / "importance.npz"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid, host = int(gone.stdout), _host_tag()
+    stale = tmp_path / f".importance.npz.{host}-{dead_pid}-0a1b2c3d.tmp.npz"
+    live = tmp_path / f".importance.npz.{host}-{os.getppid()}-0a1b2c3d.tmp.npz"
+    elsewhere = tmp_path / f".importance.npz.otherhost-{dead_pid}-0a1b2c3d.tmp.npz"
+    other_file = tmp_path / f".masks.npz.{host}-{dead_pid}-0a1b2c3d.tmp.npz"
+    for p in (stale, live, elsewhere, other_file):
+        p.write_bytes(b"half")
+    with atomic_write(path) as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (path, live, elsewhere, other_file))
