@@ -28,7 +28,7 @@ from jax_namnmt.config import ModelConfig
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.method.masks import layer_path
 from jax_namnmt.model.dropout import Dropout
-from jax_namnmt.model.transformer import Context, Residual, Transformer, extend_cache, sinusoidal_positions
+from jax_namnmt.model.transformer import Context, Residual, Transformer, cached_attention, sinusoidal_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +113,8 @@ class BakedAttention(nn.Module):
                 self.put_variable("source", "key", k)
                 self.put_variable("source", "value", v)
         if decode and self.causal_cache:
-            k, v, bias = extend_cache(self, k, v, ctx)
+            context = cached_attention(self, q, k, v, ctx)
+            return _Projection(cfg.d_model, dtype, name="out")(context.reshape(context.shape[:-2] + (heads * vw,)))
         rows, q_len = q.shape[0], q.shape[1]
         if decode:  # a sentence's beams attend to its one copy of the source keys/values together
             group = rows // k.shape[0]

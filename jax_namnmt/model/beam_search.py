@@ -72,7 +72,7 @@ def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int, per_sentence=
 def _sentence_leaves(cache, batch_size: int, beam_size: int):
     """Which leaves of the initial ``cache`` hold one row per sentence (leading dimension
     ``batch_size``, not ``batch_size * beam_size``): a model's own per-sentence state, e.g. a
-    key/value cache of one slot per beam (``transformer.extend_cache``), which the search never
+    key/value cache of one slot per beam (``transformer.cached_attention``), which the search never
     reorders. With one beam every leaf counts as per beam (reordering is then the identity)."""
     return jax.tree_util.tree_map(
         lambda a: bool(beam_size > 1 and jnp.ndim(a) > 0 and a.shape[0] == batch_size), cache)

