@@ -8,7 +8,7 @@ The CPU protocol (``configs/reproduce_cpu.py``) with the fine-tuning of the H200
 
 import dataclasses
 
-from jax_namnmt.config import ReproduceConfig, load_config
+from jax_namnmt.config import load_config
 
 
 def get_config():
