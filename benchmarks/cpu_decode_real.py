@@ -32,7 +32,7 @@ if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``py
     run_as_module(__file__)
 
 from .cpu_throughput import interleaved, paired_ratios, set_threads, write_report  # noqa: E402
-from .peers_ct2 import ctranslate2_from_params  # noqa: E402
+from .peers_ct2 import BatchSession, ctranslate2_from_params  # noqa: E402
 from .peers_torch import importable  # noqa: E402
 from .report import resolve_out  # noqa: E402
 
@@ -97,41 +97,26 @@ def ours_session(run, sources, pid, masks, batch):
 def ct2_session(run, sources, batches, compute_type, layout, max_len):
     """CTranslate2 on the same batches, the shipped model's weights; ``(run_round, result)``."""
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
-    import ctranslate2
 
     workdir = tempfile.TemporaryDirectory(prefix="ct2_")
     tokens = ctranslate2_from_params(run.params, run.config.model, workdir.name)
     ids = {t: i for i, t in enumerate(tokens)}
-    inter, intra = (int(x) for x in layout.split("x"))
-    translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type, inter_threads=inter,
-                                        intra_threads=intra)
     options = dict(beam_size=run.config.decode.beam_size, length_penalty=run.config.decode.length_penalty,
                    max_decoding_length=max_len, return_end_token=True, max_batch_size=len(batches[0]))
     inputs = [[[tokens[t] for t in sources[i]] for i in b] for b in batches]
-    t0 = time.perf_counter()
-    translator.translate_batch(inputs[0], **options)
-    warm_s = time.perf_counter() - t0
-    box = {"workdir": workdir}
-
-    def run_round():
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(inter) as pool:
-            box["outputs"] = list(pool.map(lambda b: translator.translate_batch(b, **options), inputs))
-        return time.perf_counter() - t0
+    session = BatchSession(workdir, compute_type, layout, inputs, options)
 
     def result(seconds):
         outputs = [None] * len(sources)
-        for b, out in zip(batches, box["outputs"]):
+        for b, out in zip(batches, session.outputs):
             for i, r in zip(b, out):
                 outputs[i] = [ids[t] for t in r.hypotheses[0]]
-        return side_result(f"ctranslate2 {ctranslate2.__version__} ({compute_type}, {inter} batch(es) at once x "
-                           f"{intra} thread(s))", outputs, seconds, warm_s,
-                           {"compute_type": compute_type, "inter_threads": inter, "intra_threads": intra,
-                            "translate_options": options})
+        return side_result(f"ctranslate2 {session.version} ({compute_type}, {session.inter} batch(es) at once x "
+                           f"{session.intra} thread(s))", outputs, seconds, session.warm_s,
+                           {"compute_type": compute_type, "inter_threads": session.inter,
+                            "intra_threads": session.intra, "translate_options": options})
 
-    return run_round, result
+    return session.run_round, result
 
 
 def side_result(framework, outputs, seconds, warm_s, extra) -> dict:

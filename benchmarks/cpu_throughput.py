@@ -68,7 +68,7 @@ if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``py
     run_as_module(__file__)
 
 from .ours import constant_schedule, run_steps  # noqa: E402
-from .peers_ct2 import ctranslate2_available, ctranslate2_from_marian  # noqa: E402
+from .peers_ct2 import BatchSession, ctranslate2_available, ctranslate2_from_marian  # noqa: E402
 from .peers_torch import (build_marian, forced_generate_kwargs, marian_buckets, marian_sources,  # noqa: E402
                           marian_tensors, torch_available)
 from .report import best_round, resolve_out  # noqa: E402
@@ -356,44 +356,30 @@ def ctranslate2_decode_session(args, config, src, pairs, batches, compute_type: 
     and Marian's (their N-th token is the forced EOS). Returns
     ``(run_round() -> seconds, result(seconds) -> dict)``."""
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
-
-    import ctranslate2
 
     from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 
     model = build_marian(config, PAD_ID, EOS_ID, BOS_ID, args.seed).eval()
     workdir = tempfile.TemporaryDirectory(prefix="ct2_")
     tokens = ctranslate2_from_marian(model, config.vocab_size, workdir.name)
-    inter, intra = (int(x) for x in layout.split("x"))
-    translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type, inter_threads=inter,
-                                        intra_threads=intra)
     n = args.decode_len
     options = dict(beam_size=args.beam, length_penalty=0.6, min_decoding_length=n, max_decoding_length=n,
                    return_end_token=True, max_batch_size=args.decode_batch)
     inputs = [[[tokens[t] for t in src[int(i)]] for i in b[0] if i >= 0] for b in batches]
-    t0 = time.perf_counter()
-    translator.translate_batch(inputs[0], **options)
-    warm_s = time.perf_counter() - t0
-    box = {"workdir": workdir}  # the converted model lives as long as the session
-
-    def run_round():
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(inter) as pool:
-            box["outputs"] = list(pool.map(lambda b: translator.translate_batch(b, **options), inputs))
-        return time.perf_counter() - t0
+    session = BatchSession(workdir, compute_type, layout, inputs, options)
 
     def result(seconds):
-        lengths = [len(r.hypotheses[0]) for out in box["outputs"] for r in out]
+        lengths = [len(r.hypotheses[0]) for out in session.outputs for r in out]
         sentences = sum(len(b) for b in inputs)
-        return decode_result(f"ctranslate2 {ctranslate2.__version__} Translator.translate_batch ({compute_type}, "
-                             f"{inter} batch(es) at once x {intra} thread(s), converted from the Marian model)",
-                             sentences, sentences * n, seconds, warm_s, lengths, args,
-                             {"batches": len(inputs), "compute_type": compute_type, "inter_threads": inter,
-                              "intra_threads": intra, "translate_options": options,
+        return decode_result(f"ctranslate2 {session.version} Translator.translate_batch ({compute_type}, "
+                             f"{session.inter} batch(es) at once x {session.intra} thread(s), converted from the "
+                             "Marian model)",
+                             sentences, sentences * n, seconds, session.warm_s, lengths, args,
+                             {"batches": len(inputs), "compute_type": compute_type, "inter_threads": session.inter,
+                              "intra_threads": session.intra, "translate_options": options,
                               "lengths": "decoding steps (no forced EOS)"})
 
-    return run_round, result
+    return session.run_round, result
 
 
 def interleaved(sessions: dict, rounds: int) -> dict:

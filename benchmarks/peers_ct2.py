@@ -3,6 +3,9 @@ CTranslate2's own Marian loader. ``ctranslate2`` is a benchmark-only dependency.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 from .peers_torch import importable
 
 
@@ -108,3 +111,31 @@ def ctranslate2_from_params(params: dict, config, out_dir) -> list[str]:
     spec.optimize(quantization=None)
     spec.save(str(out_dir))
     return tokens
+
+
+class BatchSession:
+    """A CTranslate2 ``Translator`` on a converted model directory ``workdir`` (a
+    ``TemporaryDirectory``, kept alive with the session) in thread layout ``INTERxINTRA``
+    (``inter`` batches at once, from as many Python threads, ``intra`` threads each), timed on
+    ``inputs`` (a list of batches of token strings) with ``translate_batch(**options)``: warmed
+    up on the first batch (``warm_s``); ``run_round()`` translates every batch and returns its
+    seconds, keeping the results in ``outputs`` (one list a batch)."""
+
+    def __init__(self, workdir, compute_type: str, layout: str, inputs: list, options: dict):
+        import ctranslate2
+
+        self.workdir, self.inputs, self.options = workdir, inputs, options
+        self.inter, self.intra = (int(x) for x in layout.split("x"))
+        self.version = ctranslate2.__version__
+        self.translator = ctranslate2.Translator(workdir.name, device="cpu", compute_type=compute_type,
+                                                 inter_threads=self.inter, intra_threads=self.intra)
+        t0 = time.perf_counter()
+        self.translator.translate_batch(inputs[0], **options)
+        self.warm_s = time.perf_counter() - t0
+        self.outputs: list = []
+
+    def run_round(self) -> float:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(self.inter) as pool:
+            self.outputs = list(pool.map(lambda b: self.translator.translate_batch(b, **self.options), self.inputs))
+        return time.perf_counter() - t0
