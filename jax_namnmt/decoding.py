@@ -159,6 +159,7 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
                 decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len)
 
     decoders = {}  # width -> its program, loaded or compiled before any batch runs
+    checked = []  # before_compile runs once, before the first program that has to be compiled
     started = time.perf_counter()
     for batch, width in zip(batches, widths):
         if width in decoders:
@@ -168,8 +169,9 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
             from jax_namnmt import aot as aot_cache
 
             def lower(first=first, width=width):
-                if before_compile is not None and not decoders:
+                if before_compile is not None and not checked:
                     before_compile()
+                    checked.append(True)
                 return make_beam_decoder(config, *settings(width)).lower(*first)
 
             decoders[width] = aot_cache.compiled("beam_search", repr((config, settings(width))), first, lower,

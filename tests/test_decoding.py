@@ -350,3 +350,29 @@ def test_each_batch_decodes_at_its_own_width(setup, monkeypatch):
     for i, (a, b) in enumerate(zip(together, bucketed)):
         np.testing.assert_array_equal(np.trim_zeros(a, "b"), np.trim_zeros(b, "b"), err_msg=f"source {i}, bucketed")
     assert len({len(a) for a in together}) == 3  # the three programs' output limits
+
+
+def test_parameters_are_checked_before_any_program_is_compiled(setup, monkeypatch):
+    """``before_compile`` runs before the first program a call has to compile, whichever of the
+    call's widths that is (here the narrower one, the wider one loaded from the in-memory cache),
+    and not when every program is loaded."""
+    from jax_namnmt import aot
+
+    config, params, masks, sources, pair_ids, _ = setup
+    monkeypatch.setattr(aot, "cache_dir", lambda: None)  # programs kept in memory only
+    rng = np.random.default_rng(6)
+    long = np.concatenate([rng.integers(4, config.vocab_size, 39), [EOS_ID]])
+    decode = dataclasses.replace(GREEDY, beam_size=2, length_penalty=0.6, max_len_a=0.5, max_len_b=4,
+                                 batch_sentences=1)  # a batch a source: a program a width
+    checks = []
+
+    def run(srcs, pairs):
+        return translate_ids(params, config, masks, srcs, np.asarray(pairs, np.int32), decode, workers=1,
+                             bucket=True, aot=True, before_compile=lambda: checks.append(len(srcs)))
+
+    run([long], [0])
+    assert checks == [1]
+    run([long, sources[0]], [0, 1])  # width 64 loaded, width 32 compiled: checked first
+    assert checks == [1, 2]
+    run([long, sources[0]], [0, 1])  # both loaded: nothing to check
+    assert checks == [1, 2]
