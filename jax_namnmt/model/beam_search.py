@@ -52,21 +52,19 @@ def length_penalty_divisor(length, alpha, form: str = "fairseq"):
     raise ConfigError(f"penalty_form must be one of {', '.join(PENALTY_FORMS)}; got {form!r}")
 
 
-def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int, per_sentence=None):
+def _gather_beams(tree, beam_idx, batch_size: int, beam_size: int, sentence_leaves):
     """Select beams ``beam_idx [B, K']`` from a pytree of ``[B * beam_size, ...]`` arrays,
-    giving ``[B * K', ...]``; 0-d leaves, and leaves flagged in ``per_sentence`` (a pytree of
-    bools of the same structure, or None), pass through."""
+    giving ``[B * K', ...]``; 0-d leaves, and the leaves flagged in ``sentence_leaves`` (a pytree
+    of bools of the same structure, :func:`_sentence_leaves`), pass through."""
     rows = jnp.arange(batch_size)[:, None]
 
-    def gather(a, keep=False):
+    def gather(a, keep):
         if keep or jnp.ndim(a) == 0:
             return a
         a = a.reshape((batch_size, beam_size) + a.shape[1:])[rows, beam_idx]
         return a.reshape((-1,) + a.shape[2:])
 
-    if per_sentence is None:
-        return jax.tree_util.tree_map(gather, tree)
-    return jax.tree_util.tree_map(gather, tree, per_sentence)
+    return jax.tree_util.tree_map(gather, tree, sentence_leaves)
 
 
 def _sentence_leaves(cache, batch_size: int, beam_size: int):
@@ -287,7 +285,7 @@ def _sentences_done(s: dict, lp, max_len: int, stop_early: str):
 
 
 def _advance(s: dict, logits, new_cache, beams: int, B: int, K: int, eos_id: int, min_len: int, max_lens, lp,
-             stop_early: str, rows, sentence_leaves=None) -> dict:
+             stop_early: str, rows, sentence_leaves) -> dict:
     """The state after one step, from the next-token ``logits [B * beams, V]`` of each sentence's
     first ``beams`` alive beams (``K``, or 1 at a first step whose ``K`` beams are still copies of
     one) and the model's cache after that step (``[B * beams, ...]`` leaves, reordered here to the
