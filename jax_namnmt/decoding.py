@@ -29,7 +29,8 @@ from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 # the package's sources the beam-search program is made from (its ahead-of-time cache key; a test
 # checks that they cover every module of the package that make_beam_decoder imports)
 PROGRAM_SOURCES = ("decoding.py", "model", "config.py", "parallel.py", "method/masks.py", "errors.py",
-                   "data/vocab.py", "data/sampling.py", "data/__init__.py", "__init__.py", "malloc.py", "method/__init__.py")
+                   "data/vocab.py", "data/sampling.py", "data/__init__.py", "__init__.py", "malloc.py",
+                   "method/__init__.py")
 SHORT_WIDTH = 32  # bucketed source widths are multiples of this: one program for every short input
 WIDTH_STEP = 16  # otherwise a batch's width is its longest source rounded up to a multiple of this
 
