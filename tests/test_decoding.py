@@ -58,7 +58,20 @@ def _incremental_logits(params, batch, pair_ids, masks, *, config, beams=1):
     return jnp.swapaxes(logits, 0, 1)
 
 
-def test_incremental_decoding_matches_teacher_forcing(tiny_config, tiny_params, pack, example, make_masks, fns):
+@pytest.fixture(params=[16, 3], ids=["chunks_of_16", "chunks_of_3"])
+def cache_chunk(request, monkeypatch):
+    """The self-attention cache's chunk size (``transformer.CACHE_CHUNK``): with 3, the 8 steps of
+    these tests read 1 to 3 chunks (a ``lax.switch`` branch each) and the last is partly filled."""
+    from jax_namnmt.model import transformer
+
+    monkeypatch.setattr(transformer, "CACHE_CHUNK", request.param)
+    _incremental_logits.clear_cache()  # traced with another chunk size otherwise
+    yield request.param
+    _incremental_logits.clear_cache()
+
+
+def test_incremental_decoding_matches_teacher_forcing(tiny_config, tiny_params, pack, example, make_masks, fns,
+                                                      cache_chunk):
     config = dataclasses.replace(tiny_config, dropout=0.0)
     masks = make_masks(config, NUM_PAIRS, seed=1)
     rng = np.random.default_rng(0)
@@ -74,7 +87,8 @@ def test_incremental_decoding_matches_teacher_forcing(tiny_config, tiny_params, 
     assert np.abs(other - steps).max() > 1e-2
 
 
-def test_beams_share_their_sentence_source_rows(tiny_config, tiny_params, pack, example, make_masks, fns):
+def test_beams_share_their_sentence_source_rows(tiny_config, tiny_params, pack, example, make_masks, fns,
+                                                cache_chunk):
     """Beam search keeps one source row per sentence and groups a sentence's beams in the
     cross-attention: each beam's logits equal a full forward pass of its own (source, target)."""
     config = dataclasses.replace(tiny_config, dropout=0.0)
