@@ -195,10 +195,12 @@ def test_the_wheel_installs_and_runs_from_any_directory(tmp_path):
           "--quiet", "--zero-shot", "none", "--out", scores], empty, env)
     assert json.loads(scores.read_text())["sentences"] == 40
 
-    work = empty / "W"  # from the shipped model with its packaged config, every phase small
+    work = empty / "W"  # from the shipped model with its packaged config, every phase small (batches of
+    # 1024 target tokens, not the config's 4096: a step of the shipped model takes seconds on 2 cores)
     _run([python, "-m", "jax_namnmt.pipeline", "--workdir", work, "--set", "finetune.steps=2",
           "--set", "decode.test_max_lines=3", "--set", "method.importance_max_lines=5",
-          "--set", "data.train_max_lines=100", "--set", "train.valid_max_lines=10", "--quiet"], empty, env)
+          "--set", "data.train_max_lines=100", "--set", "train.valid_max_lines=10",
+          "--set", "train.tokens_per_batch=1024", "--quiet"], empty, env)
     results = json.loads((work / "results.json").read_text())
     assert set(results["systems"]) == {"multilingual", "method_te"}
     assert all("avg" in row for row in results["systems"].values())
