@@ -176,7 +176,8 @@ def test_reproduce_end_to_end(tiny_start, tmp_path, monkeypatch):
     config = dataclasses.replace(
         c, finetune=dataclasses.replace(c.finetune, steps=2, eval_every=1),
         train=dataclasses.replace(c.train, valid_max_lines=0),
-        decode=dataclasses.replace(c.decode, test_max_lines=6),
+        # 6 lines x 3 directions in one batch: one beam-search program per model (masked, plain), not two
+        decode=dataclasses.replace(c.decode, test_max_lines=6, batch_sentences=18),
         reproduce=ReproduceConfig(settings=("one_to_many",), seeds=(1,), systems=("multilingual", "method_te", "k0"),
                                   importance_lines=1000, converge_eval_every=1, converge_patience=1,
                                   converge_max_steps=2, rho_k=("0.5/0.7",), importance_losses=("cross_entropy",),
