@@ -19,6 +19,10 @@ from jax_namnmt.method.allocation import load_masks
 from jax_namnmt.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow  # every system of the paper end to end (the whole pipeline)
+# test lines per pair, for the pipeline and the analyses alike: the analyses' batches then have the
+# shapes of the pipeline's, so they run the beam-search programs it compiled (fewer lines there
+# would compile two more, ~2.5 s each on 2 cores, for less decoding than that saves)
+SAME_LINES = 4
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,8 @@ def run_all(tmp_path_factory, tiny_corpus):
     # rows layout: fixed batch shapes, so the four individual models share one compiled step (the
     # compact layout's shapes follow each corpus: four more compiles, ~30 s of this module)
     config = load_config("tiny", [f"data.data_dir={data}", "train.steps=4", "finetune.steps=2",
-                                  "decode.test_max_lines=4", "systems.adapter_dim=8", "data.layout=rows"])
+                                  f"decode.test_max_lines={SAME_LINES}", "systems.adapter_dim=8",
+                                  "data.layout=rows"])
     workdir = root / "work"
     results = Pipeline(config, workdir, None, quiet=True).run(list(systems.SYSTEMS))
     return {"config": config, "workdir": workdir, "results": results}
@@ -141,7 +146,7 @@ def test_analyze_importance_and_scores(run_all):
 
 def test_analyze_erasure(run_all):
     workdir = run_all["workdir"]
-    report = analyze.erasure_command(analyze_args(workdir, "erasure", max_lines=2))
+    report = analyze.erasure_command(analyze_args(workdir, "erasure", max_lines=SAME_LINES))
     pairs = list(run_all["config"].data.pairs)
     run = workflow.load_run(workdir / "method_te")
     assert list(report["bleu"]) == ["none", "general 20%"] + [f"{p} specific 50%" for p in pairs]
@@ -154,7 +159,7 @@ def test_analyze_erasure(run_all):
 
 def test_analyze_sweep_keeps_finished_points(run_all, monkeypatch):
     workdir = run_all["workdir"]
-    record = analyze.sweep(analyze_args(workdir, "sweep", param="k", values="0,1", max_lines=2))
+    record = analyze.sweep(analyze_args(workdir, "sweep", param="k", values="0,1", max_lines=SAME_LINES))
     assert sorted(record["points"]) == ["0", "1"]
     assert set(record["baseline"]) == set(run_all["config"].data.pairs) | {"avg"}
     every, _, _ = load_masks(workdir / "analysis" / "sweep_k" / "masks_k0.npz")
@@ -166,7 +171,7 @@ def test_analyze_sweep_keeps_finished_points(run_all, monkeypatch):
     trained = []
     real = workflow.run_finetune
     monkeypatch.setattr(workflow, "run_finetune", lambda *a, **k: trained.append(a[3].name) or real(*a, **k))
-    again = analyze.sweep(analyze_args(workdir, "sweep", param="k", values="0,0.5,1", max_lines=2))
+    again = analyze.sweep(analyze_args(workdir, "sweep", param="k", values="0,0.5,1", max_lines=SAME_LINES))
     assert trained == ["k0.5"] and sorted(again["points"], key=float) == ["0", "0.5", "1"]
     assert again["points"]["0"] == record["points"]["0"]
 
