@@ -357,7 +357,10 @@ def test_each_batch_decodes_at_its_own_width(setup, monkeypatch):
     # programs of widths 48 (the 35-token source), 32 (the two of 20) and 16 (the short ones)
     assert sorted(set(made)) == [int(0.5 * w + 4) for w in (16, 32, 48)]
     for i, src in enumerate(mixed):
-        alone = translate_ids(params, config, masks, [src], pairs[i:i + 1], decode, workers=1)[0]
+        # alone: beside an empty source (just EOS, pair 0: what padded_batches fills a short batch
+        # with), so that the batch has the programs' 2 rows (1 row would compile 3 more programs)
+        alone = translate_ids(params, config, masks, [src, np.array([EOS_ID], np.int32)],
+                              np.array([pairs[i], 0], np.int32), decode, workers=1)[0]
         np.testing.assert_array_equal(np.trim_zeros(together[i], "b"), np.trim_zeros(alone, "b"),
                                       err_msg=f"source {i}")
     bucketed = translate_ids(params, config, masks, mixed, pairs, decode, workers=1, bucket=True)
