@@ -8,6 +8,7 @@ import pytest
 
 from jax_namnmt import directions, workflow
 from jax_namnmt.config import DecodeConfig, load_config
+from jax_namnmt.data.vocab import EOS_ID
 from jax_namnmt.decoding import translate_ids
 from jax_namnmt.errors import DataError
 from jax_namnmt.method.allocation import general_neurons
@@ -109,12 +110,15 @@ def test_zero_shot_in_a_mixed_batch_leaves_trained_pairs_unchanged():
     for a, b in zip(alone, mixed[:3] + mixed[5:]):
         np.testing.assert_array_equal(np.trim_zeros(a, "b"), np.trim_zeros(b, "b"))
     # the zero-shot rows decode under their composed mask: the same tokens as a table that holds
-    # only that row
-    row = {name: m[None] for name, m in compose_mask(masks, PAIRS, "de-fr")[0].items()}
+    # only that row (in each of its 6 rows, and the source beside 7 empty ones: the mixed call's
+    # shapes, so its compiled program runs it)
+    table = {name: np.repeat(m[None], len(PAIRS) + len(plan.zero_shot), axis=0)
+             for name, m in compose_mask(masks, PAIRS, "de-fr")[0].items()}
     from jax_namnmt.method.masks import to_model_masks
 
-    single = translate_ids(run.params, config.model, to_model_masks(row), [sources[0]], np.zeros(1, np.int32), decode,
-                           workers=1)
+    empty = np.array([EOS_ID], np.int32)
+    single = translate_ids(run.params, config.model, to_model_masks(table), [sources[0]] + [empty] * 7,
+                           np.zeros(8, np.int32), decode, workers=1)
     # (outputs are padded to the batch's length limit: compare up to the padding)
     np.testing.assert_array_equal(np.trim_zeros(single[0], "b"), np.trim_zeros(mixed[3], "b"))
 
