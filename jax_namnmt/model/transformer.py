@@ -398,6 +398,7 @@ class Attention(nn.Module):
         context = heads_to_compact(jnp.einsum("ghrqk,ghrkd->ghrqd", weights.astype(dtype), v), *layout_q)
         return self._out(context, masks, q_side)
 
+
 CACHE_CHUNK = 16  # positions a chunk of the self-attention cache holds (cached_attention)
 
 
