@@ -46,34 +46,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """Three processes at once: processes 0 and 1 of a two-process job (the train steps on each
+    mesh, ``_worker``, then the training loop on mesh data=2 writing ONE run directory,
+    ``_loop_worker``: one start, one ``jax.distributed.initialize`` and one compile of the
+    step for both checks), and the training loop in one process on one device (the loop's
+    reference). Process 0 is configured through ``ParallelConfig``, process 1 through the
+    environment. The tests below check what they wrote."""
+    tmp = tmp_path_factory.mktemp("distributed")
     port = _free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     base_env.update({"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
                      "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
-    procs = []
+    run_dir, ref_dir = tmp / "run", tmp / "ref"
+    commands, envs = [], []
     for pid in (0, 1):
         env = dict(base_env)
         if pid == 1:  # the environment route
             env.update({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                         "JAX_PROCESS_ID": "1"})
-        args = [sys.executable, __file__, str(tmp_path / f"p{pid}.json")] + ([str(port)] if pid == 0 else [])
-        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
-    outputs = []
+        commands.append([sys.executable, __file__, "both", str(tmp / f"p{pid}.json"), str(run_dir),
+                         str(tmp / f"loop_p{pid}.json")] + ([str(port)] if pid == 0 else []))
+        envs.append(env)
+    commands.append([sys.executable, __file__, "loop", str(ref_dir), str(tmp / "ref.json")])  # one process
+    envs.append(dict(base_env))
+    procs = [subprocess.Popen(c, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c, e in zip(commands, envs)]
     try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=HANG)[0])
+        outputs = [proc.communicate(timeout=HANG)[0] for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for pid, (proc, text) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"process {pid} failed:\n{text[-6000:]}"
-    got = [json.loads((tmp_path / f"p{pid}.json").read_text()) for pid in (0, 1)]
-    ref = got[0]["reference"]
+    return {"tmp": tmp, "run_dir": run_dir, "ref_dir": ref_dir,
+            "codes": [proc.returncode for proc in procs], "outputs": outputs}
 
+
+def _succeeded(runs: dict, which) -> None:
+    for i in which:
+        name = ("process 0", "process 1", "the one-process loop")[i]
+        assert runs["codes"][i] == 0, f"{name} failed:\n{runs['outputs'][i][-6000:]}"
+
+
+def test_two_processes_train_like_one(runs):
+    _succeeded(runs, (0, 1))
+    got = [json.loads((runs["tmp"] / f"p{pid}.json").read_text()) for pid in (0, 1)]
+    ref = got[0]["reference"]
     for pid, result in enumerate(got):
         assert result["process_index"] == pid and result["process_count"] == 2
         assert result["global_devices"] == 2 and result["local_devices"] == 1
@@ -94,33 +114,16 @@ def test_two_processes_train_like_one(tmp_path):
     assert any(not np.allclose(ref["params"][k], got[0]["init"][k]) for k in ref["params"])
 
 
-def test_two_processes_run_the_training_loop(tmp_path):
+def test_two_processes_run_the_training_loop(runs):
     """The training loop itself across two processes (mesh data=2) writing ONE run directory, as
     hosts sharing a file system do: one metrics file with each record once, one TensorBoard file,
     checkpoints with verified manifests, and the parameters of a one-process run of the loop."""
     from jax_namnmt.training.checkpoint import Checkpointer, verify_manifest
 
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update({"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"})
-    run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
-    commands = [[sys.executable, __file__, "loop", str(run_dir), str(tmp_path / f"p{pid}.json"), str(port), str(pid)]
-                for pid in (0, 1)]
-    commands.append([sys.executable, __file__, "loop", str(ref_dir), str(tmp_path / "ref.json")])  # one process
-    procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in commands]
-    try:
-        outputs = [proc.communicate(timeout=HANG)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, text in zip(procs, outputs):
-        assert proc.returncode == 0, text[-6000:]
-    got = [json.loads((tmp_path / f"p{pid}.json").read_text()) for pid in (0, 1)]
-    ref = json.loads((tmp_path / "ref.json").read_text())
+    _succeeded(runs, (0, 1, 2))
+    got = [json.loads((runs["tmp"] / f"loop_p{pid}.json").read_text()) for pid in (0, 1)]
+    ref = json.loads((runs["tmp"] / "ref.json").read_text())
+    run_dir, ref_dir = runs["run_dir"], runs["ref_dir"]
     assert [g["process_count"] for g in got] == [2, 2] and ref["process_count"] == 1
     for result in got:
         for name, want in ref["params"].items():
@@ -230,19 +233,14 @@ def _worker(out: Path, port: int | None) -> None:
                                "params": flat(jax.device_get(ref_state["params"]))}
         result["init"] = flat(params)
     out.write_text(json.dumps(result))
-    jax.distributed.shutdown()
 
 
-def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) -> None:
-    """``loop.train`` on mesh data=2 over two processes (``port`` given), or on one device."""
+def _loop_worker(run_dir: Path, out: Path, two_processes: bool) -> None:
+    """``loop.train`` on mesh data=2 over the two processes of the job ``_worker`` initialized
+    (``two_processes``), or on one device."""
     import dataclasses
 
-    from jax_namnmt import parallel
-    from jax_namnmt.config import ParallelConfig, load_config
-
-    if port is not None:
-        pc = ParallelConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
-        assert parallel.initialize_distributed(pc)
+    from jax_namnmt.config import load_config
 
     import jax
     from jax.experimental import multihost_utils
@@ -260,7 +258,7 @@ def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) ->
         train=dataclasses.replace(base.train, steps=LOOP_STEPS, tokens_per_batch=8 * row_len, learning_rate=LR,
                                   warmup_steps=2, warmup_init_lr=1e-4, save_every=2, log_every=1, eval_every=1000,
                                   keep_checkpoints=5),
-        parallel=dataclasses.replace(base.parallel, mesh="data=2" if port is not None else ""))
+        parallel=dataclasses.replace(base.parallel, mesh="data=2" if two_processes else ""))
     examples = _random_examples(row_len, vocab, num_pairs)
     params = jax.device_get(init_params(config.model, config.train.seed))
     final = loop.train(run_dir, config, loop.pretrain_schedule(config), examples, None, params, quiet=True)
@@ -269,13 +267,14 @@ def _loop_worker(run_dir: Path, out: Path, port: int | None, pid: int | None) ->
     flat = {jax.tree_util.keystr(p): np.asarray(x).tolist()
             for p, x in jax.tree_util.tree_flatten_with_path(jax.device_get(final))[0]}
     out.write_text(json.dumps({"process_count": jax.process_count(), "params": flat}))
-    if port is not None:
-        jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "loop":  # loop RUN_DIR OUT [PORT PID]
-        _loop_worker(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else None,
-                     int(sys.argv[5]) if len(sys.argv) > 5 else None)
-    else:
-        _worker(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    if sys.argv[1] == "loop":  # loop RUN_DIR OUT: the loop in one process, on one device
+        _loop_worker(Path(sys.argv[2]), Path(sys.argv[3]), two_processes=False)
+    else:  # both OUT RUN_DIR LOOP_OUT [PORT]: one process of the two-process job (PORT: process 0)
+        _worker(Path(sys.argv[2]), int(sys.argv[5]) if len(sys.argv) > 5 else None)
+        _loop_worker(Path(sys.argv[3]), Path(sys.argv[4]), two_processes=True)
+        import jax
+
+        jax.distributed.shutdown()
