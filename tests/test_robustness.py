@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import test_jit as fast_jit
 
 from jax_namnmt import workflow
 from jax_namnmt.config import load_config
@@ -121,7 +122,7 @@ def test_clipped_step_equals_optax_clip_by_global_norm_then_adam(tiny_config, ti
     schedule, key = schedule_args(1e-2, 0, 0.0), jax.random.key(3)
     model, chunk = Transformer(tiny_config), loss_chunk_for(None)
 
-    @jax.jit
+    @fast_jit
     def grads_of(params, batch, step):  # the step's loss: label-smoothed, per target token, its dropout
         def loss_fn(p):
             loss, _, ntokens = batch_loss(model, p, batch, None, smoothing, chunk, deterministic=False,
@@ -134,12 +135,16 @@ def test_clipped_step_equals_optax_clip_by_global_norm_then_adam(tiny_config, ti
     reference = optax.chain(optax.clip_by_global_norm(clip), optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
     ref_params = jax.tree.map(np.array, tiny_params)
     ref_state = reference.init(ref_params)
+    # the reference's updates jitted too (backend optimizations off, as conftest's helpers): one
+    # program each, where running them eagerly compiled every op apart
+    update, norm_of = fast_jit(reference.update), fast_jit(optax.tree.norm)
+    apply = fast_jit(lambda params, direction, lr: jax.tree.map(lambda p, d: p - lr * d, params, direction))
     for step, batch in enumerate(batches):
         grads = grads_of(ref_params, batch, step)
-        norm = float(optax.tree.norm(grads))
-        direction, ref_state = reference.update(grads, ref_state, ref_params)
+        norm = float(norm_of(grads))
+        direction, ref_state = update(grads, ref_state, ref_params)
         lr = inverse_sqrt_lr(step, *schedule)
-        ref_params = jax.tree.map(lambda p, d: p - lr * d, ref_params, direction)
+        ref_params = apply(ref_params, direction, lr)
 
         state, metrics = step_fn(state, batch, None, key, schedule)
         metrics = jax.device_get(metrics)
