@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,17 +133,17 @@ def test_pair_without_files(tiny, tmp_path):
 
 
 def test_translate_unknown_language(tiny):
-    proc = door("translate", "--checkpoint", tiny["run"], "--src", "de", "--tgt", "xx", "--quiet",
-                stdin="Zwei Hunde spielen im Schnee.\n")
-    assert_user_error(proc, "target language 'xx'", "de, en, fr", tiny["run"])
-    assert proc.stdout == ""
-    # a source code the model does not know (it used to translate anyway), and one language twice
-    proc = door("translate", "--checkpoint", tiny["run"], "--src", "xx", "--tgt", "en", "--quiet",
-                stdin="Zwei Hunde spielen im Schnee.\n")
-    assert_user_error(proc, "source language 'xx'", "de, en, fr")
-    proc = door("translate", "--checkpoint", tiny["run"], "--src", "de", "--tgt", "de", "--quiet",
-                stdin="Zwei Hunde spielen im Schnee.\n")
-    assert_user_error(proc, "both 'de'")
+    # an unknown target, a source code the model does not know (it used to translate anyway), and
+    # one language twice: three doors, run at the same time (each mostly starts Python and imports)
+    directions = [("de", "xx"), ("xx", "en"), ("de", "de")]
+    with ThreadPoolExecutor(len(directions)) as pool:
+        target, source, twice = pool.map(lambda d: door("translate", "--checkpoint", tiny["run"], "--src", d[0],
+                                                        "--tgt", d[1], "--quiet",
+                                                        stdin="Zwei Hunde spielen im Schnee.\n"), directions)
+    assert_user_error(target, "target language 'xx'", "de, en, fr", tiny["run"])
+    assert target.stdout == ""
+    assert_user_error(source, "source language 'xx'", "de, en, fr")
+    assert_user_error(twice, "both 'de'")
 
 
 def test_finetune_masks_that_do_not_fit(tiny, tmp_path):
