@@ -15,6 +15,11 @@ With ``--bleu``, sacreBLEU of each side's output against the references.
 
     python -m benchmarks.cpu_decode_real --rounds 4            # de-en, CTranslate2 float32 in both layouts
     python -m benchmarks.cpu_decode_real --ct2-compute-types float32,int8 --bleu
+    python -m benchmarks.cpu_decode_real --weights float32,bfloat16,int8 --ct2-compute-types float32,int8 --bleu
+
+``--weights`` adds our decoder with the matrices in bfloat16 or int8 (``DecodeConfig.weights``,
+``model/low_precision.py``) as further sides: ``jax`` is float32, ``jax_bfloat16`` and ``jax_int8``
+the others; every ours/peer pair gets its ratios.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=128, help="sentences a batch, both sides")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--weights", default="float32", help="our sides: decode.weights settings, comma-separated")
     p.add_argument("--ct2-compute-types", default="float32")
     p.add_argument("--ct2-layouts", default="1x2,2x1", help="INTERxINTRA, as in cpu_throughput")
     p.add_argument("--no-ctranslate2", action="store_true")
@@ -64,31 +70,34 @@ def read_split(path) -> list[str]:
         return f.read().splitlines()
 
 
-def ours_session(run, sources, pid, masks, batch):
-    """Our decoder on ``sources`` (compiled on the first batch first); ``(run_round, result)``."""
+def ours_session(run, sources, pid, masks, batch, weights="float32"):
+    """Our decoder on ``sources`` (compiled on the first batch first), the matrices in ``weights``
+    (converted once, before the rounds); ``(run_round, result)``."""
     import dataclasses
 
     import jax
     import numpy as np
 
     from jax_namnmt.decoding import translate_ids
+    from jax_namnmt.model.low_precision import convert_params
 
-    decode = dataclasses.replace(run.config.decode, batch_sentences=batch)
+    decode = dataclasses.replace(run.config.decode, batch_sentences=batch, weights=weights)
+    params = convert_params(run.params, weights)
     pairs = np.full(len(sources), pid, np.int32)
     t0 = time.perf_counter()
-    translate_ids(run.params, run.config.model, masks, sources, pairs, decode)
+    translate_ids(params, run.config.model, masks, sources, pairs, decode)
     warm_s = time.perf_counter() - t0
     box = {}
 
     def run_round():
         t0 = time.perf_counter()
-        box["outputs"] = translate_ids(run.params, run.config.model, masks, sources, pairs, decode)
+        box["outputs"] = translate_ids(params, run.config.model, masks, sources, pairs, decode)
         return time.perf_counter() - t0
 
     def result(seconds):
         outputs = [[int(t) for t in o[: int(np.argmax(o == 3)) + 1] if (o == 3).any()] or [int(t) for t in o if t]
                    for o in box["outputs"]]
-        return side_result(f"jax {jax.__version__} (decoding.translate_ids)", outputs, seconds, warm_s,
+        return side_result(f"jax {jax.__version__} (decoding.translate_ids, {weights} weights)", outputs, seconds, warm_s,
                            {"decode_config": dataclasses.asdict(decode)})
 
     return run_round, result
@@ -153,7 +162,8 @@ def main(argv=None) -> dict:
     width = max(len(s) for s in sources)
     max_len = max_output_len(width, run.config.decode, 1024)
 
-    sessions = {"jax": ours_session(run, sources, pid, masks, args.batch)}
+    ours_sides = {("jax" if w == "float32" else f"jax_{w}"): w for w in args.weights.split(",") if w}
+    sessions = {name: ours_session(run, sources, pid, masks, args.batch, w) for name, w in ours_sides.items()}
     use_ct2 = not args.no_ctranslate2 and importable("ctranslate2")
     ct2_sides = [(t, lay) for t in args.ct2_compute_types.split(",") if t
                  for lay in args.ct2_layouts.split(",") if lay] if use_ct2 else []
@@ -161,7 +171,7 @@ def main(argv=None) -> dict:
         sessions[f"ctranslate2_{t}_{lay}"] = ct2_session(run, sources, batches, t, lay, max_len)
     results = interleaved(sessions, args.rounds)
 
-    ours = results["jax"]
+    ours = results[next(iter(ours_sides))]  # the first --weights side: "same output as ours" compares with it
     report = {"benchmark": "cpu_decode_real", "direction": f"{args.src}-{args.tgt}", "split": args.split,
               "sentences": len(sources), "batch_sentences": args.batch, "rounds": args.rounds,
               "threads": args.threads, "cpu_count": os.cpu_count(),
@@ -176,17 +186,19 @@ def main(argv=None) -> dict:
         r["same_outputs_as_ours"] = same
         print(f"| {name}: {r['framework']} | {r['sentences_per_s']:,.1f} | {r['output_tokens_per_s']:,.0f} | "
               f"{r['output_tokens']} | {same} of {len(sources)} | {r['seconds']:.2f} |")
-    for name in results:
-        if name == "jax":
-            continue
-        paired = paired_ratios(ours["round_seconds"], results[name]["round_seconds"])
-        report[f"paired_ratio_jax_over_{name}"] = paired
-        report[f"ratio_jax_over_{name}"] = ours["sentences_per_s"] / results[name]["sentences_per_s"]
-        cpu = paired_ratios(ours["round_cpu_seconds"], results[name]["round_cpu_seconds"])
-        report[f"paired_cpu_ratio_jax_over_{name}"] = cpu
-        print(f"ours / {name} (sentences/s): {report[f'ratio_jax_over_{name}']:.3f} (fastest rounds); round by "
-              f"round {', '.join(f'{x:.3f}' for x in paired['per_round'])}, median {paired['median']:.3f}; "
-              f"by CPU seconds, median of pairs {cpu['median']:.3f}")
+    for mine in ours_sides:
+        for name in results:
+            if name in ours_sides:
+                continue
+            me, peer = results[mine], results[name]
+            paired = paired_ratios(me["round_seconds"], peer["round_seconds"])
+            report[f"paired_ratio_{mine}_over_{name}"] = paired
+            report[f"ratio_{mine}_over_{name}"] = me["sentences_per_s"] / peer["sentences_per_s"]
+            cpu = paired_ratios(me["round_cpu_seconds"], peer["round_cpu_seconds"])
+            report[f"paired_cpu_ratio_{mine}_over_{name}"] = cpu
+            print(f"{mine} / {name} (sentences/s): {report[f'ratio_{mine}_over_{name}']:.3f} (fastest rounds); "
+                  f"round by round {', '.join(f'{x:.3f}' for x in paired['per_round'])}, median "
+                  f"{paired['median']:.3f}; by CPU seconds, median of pairs {cpu['median']:.3f}")
     if args.bleu:
         import sacrebleu
 

@@ -25,6 +25,7 @@ import numpy as np
 from jax_namnmt.config import DecodeConfig, ModelConfig
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from jax_namnmt.model.low_precision import convert_params
 
 # the package's sources the beam-search program is made from (its ahead-of-time cache key; a test
 # checks that they cover every module of the package that make_beam_decoder imports)
@@ -45,13 +46,20 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                       min_len: int = 1):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
     from jax_namnmt.model.baked import module_for
+    import flax.linen as nn
+
     from jax_namnmt.model.beam_search import beam_search, expand_to_beams, shrink_sizes
+    from jax_namnmt.model.low_precision import low_precision_products
     from jax_namnmt.model.transformer import Transformer, with_decoding
 
     config = with_decoding(config)
 
     @jax.jit
     def decode(params, src, pair_ids, masks):
+        with nn.intercept_methods(low_precision_products):  # bfloat16/int8 weights (model/low_precision.py)
+            return search(params, src, pair_ids, masks)
+
+    def search(params, src, pair_ids, masks):
         batch, src_len = src.shape
         # max_positions sizes the sinusoid table, which must cover the source positions in the
         # encoder (an out-of-range gather would clamp them silently), and the decoder's
@@ -140,6 +148,7 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
     program (loading or compiling it)."""
     if len(sources) == 0:
         return []
+    params = convert_params(params, decode.weights)  # as it is for float32 (or when converted already)
     count = len(sources)
     if bucket:
         rows, _ = bucket_shape(count, 1, decode.batch_sentences)

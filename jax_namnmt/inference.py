@@ -26,6 +26,7 @@ from jax_namnmt.config import Config, ModelConfig
 from jax_namnmt.data.vocab import EOS_ID, UNK_ID, Vocab
 from jax_namnmt.errors import CheckpointError, DataError
 from jax_namnmt.jsonfile import load_json
+from jax_namnmt.model.low_precision import check_weights, convert_params
 
 
 @dataclass
@@ -163,6 +164,8 @@ class Translator:
         self.pair, self.masks, self.notes = plan.pair_ids[direction], plan.masks, plan.notes
         self.tag = self.model.vocab.tag_id(self.tgt)
         self.limit = source_limit(self.model.config)
+        # the matrices in decode.weights' precision, converted once (the model keeps its float32 ones)
+        self.params = convert_params(self.model.params, self.model.config.decode.weights)
 
     def _unknown_only(self, ids: Sequence[int]) -> bool:
         """Whether ``ids`` hold no piece but the unknown piece and white space."""
@@ -210,7 +213,7 @@ class Translator:
                     sources.append(np.asarray((self.tag, *piece, EOS_ID), np.int32))
                     owners.append(k)
         decode = self.model.config.decode
-        ids = translate_ids(self.model.params, self.model.config.model, self.masks, sources,
+        ids = translate_ids(self.params, self.model.config.model, self.masks, sources,
                             np.full(len(sources), self.pair, np.int32), decode, progress=None, bucket=True,
                             aot=True, before_compile=self.model.check, stats=self.stats)
         hyps = self.model.vocab.decode_batch(ids) if ids else []
@@ -224,9 +227,13 @@ class Translator:
         return outputs
 
 
-def with_search(model: Model, beam: int | None = None, lenpen: float | None = None) -> Model:
-    """``model`` with its config's beam size and length penalty replaced where given."""
+def with_search(model: Model, beam: int | None = None, lenpen: float | None = None,
+                weights: str | None = None) -> Model:
+    """``model`` with its config's beam size, length penalty and weights' precision
+    (``DecodeConfig.weights``) replaced where given."""
     decode = model.config.decode
+    if weights is not None:
+        decode = dataclasses.replace(decode, weights=check_weights(weights, "--weights"))
     if beam is not None:
         decode = dataclasses.replace(decode, beam_size=beam)
     if lenpen is not None:

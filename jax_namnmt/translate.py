@@ -46,6 +46,9 @@ def _parser():
                         "translate only the rest")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the config's, 4)")
     p.add_argument("--lenpen", type=float, default=None, help="length penalty (default: the config's, 0.6)")
+    p.add_argument("--weights", choices=("float32", "bfloat16", "int8"), default=None,
+                   help="precision of the model's matrices while decoding: float32, bfloat16 (faster on CPUs with "
+                        "AVX512-BF16, BLEU within 0.1 on Multi30k) or int8 (default: the config's, float32)")
     p.add_argument("--long-lines", choices=segment.LONG_LINE_POLICIES, default="split",
                    help="a line longer than the model was trained for: split at sentence ends (a sentence still "
                         "too long is cut, with a warning), truncate (with a warning) or error (default: split)")
@@ -82,7 +85,7 @@ def main() -> int:
         if not packaged.is_package(checkpoint):
             raise CheckpointError(f"no --checkpoint given and the shipped model {checkpoint} is missing from this "
                                   "installation; pass --checkpoint RUN")
-    model = inference.with_search(inference.load_model(Path(checkpoint)), args.beam, args.lenpen)
+    model = inference.with_search(inference.load_model(Path(checkpoint)), args.beam, args.lenpen, args.weights)
     lap("load_model")
     translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin")
     if not args.quiet:
@@ -197,7 +200,7 @@ def completed_lines(path: Path) -> int:
 def _state(translator, checkpoint: Path, args) -> dict:
     config = translator.model.config
     return {"checkpoint": str(checkpoint.resolve()), "src": args.src, "tgt": args.tgt,
-            "beam": config.decode.beam_size, "lenpen": config.decode.length_penalty,
+            "beam": config.decode.beam_size, "lenpen": config.decode.length_penalty, "weights": config.decode.weights,
             "long_lines": args.long_lines, "input": str(Path(args.input).resolve()) if args.input else "stdin"}
 
 
@@ -212,6 +215,7 @@ def _batch(translator, args, checkpoint: Path) -> None:
                 from jax_namnmt.jsonfile import load_json
 
                 before = load_json(state_path)
+                before.setdefault("weights", "float32")  # written before --weights existed
                 # an `error` run wrote no long line: any --long-lines may go on from where it stopped
                 changed = [k for k in state if k != "input" and before.get(k) != state[k]
                            and not (k == "long_lines" and before.get(k) == "error")]

@@ -21,7 +21,7 @@ import pytest
 from tiny_package import LIMIT, make_tiny_package
 
 from jax_namnmt import aot, decoding, inference, segment, translate
-from jax_namnmt.errors import DataError
+from jax_namnmt.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 HANG = 600  # seconds: a guard against a hung child process, not a timing limit
@@ -154,6 +154,28 @@ def test_truncate_and_error_policies_name_the_line(model):
     with pytest.raises(DataError, match=r"in.txt:2: 100 subword tokens, longer than the 30"):
         translator(model, "error").translate(["Ein Hund.", long_line])
     assert translator(model, "error").translate(["Ein Hund."])[0]
+
+
+def test_translator_with_int8_weights(model):
+    """``--weights int8`` (``inference.with_search``): the translator converts the parameters once,
+    the model keeps its float32 ones, and each line gives the translation of the int8 search."""
+    import dataclasses
+
+    import numpy as np
+
+    from jax_namnmt.decoding import translate_ids
+
+    before = model.params["embed"]["embedding"]
+    low = inference.with_search(dataclasses.replace(model), weights="int8")
+    t = translator(low)
+    assert t.params["embed"]["embedding"].dtype == np.int8 and model.params["embed"]["embedding"] is before
+    out = t.translate(SENTENCES[:3])
+    sources = [np.asarray((t.tag, *ids, 3), np.int32) for ids in model.vocab.encode_batch(SENTENCES[:3])]
+    ids = translate_ids(model.params, model.config.model, None, sources, np.full(3, t.pair, np.int32),
+                        low.config.decode, bucket=True)
+    assert out == model.vocab.decode_batch(ids)  # the same search as translate_ids with decode.weights int8
+    with pytest.raises(ConfigError, match="--weights = 'int4'"):
+        inference.with_search(dataclasses.replace(model), weights="int4")
 
 
 def test_resume_refuses_other_settings(package, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,172 @@
+"""bfloat16 and int8 weights for decoding (``model/low_precision.py``): the conversion of a
+parameter tree, the int8 product, and the model's outputs with converted weights against float32."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import dot_equations, test_jit as fast_jit
+
+from jax_namnmt.config import Config, DecodeConfig
+from jax_namnmt.errors import ConfigError
+from jax_namnmt.model.low_precision import (convert_params, embedding_rows, int8_product, low_precision_products,
+                                            params_weights, quantize_columns)
+from jax_namnmt.model.transformer import Transformer
+
+
+def test_quantize_columns_round_trip():
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((64, 9)).astype(np.float32) * np.linspace(0.01, 3.0, 9, dtype=np.float32)
+    matrix[:, 4] = 0.0
+    q, scale = quantize_columns(matrix)
+    assert q.dtype == np.int8 and scale.dtype == np.float32 and scale.shape == (9,)
+    assert scale[4] == 1.0 and not q[:, 4].any()  # an all-zero column stays zero
+    for j in (0, 1, 2, 3, 5, 6, 7, 8):
+        assert np.abs(q[:, j]).max() == 127  # each column's largest magnitude maps to 127
+        np.testing.assert_allclose(scale[j], np.abs(matrix[:, j]).max() / 127, rtol=1e-6)
+    error = np.abs(q * scale - matrix)
+    assert (error <= scale / 2 * (1 + 1e-5)).all()  # rounded to the nearest step
+
+
+def test_int8_product_is_exact_where_the_inputs_are_representable():
+    """Rows that are integers times a power of two with a largest magnitude of 127 quantise
+    without rounding, and an int8 matrix with power-of-two scales is what it stores: the product
+    must then equal the float one exactly."""
+    rng = np.random.default_rng(1)
+    ints = rng.integers(-127, 128, (5, 24))
+    ints[:, 0] = 127
+    row_scale = 2.0 ** rng.integers(-3, 3, (5, 1))
+    x = (ints * row_scale).astype(np.float32)
+    matrix = rng.integers(-127, 128, (24, 7)).astype(np.int8)
+    scale = (2.0 ** rng.integers(-6, 0, 7)).astype(np.float32)
+    got = np.asarray(int8_product(jnp.asarray(x), jnp.asarray(matrix), jnp.asarray(scale), contract=0))
+    want = (x.astype(np.float64) @ (matrix.astype(np.float64) * scale)).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+    # the transposed layout (the output layer: the embedding's rows are the outputs)
+    got_t = np.asarray(int8_product(jnp.asarray(x), jnp.asarray(matrix.T), jnp.asarray(scale), contract=1))
+    np.testing.assert_array_equal(got_t, want)
+    # an all-zero row stays zero (no division by a zero scale)
+    zero = np.asarray(int8_product(jnp.zeros((1, 24)), jnp.asarray(matrix), jnp.asarray(scale), contract=0))
+    assert not zero.any() and np.isfinite(zero).all()
+
+
+def _tree():
+    """A parameter tree with each kind of leaf: a plain projection, a +TS one (3-D kernel), an
+    adapter's kernel (not a projection), layer norm, the embedding."""
+    rng = np.random.default_rng(2)
+    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    return {
+        "embed": {"embedding": f(11, 8)},
+        "encoder_layer_0": {
+            "self_attn": {"q": {"dense": {"kernel": f(8, 8), "bias": f(8)}}},
+            "self_attn_res": {"norm": {"scale": f(8), "bias": f(8)}},
+            "adapter": {"down": {"kernel": f(3, 8, 4), "bias": f(3, 4)}},
+        },
+        "decoder_layer_0": {"cross_attn": {"q": {"dense": {"kernel": f(2, 8, 8), "bias": f(2, 8)}}}},
+    }
+
+
+def _leaves(tree) -> dict:
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_convert_params_changes_only_the_matrices(weights):
+    params = _tree()
+    converted = convert_params(params, weights)
+    assert params_weights(params) == "float32" and params_weights(converted) == weights
+    before, after = _leaves(params), _leaves(converted)
+    kernel = "['encoder_layer_0']['self_attn']['q']['dense']['kernel']"
+    embedding = "['embed']['embedding']"
+    for name, leaf in before.items():
+        if name in (kernel, embedding):
+            continue
+        assert after[name].dtype == np.float32, name  # biases, norms, +TS and adapter kernels unchanged
+        np.testing.assert_array_equal(after[name], leaf, err_msg=name)
+    if weights == "bfloat16":
+        assert set(after) == set(before)
+        for name in (kernel, embedding):
+            assert after[name].dtype == jnp.bfloat16
+            np.testing.assert_array_equal(np.asarray(after[name], np.float32),
+                                          np.asarray(before[name].astype(jnp.bfloat16), np.float32))
+    else:
+        assert set(after) == set(before) | {kernel.replace("kernel", "kernel_scale"),
+                                            embedding.replace("embedding", "embedding_scale")}
+        q, scale = after[kernel], after[kernel.replace("kernel", "kernel_scale")]
+        assert q.dtype == jnp.int8 and scale.shape == (8,)  # one scale per output feature (column)
+        assert (np.abs(q * scale - before[kernel]) <= scale / 2 * (1 + 1e-5)).all()
+        q, scale = after[embedding], after[embedding.replace("embedding", "embedding_scale")]
+        assert q.dtype == jnp.int8 and scale.shape == (11,)  # one per vocabulary entry (row)
+        assert (np.abs(q * scale[:, None] - before[embedding]) <= scale[:, None] / 2 * (1 + 1e-5)).all()
+    assert convert_params(converted, weights) is converted  # converted once
+    assert convert_params(params, "float32") is params
+    other = "int8" if weights == "bfloat16" else "bfloat16"
+    with pytest.raises(ConfigError, match=f"already {weights}"):
+        convert_params(converted, other)
+
+
+def test_weights_setting_is_checked():
+    with pytest.raises(ConfigError, match="decode.weights"):
+        convert_params(_tree(), "int4")
+    with pytest.raises(ConfigError, match="decode.weights = 'int4'"):
+        dataclasses.replace(Config(), decode=DecodeConfig(weights="int4")).validate()
+
+
+def test_int8_embedding_rows_are_the_dequantized_table():
+    params = convert_params(_tree(), "int8")
+    table, scale = params["embed"]["embedding"], params["embed"]["embedding_scale"]
+
+    class Holder(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            embed = nn.Embed(11, 8, name="embed")
+            return embedding_rows(embed, embed.embedding, tokens)
+
+    tokens = np.array([[3, 0, 10], [7, 7, 1]])
+    rows = Holder().apply({"params": {"embed": {"embedding": table, "embedding_scale": scale}}}, tokens)
+    np.testing.assert_array_equal(rows, (np.asarray(table, np.float32) * np.asarray(scale)[:, None])[tokens])
+
+
+def _apply(params, batch, masks, *, config):
+    with nn.intercept_methods(low_precision_products):
+        return Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
+
+
+_logits = fast_jit(_apply, static_argnames=("config",))
+
+
+@pytest.fixture(scope="module")
+def forward_case(tiny_config, tiny_params, pack, example, make_masks):
+    config = dataclasses.replace(tiny_config, dropout=0.0)
+    rng = np.random.default_rng(3)
+    batch = pack([[example(rng, 6, 5, p)] for p in range(3)], 16, 16)
+    masks = make_masks(config, 3, seed=1)
+    reference = np.asarray(_logits(tiny_params, batch, masks, config=config))
+    return config, batch, masks, reference
+
+
+def test_float32_parameters_pass_through_the_interceptor(forward_case, tiny_params, fns):
+    config, batch, masks, reference = forward_case
+    np.testing.assert_allclose(reference, np.asarray(fns.forward(tiny_params, batch, masks, config=config)),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("weights, dtype, tolerance", [("bfloat16", jnp.bfloat16, 0.02), ("int8", jnp.int8, 0.03)])
+def test_model_with_low_precision_weights_is_close_to_float32(forward_case, tiny_params, weights, dtype, tolerance):
+    config, batch, masks, reference = forward_case
+    params = convert_params(tiny_params, weights)
+    logits = np.asarray(_logits(params, batch, masks, config=config))
+    error = np.abs(logits - reference).max() / np.abs(reference).max()
+    assert 0 < error < tolerance, error  # the products did change precision, and only by that much
+    # every projection and the output layer multiply in the low precision
+    jaxpr = jax.make_jaxpr(partial(_apply, config=config))(params, batch, masks)
+    dots = dot_equations(jaxpr.jaxpr)
+    low = [eqn for eqn in dots if all(v.aval.dtype == dtype for v in eqn.invars)]
+    projections = 4 * 3 + 2 * 2 + 1  # q/k/v/out of 3 attentions, fc1/fc2 of 2 FFNs, the output layer
+    assert len(low) == projections, [tuple(v.aval.dtype for v in eqn.invars) for eqn in dots]
