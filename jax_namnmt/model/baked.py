@@ -110,6 +110,7 @@ class BakedAttention(nn.Module):
             if decode:  # head-major while decoding, as transformer.Attention
                 k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
             if decode and not self.causal_cache:
+                k = k.transpose(0, 1, 3, 2)  # source keys transposed, as transformer.Attention keeps them
                 self.put_variable("source", "key", k)
                 self.put_variable("source", "value", v)
         if decode and self.causal_cache:
@@ -119,7 +120,7 @@ class BakedAttention(nn.Module):
         if decode:  # a sentence's beams attend to its one copy of the source keys/values together
             group = rows // k.shape[0]
             q = q.reshape((k.shape[0], group * q_len) + q.shape[2:])
-            logits = jnp.einsum("bhqd,bhkd->bhqk", q.transpose(0, 2, 1, 3), k).astype(jnp.float32)
+            logits = jnp.einsum("bhqd,bhdk->bhqk", q.transpose(0, 2, 1, 3), k).astype(jnp.float32)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if bias is not None:
