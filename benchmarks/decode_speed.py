@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=256, help="sentences a batch")
     p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
     p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--weights", choices=("float32", "bfloat16", "int8"), default="float32",
+                   help="our side's matrices while decoding (decode.weights, model/low_precision.py)")
     p.add_argument("--hf-dtype", choices=("bfloat16", "float32"), default="bfloat16",
                    help="Marian weights on CUDA (CPU: always float32)")
     args = p.parse_args(argv)
@@ -93,6 +95,7 @@ def side_jax(args) -> dict:
     from jax_namnmt.config import DecodeConfig
     from jax_namnmt.data.vocab import EOS_ID, PAD_ID
     from jax_namnmt.decoding import make_beam_decoder, max_output_len
+    from jax_namnmt.model.low_precision import convert_params
 
     config = model_config(args)
     info = jax_device_info()
@@ -100,12 +103,13 @@ def side_jax(args) -> dict:
     n = args.decode_len
     # max output = 0 * src_len + n; EOS banned for the first n - 1 tokens: exactly n tokens.
     decode = DecodeConfig(beam_size=args.beam, length_penalty=0.6, penalty_form="fairseq", stop_early="fairseq",
-                          max_len_a=0.0, max_len_b=n, min_len=n - 1, batch_sentences=args.batch)
+                          max_len_a=0.0, max_len_b=n, min_len=n - 1, batch_sentences=args.batch,
+                          weights=args.weights)
     width = max(s.shape[1] for _, s, _ in batches)
     max_len = max_output_len(width, decode, 1024)
     decoder = make_beam_decoder(config, decode.beam_size, max_len, decode.length_penalty, decode.penalty_form,
                                 decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len)
-    params = init_params(config, args.seed)
+    params = convert_params(init_params(config, args.seed), args.weights)
     inputs = []
     for _, s, p in batches:
         padded = np.full((s.shape[0], width), PAD_ID, np.int32)
@@ -127,7 +131,8 @@ def side_jax(args) -> dict:
         out = np.asarray(out)
         lengths += forced_lengths(out[indices >= 0], EOS_ID)
     return decode_result(
-        f"jax {jax.__version__} (decoding.make_beam_decoder, jit lax.while_loop, {config.dtype} compute)",
+        f"jax {jax.__version__} (decoding.make_beam_decoder, jit lax.while_loop, {config.dtype} compute, "
+        f"{args.weights} weights)",
         len(src), secs, warm_s, lengths, args,
         {"batches": len(batches), "batch_shape": [int(batches[0][1].shape[0]), int(width)], "max_len": max_len,
          "decode_config": dataclasses.asdict(decode), **info})

@@ -3,7 +3,8 @@
 #
 #     bash benchmarks/run_gpu.sh OUTDIR
 #
-# writes OUTDIR/<name>.json and OUTDIR/<name>.log for train_throughput, decode_speed,
+# writes OUTDIR/<name>.json and OUTDIR/<name>.log for train_throughput, decode_speed (and
+# decode_speed_bf16_weights),
 # masked_overhead and importance_throughput (plus env.txt: GPU, versions). Each runs under
 # `timeout` with at most its cap and at most what is left of BUDGET seconds (default 240, the
 # whole script, compiles included); a failing or killed one is logged and the next one runs.
@@ -87,6 +88,8 @@ run train_throughput train_throughput 90 --steps 20 --warmup 3 --sides jax,maria
 # our step in the compact layout (data.layout=compact; the CPU default; 10% slower than rows on an H100, 2026-11-26)
 run train_throughput_compact train_throughput 60 --steps 20 --warmup 3 --sides jax --layout compact
 run decode_speed decode_speed 70 --sentences 2048 --batch 256 --decode-len 20 ${DECODE_ARGS:-}
+# ours alone with the matrices in bfloat16 (decode.weights; float32 master weights cast per use above)
+run decode_speed_bf16_weights decode_speed 45 --sentences 2048 --batch 256 --decode-len 20 --no-torch --weights bfloat16 ${DECODE_ARGS:-}
 # 8, 32 and 128 pairs in one run (a masked step compiled per number of pairs; goal: within 5% at 128)
 run masked_overhead masked_overhead 110 --steps 20 --warmup 2 --repeats 2 --mask-lookup gather ${MASKED_ARGS:-}
 # the same with the one-hot-matmul lookup (its cost grows with the pairs), and the CPU's packed bits

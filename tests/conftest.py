@@ -4,6 +4,15 @@ random neuron masks and a packer for the packed-row batch layout of ``data/batch
 
 from __future__ import annotations
 
+import os
+
+# The suite compiles hundreds of small programs. The package's allocator setting (one arena, for
+# decoding speed: jax_namnmt/malloc.py) makes XLA's compile threads share that arena: the whole
+# suite took 18 min 23 s with it and 14 min 11 s without (2-core VM, 2026-12-06, one run each, in
+# a row). Set before the package is imported; tests/test_malloc.py checks the setting itself in
+# processes of its own. An explicit JAX_NAMNMT_MALLOC wins.
+os.environ.setdefault("JAX_NAMNMT_MALLOC", "system")
+
 import contextlib
 import resource
 import signal

@@ -175,9 +175,11 @@ def test_importance_throughput_quick(run_quick):
 
 
 def test_decode_speed_quick(run_quick):
-    report, stdout = run_quick("decode_speed", as_file=True)
+    weights = "int8"  # the matrices converted before the search (float32, the default, passes through as it is)
+    report, stdout = run_quick("decode_speed", "--weights", weights, as_file=True)
     assert report["beam"] == 4 and report["forced_output_len"] == 6
     r = report["results"]["jax"]
+    assert r["decode_config"]["weights"] == weights and f"{weights} weights" in r["framework"]
     assert "error" not in r, r
     assert r["sentences"] == report["sentences"] == 8
     assert r["decoded_rows"] == 8 and r["output_lengths"] == [6] and r["all_lengths_forced"] is True
@@ -202,9 +204,10 @@ def test_run_gpu_sh_runs_the_chosen_ablations(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = [line for line in calls.read_text().splitlines() if "-m benchmarks." in line]
     scripts = [line.split("ARGS=-m benchmarks.")[1].split(" ")[0] for line in runs]
-    assert scripts == ["train_throughput", "decode_speed", "masked_overhead", "importance_throughput",
+    assert scripts == ["train_throughput", "decode_speed", "decode_speed", "masked_overhead", "importance_throughput",
                        "train_throughput", "train_throughput"]
-    assert "--mask-lookup gather" in runs[2] and "--layout compact" not in " ".join(runs)
+    assert "--weights" not in runs[1] and "--weights bfloat16" in runs[2] and "decode_speed_bf16_weights.json" in runs[2]
+    assert "--mask-lookup gather" in runs[3] and "--layout compact" not in " ".join(runs)
     bf16, layer_norm = runs[-2:]
     assert "--logits-dtype bfloat16" in bf16 and "ablate_bf16_logits.json" in bf16
     assert "--xla_gpu_enable_cudnn_layer_norm=true" in layer_norm and "ablate_cudnn_layer_norm.json" in layer_norm
