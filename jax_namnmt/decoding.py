@@ -45,9 +45,9 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
                       stop_early: str = "fairseq", max_len_a: float = 1.2, max_len_b: int = 10,
                       min_len: int = 1):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
-    from jax_namnmt.model.baked import module_for
     import flax.linen as nn
 
+    from jax_namnmt.model.baked import module_for
     from jax_namnmt.model.beam_search import beam_search, expand_to_beams, shrink_sizes
     from jax_namnmt.model.low_precision import low_precision_products
     from jax_namnmt.model.transformer import Transformer, with_decoding

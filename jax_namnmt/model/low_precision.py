@@ -64,16 +64,11 @@ def params_weights(params) -> str:
 def convert_params(params, weights: str) -> dict:
     """``params`` (float32) with its matrices in ``weights`` (see the module docstring); a tree
     already in ``weights`` is returned as it is. Device arrays."""
-    check_weights(weights)
-    if weights == "float32" and params_weights(params) == "float32":
-        return params
     current = params_weights(params)
-    if current == weights:
+    if check_weights(weights) == current:
         return params
     if current != "float32":
         raise ConfigError(f"decode.weights = {weights!r}: the parameters are already {current}; convert float32 ones")
-    if weights == "float32":
-        return params
 
     def convert(matrix, outputs_on_rows=False):
         if weights == "bfloat16":
