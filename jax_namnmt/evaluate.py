@@ -1,6 +1,7 @@
 """BLEU and chrF (sacreBLEU) of a trained model per pair and on average.
 
     python -m jax_namnmt.evaluate --checkpoint DIR [--workdir DIR] [--data DIR] [--split test] [--max-lines N]
+                                  [--weights float32|bfloat16|int8]
 
 The data: ``--data``; else the corpus the run was trained on (its config's ``data.data_dir``);
 for a run or package trained on the embedded Multi30k (``data.data_dir`` empty), ``WORKDIR/data``
@@ -62,12 +63,17 @@ def main() -> int:
                         "decode.zero_shot, auto)")
     p.add_argument("--zero-shot-masks", default=None, choices=("union", "intersection", "general"),
                    help="how a masked model's zero-shot mask is composed (default: the run's method.zero_shot_masks)")
+    p.add_argument("--weights", default=None, choices=("float32", "bfloat16", "int8"),
+                   help="precision of the model's matrices while decoding, as translate --weights (default: the "
+                        "config's decode.weights, float32)")
     p.add_argument("--out", default=None, help="write the scores and hypotheses as JSON")
     args = p.parse_args()
     checkpoint = Path(args.checkpoint)
     run = workflow.load_run(checkpoint)
     if args.zero_shot_masks:
         run.config = run.config.with_sections(method={"zero_shot_masks": args.zero_shot_masks})
+    if args.weights:
+        run.config = run.config.with_sections(decode={"weights": args.weights})
     split = args.split or run.config.decode.test_split
     max_lines = run.config.decode.test_max_lines if args.max_lines is None else args.max_lines
     with ExitStack() as stack:
@@ -87,7 +93,7 @@ def main() -> int:
               f"{scores['zero_shot_avg']['bleu']:.2f}; the trained pairs' {scores['avg']['bleu']:.2f}")
     print(f"signature: {scores['signature']['bleu']}")
     if args.out:
-        save_json(args.out, scores)
+        save_json(args.out, {**scores, "weights": run.config.decode.weights})
     return 0
 
 

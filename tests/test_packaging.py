@@ -97,6 +97,19 @@ def test_evaluate_defaults_to_the_embedded_corpus(tmp_path, monkeypatch, capsys)
     assert sorted(tmp_path.iterdir()) == [out]  # nothing left behind in the working directory
 
 
+def test_evaluate_with_bfloat16_weights(tmp_path, monkeypatch, capsys):
+    """``evaluate --weights bfloat16``: the shipped model decodes with bfloat16 matrices (the
+    setting recorded in the scores) and still scores like itself on its test lines."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "scores.json"
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--checkpoint", str(SHIPPED), "--max-lines", "5", "--quiet",
+                                      "--zero-shot", "none", "--weights", "bfloat16", "--out", str(out)])
+    assert evaluate.main() == 0
+    scores = json.loads(out.read_text())
+    assert scores["weights"] == "bfloat16" and scores["sentences"] == 5 * 8
+    assert scores["avg"]["bleu"] > 25
+
+
 def test_evaluate_data_directory_choice(tmp_path):
     def run(data_dir=""):
         return SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(data_dir=data_dir)),
