@@ -34,6 +34,8 @@ if not __package__:  # run as a file, ``python benchmarks/NAME.py``: run as ``py
 
     run_as_module(__file__)
 
+from jax_namnmt.config import DECODE_WEIGHTS  # noqa: E402
+
 from .driver import Driver, add_common_args, run_side  # noqa: E402
 from .ours import init_params, jax_device_info  # noqa: E402
 from .peers_torch import (build_marian, forced_generate_kwargs, marian_sources, torch_device,  # noqa: E402
@@ -53,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=256, help="sentences a batch")
     p.add_argument("--decode-len", type=int, default=20, help="forced output tokens a sentence, EOS included")
     p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--weights", choices=("float32", "bfloat16", "int8"), default="float32",
+    p.add_argument("--weights", choices=DECODE_WEIGHTS, default="float32",
                    help="our side's matrices while decoding (decode.weights, model/low_precision.py)")
     p.add_argument("--hf-dtype", choices=("bfloat16", "float32"), default="bfloat16",
                    help="Marian weights on CUDA (CPU: always float32)")

@@ -23,6 +23,7 @@ LAYOUTS = ("auto", "compact", "rows")  # data.layout (see jax_namnmt/data/batchi
 
 IMPORTANCE_LOSSES = ("label_smoothed", "cross_entropy")  # method.importance_loss
 MODULE_SETS = ("all", "no_embedding_inputs")  # method.modules
+DECODE_WEIGHTS = ("float32", "bfloat16", "int8")  # decode.weights (model/low_precision.py)
 NORMALIZATIONS = ("none", "pair_mean")  # method.normalize
 
 MANY_TO_MANY_8 = ("de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de")
@@ -395,7 +396,7 @@ class Config:
             ("method.zero_shot_masks", self.method.zero_shot_masks, ("union", "intersection", "general")),
             ("decode.penalty_form", self.decode.penalty_form, ("fairseq", "gnmt")),
             ("decode.stop_early", self.decode.stop_early, ("fairseq", "exact")),
-            ("decode.weights", self.decode.weights, ("float32", "bfloat16", "int8")),
+            ("decode.weights", self.decode.weights, DECODE_WEIGHTS),
         ]
         for name, value, allowed in checks:
             if value not in allowed:

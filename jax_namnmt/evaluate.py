@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from jax_namnmt import cli, workflow
+from jax_namnmt.config import DECODE_WEIGHTS
 from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir
 from jax_namnmt.errors import ConfigError
 from jax_namnmt.metrics import format_table
@@ -63,7 +64,7 @@ def main() -> int:
                         "decode.zero_shot, auto)")
     p.add_argument("--zero-shot-masks", default=None, choices=("union", "intersection", "general"),
                    help="how a masked model's zero-shot mask is composed (default: the run's method.zero_shot_masks)")
-    p.add_argument("--weights", default=None, choices=("float32", "bfloat16", "int8"),
+    p.add_argument("--weights", default=None, choices=DECODE_WEIGHTS,
                    help="precision of the model's matrices while decoding, as translate --weights (default: the "
                         "config's decode.weights, float32)")
     p.add_argument("--out", default=None, help="write the scores and hypotheses as JSON")

@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
 
 from jax_namnmt import cli, segment  # noqa: E402
+from jax_namnmt.config import DECODE_WEIGHTS  # noqa: E402
 from jax_namnmt.errors import CheckpointError, DataError  # noqa: E402
 
 STATE_SUFFIX = ".translate.json"  # beside --output while a run is unfinished: what --resume must match
@@ -46,7 +47,7 @@ def _parser():
                         "translate only the rest")
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the config's, 4)")
     p.add_argument("--lenpen", type=float, default=None, help="length penalty (default: the config's, 0.6)")
-    p.add_argument("--weights", choices=("float32", "bfloat16", "int8"), default=None,
+    p.add_argument("--weights", choices=DECODE_WEIGHTS, default=None,
                    help="precision of the model's matrices while decoding: float32, bfloat16 (1.4x the sentences/s "
                         "on a CPU with AVX512-BF16, BLEU -0.05 on Multi30k de-en) or int8 (default: the config's, "
                         "float32)")

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ import pytest
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.data.vocab import BOS_ID
 from jax_namnmt.method.masks import module_sizes, nest
+from jax_namnmt.model.low_precision import low_precision_products
 from jax_namnmt.model.transformer import Transformer, init_params
 from jax_namnmt.training.loss import label_smoothed_nll
 
@@ -138,6 +140,16 @@ def forward_h(params, batch, masks, *, config):
     return logits, acts
 
 
+def low_precision_logits(params, batch, masks, *, config):
+    """Logits with bfloat16 or int8 parameters (``model/low_precision.convert_params``) through the
+    interceptor the beam search runs under; float32 parameters give ``forward``'s."""
+    with nn.intercept_methods(low_precision_products):
+        return Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
+
+
+forward_low_precision = test_jit(low_precision_logits, static_argnames=("config",))
+
+
 def summed_loss(params, batch, masks, config, label_smoothing=0.1):
     logits = Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
     return label_smoothed_nll(logits, batch["tgt_labels"], batch["tgt_segments"] > 0, label_smoothing)[0]
@@ -170,7 +182,8 @@ def dot_equations(jaxpr) -> list:
 
 @pytest.fixture(scope="session")
 def fns():
-    return SimpleNamespace(forward=forward, forward_h=forward_h, loss_grad=loss_grad, summed_loss=summed_loss)
+    return SimpleNamespace(forward=forward, forward_h=forward_h, loss_grad=loss_grad, summed_loss=summed_loss,
+                           forward_low_precision=forward_low_precision)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +16,7 @@ from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID
 from jax_namnmt import decoding
 from jax_namnmt.decoding import decode_workers, program_width, translate_ids
-from jax_namnmt.model.low_precision import convert_params, low_precision_products
+from jax_namnmt.model.low_precision import convert_params
 from jax_namnmt.model.transformer import Transformer
 
 NUM_PAIRS = 3
@@ -170,19 +169,13 @@ def test_beam_one_without_length_penalty_is_greedy(setup):
         np.testing.assert_array_equal(got, want, err_msg=f"source {i}")
 
 
-@partial(jax.jit, static_argnames=("config",), compiler_options={"xla_backend_optimization_level": 0})
-def _low_precision_forward(params, batch, masks, *, config):
-    with nn.intercept_methods(low_precision_products):
-        return Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
-
-
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
-def test_greedy_decoding_with_low_precision_weights(setup, pack, weights):
+def test_greedy_decoding_with_low_precision_weights(setup, pack, fns, weights):
     """Incremental decoding with bfloat16 or int8 weights (converted inside translate_ids) gives
     the greedy reference of the full forward pass with the same converted weights."""
     config, params, masks, sources, pair_ids, _ = setup
     converted = convert_params(params, weights)
-    reference = _greedy_reference(converted, config, masks, sources, pair_ids, _low_precision_forward, pack)
+    reference = _greedy_reference(converted, config, masks, sources, pair_ids, fns.forward_low_precision, pack)
     outputs = translate_ids(params, config, masks, sources, pair_ids, dataclasses.replace(GREEDY, weights=weights))
     for i, (got, want) in enumerate(zip(outputs, reference)):
         np.testing.assert_array_equal(got, want, err_msg=f"source {i}")

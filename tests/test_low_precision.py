@@ -11,13 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import dot_equations, test_jit as fast_jit
+from conftest import dot_equations, forward_low_precision, low_precision_logits
 
 from jax_namnmt.config import Config, DecodeConfig
 from jax_namnmt.errors import ConfigError
-from jax_namnmt.model.low_precision import (convert_params, embedding_rows, int8_product, low_precision_products,
-                                            params_weights, quantize_columns)
-from jax_namnmt.model.transformer import Transformer
+from jax_namnmt.model.low_precision import convert_params, embedding_rows, int8_product, params_weights, quantize_columns
 
 
 def test_quantize_columns_round_trip():
@@ -133,21 +131,13 @@ def test_int8_embedding_rows_are_the_dequantized_table():
     np.testing.assert_array_equal(rows, (np.asarray(table, np.float32) * np.asarray(scale)[:, None])[tokens])
 
 
-def _apply(params, batch, masks, *, config):
-    with nn.intercept_methods(low_precision_products):
-        return Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
-
-
-_logits = fast_jit(_apply, static_argnames=("config",))
-
-
 @pytest.fixture(scope="module")
 def forward_case(tiny_config, tiny_params, pack, example, make_masks):
     config = dataclasses.replace(tiny_config, dropout=0.0)
     rng = np.random.default_rng(3)
     batch = pack([[example(rng, 6, 5, p)] for p in range(3)], 16, 16)
     masks = make_masks(config, 3, seed=1)
-    reference = np.asarray(_logits(tiny_params, batch, masks, config=config))
+    reference = np.asarray(forward_low_precision(tiny_params, batch, masks, config=config))
     return config, batch, masks, reference
 
 
@@ -161,11 +151,11 @@ def test_float32_parameters_pass_through_the_interceptor(forward_case, tiny_para
 def test_model_with_low_precision_weights_is_close_to_float32(forward_case, tiny_params, weights, dtype, tolerance):
     config, batch, masks, reference = forward_case
     params = convert_params(tiny_params, weights)
-    logits = np.asarray(_logits(params, batch, masks, config=config))
+    logits = np.asarray(forward_low_precision(params, batch, masks, config=config))
     error = np.abs(logits - reference).max() / np.abs(reference).max()
     assert 0 < error < tolerance, error  # the products did change precision, and only by that much
     # every projection and the output layer multiply in the low precision
-    jaxpr = jax.make_jaxpr(partial(_apply, config=config))(params, batch, masks)
+    jaxpr = jax.make_jaxpr(partial(low_precision_logits, config=config))(params, batch, masks)
     dots = dot_equations(jaxpr.jaxpr)
     low = [eqn for eqn in dots if all(v.aval.dtype == dtype for v in eqn.invars)]
     projections = 4 * 3 + 2 * 2 + 1  # q/k/v/out of 3 attentions, fc1/fc2 of 2 FFNs, the output layer

@@ -33,15 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_namnmt.config import DECODE_WEIGHTS
 from jax_namnmt.errors import ConfigError
 
-WEIGHTS = ("float32", "bfloat16", "int8")  # as Config.validate checks decode.weights
 QMAX = 127
 
 
 def check_weights(weights: str, where: str = "decode.weights") -> str:
-    if weights not in WEIGHTS:
-        raise ConfigError(f"{where} = {weights!r}: expected one of {', '.join(WEIGHTS)}")
+    if weights not in DECODE_WEIGHTS:
+        raise ConfigError(f"{where} = {weights!r}: expected one of {', '.join(DECODE_WEIGHTS)}")
     return weights
 
 
