@@ -33,7 +33,8 @@ PROGRAM_SOURCES = ("decoding.py", "model", "config.py", "parallel.py", "method/m
                    "data/vocab.py", "data/sampling.py", "data/__init__.py", "__init__.py", "malloc.py",
                    "method/__init__.py")
 SHORT_WIDTH = 32  # bucketed source widths are multiples of this: one program for every short input
-WIDTH_STEP = 16  # otherwise a batch's width is its longest source rounded up to a multiple of this
+WIDTH_STEP = 8  # otherwise a batch's width is its longest source rounded up to a multiple of this,
+MIN_WIDTH = 16  # and at least this (short batches share one program)
 
 
 def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> int:
@@ -118,8 +119,10 @@ def decode_workers(platform: str | None = None) -> int:
 
 def program_width(width: int, step: int = WIDTH_STEP) -> int:
     """The source width of the program that decodes a batch whose longest source has ``width``
-    tokens: rounded up to a multiple of ``step``."""
-    return -(-max(width, 1) // step) * step
+    tokens: rounded up to a multiple of ``step``, at least ``MIN_WIDTH``. The encoder's and the
+    cross-attention's work grow with it (a third of the time on Multi30k): steps of 8 rather than
+    16 took 4-5% less time over all of test_2016_flickr de-en, and exact widths no less."""
+    return max(MIN_WIDTH, -(-max(width, 1) // step) * step)
 
 
 def bucket_shape(sentences: int, width: int, batch_sentences: int) -> tuple[int, int]:

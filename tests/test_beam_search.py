@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from jax_namnmt.model.beam_search import (
+    _candidates,
+    _constrained_log_probs,
+    _divisor_block,
+    _top_candidates,
     beam_search,
     expand_to_beams,
     greedy_search,
@@ -255,6 +259,34 @@ def test_block_top_k_equals_lax_top_k(n, k, block):
     want_v, want_i = jax.lax.top_k(x, k)
     np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
     np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+
+
+@pytest.mark.parametrize("eos", [2, 130, 5999])
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_candidates_equal_top_k_of_the_constrained_log_probs(eos, step):
+    """``_candidates`` (block maxima, no ``[rows, V]`` log-probabilities) gives the same scores,
+    beams and tokens as ``lax.top_k`` over ``alive + log_softmax`` with the bans applied: EOS
+    banned before ``min_len`` (2), only EOS at a sentence's limit, both at once, integer logits
+    (ties), EOS in the first, a middle and the last block."""
+    B, K, V = 4, 4, 6000
+    rng = np.random.default_rng(eos + step)
+    # each block of 125 words one distinct high logit, so every chosen block matters; ties below
+    logits = rng.integers(-40, -30, size=(B * K, V)).astype(np.float32)
+    blocks = V // 125
+    high = rng.permuted(np.tile(np.arange(blocks, dtype=np.float32), (B * K, 1)), axis=1)
+    logits.reshape(B * K, blocks, 125)[:, :, 7] = high
+    logits[:, eos] = blocks + 1.0  # EOS the largest logit: its bans change the block maxima
+    alive = np.array(rng.normal(size=(B, K)), np.float32)
+    alive[0, 1:] = -np.inf  # a sentence with one alive beam
+    max_lens = jnp.asarray([3, step + 1, 9, step + 1], jnp.int32)  # rows 1 and 3 at their limit
+    got = jax.jit(lambda x, a: _candidates(x, a, jnp.int32(step), K, B, 2 * K, eos, 2, max_lens))(logits, alive)
+    logp = _constrained_log_probs(jnp.asarray(logits), jnp.int32(step), K, eos, 2, max_lens)
+    want = _top_candidates(jnp.asarray(alive), logp, B, K)
+    assert _divisor_block(V) is not None  # the block route, not the plain one
+    for g, w, name in zip(got, want, ("scores", "beams", "tokens")):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+    if step + 1 < 2:  # EOS banned at the limit as well: those rows have nothing left
+        assert np.all(np.isneginf(np.asarray(got[0])[[1, 3]]))
 
 
 @pytest.mark.parametrize("stop", ["fairseq", "exact"])

@@ -347,7 +347,7 @@ def test_beam_search_on_the_model_gives_the_reference_beams_and_scores(setup, be
 
 
 def test_each_batch_decodes_at_its_own_width(setup, monkeypatch):
-    """Batches are padded to their own longest source (rounded up to ``WIDTH_STEP``), not the
+    """Batches are padded to their own longest source (rounded up to ``WIDTH_STEP``, at least ``MIN_WIDTH``), not the
     call's: one program a width, and the same translations as each sentence decoded alone or in a
     wider program (``bucket=True`` pads to multiples of 32). Each output is as long as its
     program's output limit: compared without the padding after EOS."""
@@ -357,7 +357,7 @@ def test_each_batch_decodes_at_its_own_width(setup, monkeypatch):
     mixed, pairs = sources[:4] + long, np.concatenate([pair_ids[:4], [0, 1, 2]]).astype(np.int32)
     decode = dataclasses.replace(GREEDY, beam_size=2, length_penalty=0.6, max_len_a=0.5, max_len_b=4,
                                  batch_sentences=2)
-    assert [program_width(n) for n in (1, 16, 17, 35)] == [16, 16, 32, 48]
+    assert [program_width(n) for n in (1, 16, 17, 35)] == [16, 16, 24, 40]
     made = []
     original = decoding.make_beam_decoder
 
@@ -367,8 +367,8 @@ def test_each_batch_decodes_at_its_own_width(setup, monkeypatch):
 
     monkeypatch.setattr(decoding, "make_beam_decoder", recording)
     together = translate_ids(params, config, masks, mixed, pairs, decode, workers=1)
-    # programs of widths 48 (the 35-token source), 32 (the two of 20) and 16 (the short ones)
-    assert sorted(set(made)) == [int(0.5 * w + 4) for w in (16, 32, 48)]
+    # programs of widths 40 (the 35-token source), 24 (the two of 20) and 16 (the short ones)
+    assert sorted(set(made)) == [int(0.5 * w + 4) for w in (16, 24, 40)]
     for i, src in enumerate(mixed):
         # alone: beside an empty source (just EOS, pair 0: what padded_batches fills a short batch
         # with), so that the batch has the programs' 2 rows (1 row would compile 3 more programs)

@@ -35,7 +35,7 @@ def test_shipped_model_matches_its_card_on_val(shipped, tmp_path):
     data = build_from_multiway(multi30k_dir(), tmp_path / "data", shipped.pairs, MULTI30K_SPLITS,
                                max_lines={"train": 1, "valid": 50, "test": 1})
     # all 400 sentences in one batch: one beam-search program (the package's 100 a batch take one
-    # a source width, 16, 32 and 64, ~10 s of compiling each on 2 cores) and the same translations
+    # a source width, a multiple of 8, ~10 s of compiling each on 2 cores) and the same translations
     # (a sentence's translation does not depend on its batch: tests/test_decoding.py)
     decode = dataclasses.replace(shipped.config.decode, batch_sentences=len(shipped.pairs) * 50)
     one_batch = dataclasses.replace(shipped, config=dataclasses.replace(shipped.config, decode=decode))

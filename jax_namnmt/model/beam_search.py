@@ -182,27 +182,37 @@ def _candidates(logits, alive_logp, step, beams: int, B: int, n: int, eos_id: in
     if block is None or beams * (V // block) <= k:
         logp = _constrained_log_probs(logits, step, beams, eos_id, min_len, max_lens)
         return _top_candidates(alive_logp[:, :beams], logp, B, beams, n)
+    blocks = V // block
+    # One pass over the logits for each block's maximum; the row's maximum is theirs (exact). The
+    # bans change the maxima of two kinds of rows only, put right below without another pass.
+    block_max = x.reshape(N, blocks, block).max(axis=-1)  # [N, blocks]
+    x_max = block_max.max(axis=-1, keepdims=True)
     # as jax.nn.log_softmax: shifted = x - max; result = shifted - log(sum(exp(shifted)))
-    x_max = jnp.max(x, axis=-1, keepdims=True)
     lse = jnp.log(jnp.sum(jnp.exp(x - x_max), axis=-1, keepdims=True))
     alive = alive_logp[:, :beams].reshape(N, 1)
     is_eos_tok = jnp.arange(V)[None, :] == eos_id
+    eos_block = jnp.arange(blocks)[None, :] == eos_id // block
     banned = None
-    if min_len > 0:
+    eos_logit = x[:, eos_id:eos_id + 1]
+    if min_len > 0:  # EOS banned: its block's maximum is that of the block's other entries
         banned = is_eos_tok & (step < min_len)
-    if max_lens is not None:
-        force = jnp.repeat(step + 1 >= max_lens, beams)[:, None] & ~is_eos_tok
-        banned = force if banned is None else banned | force
+        start = eos_id // block * block
+        others = jnp.where(jnp.arange(block) == eos_id - start, NEG_INF, x[:, start:start + block])
+        block_max = jnp.where(eos_block & (step < min_len), others.max(axis=-1, keepdims=True), block_max)
+        eos_logit = jnp.where(step < min_len, NEG_INF, eos_logit)
+    if max_lens is not None:  # everything but EOS banned: one block's maximum is EOS, the others -inf
+        force = jnp.repeat(step + 1 >= max_lens, beams)[:, None]
+        block_max = jnp.where(force, jnp.where(eos_block, eos_logit, NEG_INF), block_max)
+        banned = force & ~is_eos_tok if banned is None else banned | (force & ~is_eos_tok)
     if banned is not None:
         x = jnp.where(banned, NEG_INF, x)
 
     def score(v, row_max, row_lse, row_alive):  # alive + log_softmax, -inf where banned
         return row_alive + ((v - row_max) - row_lse)
 
-    blocks = V // block
     xb = x.reshape(B, beams * blocks, block)
     per_block = lambda a: jnp.repeat(a.reshape(B, beams), blocks, axis=1)  # noqa: E731 - [B, beams * blocks]
-    best = score(xb.max(axis=-1), per_block(x_max), per_block(lse), per_block(alive))
+    best = score(block_max.reshape(B, beams * blocks), per_block(x_max), per_block(lse), per_block(alive))
     _, chosen = jax.lax.top_k(best, k)
     chosen = jnp.sort(chosen, axis=-1)  # candidates in index order: ties resolve as in lax.top_k
     beam_of = chosen // blocks
