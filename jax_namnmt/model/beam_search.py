@@ -186,7 +186,8 @@ def _candidates(logits, alive_logp, step, beams: int, B: int, n: int, eos_id: in
     # One pass over the logits for each block's maximum; the row's maximum is theirs (exact). The
     # bans change the maxima of two kinds of rows only, put right below without another pass.
     block_max = x.reshape(N, blocks, block).max(axis=-1)  # [N, blocks]
-    x_max = block_max.max(axis=-1, keepdims=True)
+    # (the barrier keeps XLA from folding this max of maxima back into a pass over the logits)
+    x_max = jax.lax.optimization_barrier(block_max).max(axis=-1, keepdims=True)
     # as jax.nn.log_softmax: shifted = x - max; result = shifted - log(sum(exp(shifted)))
     lse = jnp.log(jnp.sum(jnp.exp(x - x_max), axis=-1, keepdims=True))
     alive = alive_logp[:, :beams].reshape(N, 1)
