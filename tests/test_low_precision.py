@@ -33,9 +33,9 @@ def test_quantize_columns_round_trip():
 
 
 def test_int8_product_is_exact_where_the_inputs_are_representable():
-    """Rows that are integers times a power of two with a largest magnitude of 127 quantise
-    without rounding, and an int8 matrix with power-of-two scales is what it stores: the product
-    must then equal the float one exactly."""
+    """Rows of integers up to 127 times a power of two are exact in bfloat16, as are the int8
+    values, and their sums here are exact in float32; with power-of-two scales the product must
+    then equal the float one exactly."""
     rng = np.random.default_rng(1)
     ints = rng.integers(-127, 128, (5, 24))
     ints[:, 0] = 127
@@ -147,7 +147,7 @@ def test_float32_parameters_pass_through_the_interceptor(forward_case, tiny_para
                                rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("weights, dtype, tolerance", [("bfloat16", jnp.bfloat16, 0.02), ("int8", jnp.int8, 0.03)])
+@pytest.mark.parametrize("weights, dtype, tolerance", [("bfloat16", jnp.bfloat16, 0.02), ("int8", jnp.bfloat16, 0.03)])
 def test_model_with_low_precision_weights_is_close_to_float32(forward_case, tiny_params, weights, dtype, tolerance):
     config, batch, masks, reference = forward_case
     params = convert_params(tiny_params, weights)
@@ -160,3 +160,20 @@ def test_model_with_low_precision_weights_is_close_to_float32(forward_case, tiny
     low = [eqn for eqn in dots if all(v.aval.dtype == dtype for v in eqn.invars)]
     projections = 4 * 3 + 2 * 2 + 1  # q/k/v/out of 3 attentions, fc1/fc2 of 2 FFNs, the output layer
     assert len(low) == projections, [tuple(v.aval.dtype for v in eqn.invars) for eqn in dots]
+    if weights == "int8":  # their matrices are the int8 ones, converted (exactly) for the product
+        assert len(_int8_to_bfloat16(jaxpr.jaxpr)) == projections
+
+
+def _int8_to_bfloat16(jaxpr) -> list:
+    """The int8 -> bfloat16 conversions of a jaxpr, sub-jaxprs included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if (eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == jnp.int8
+                and eqn.outvars[0].aval.dtype == jnp.bfloat16):
+            found.append(eqn)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _int8_to_bfloat16(inner)
+    return found

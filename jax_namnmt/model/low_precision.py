@@ -1,5 +1,5 @@
 """Decoding with bfloat16 or int8 weights (``DecodeConfig.weights``): the model's matrices in
-fewer bits, every product still accumulated in float32 or int32, everything else float32.
+fewer bits, every product accumulated in float32, everything else float32.
 
 :func:`convert_params` changes the matrices of a float32 parameter tree, once, before decoding:
 every 2-D ``.../dense/kernel`` (the attention and FFN projections of ``Transformer`` and
@@ -11,9 +11,12 @@ and adapter parameters stay float32.
 - ``int8``: symmetric int8 with one float32 scale per output feature (``kernel ~= int8 * scale``
   column by column, the embedding row by row: a row is the output layer's feature for one
   vocabulary entry and the lookup's vector for it), stored beside it as ``kernel_scale`` /
-  ``embedding_scale``. A projection quantises its input per token (its largest magnitude maps
-  to 127, chosen anew at every call, as CTranslate2's int8 does) and multiplies in integers
-  (int32 accumulation); the result is scaled back to float32 before the bias.
+  ``embedding_scale``. A projection multiplies in bfloat16 (its input cast to bfloat16, the int8
+  values converted, which bfloat16 holds exactly) with float32 accumulation, and scales the
+  result per output feature before the bias: int8 weights with bfloat16 inputs. On the
+  benchmarks' AVX512-BF16 CPU this ran 21% faster than quantising each input per token to int8
+  and multiplying in integers (CTranslate2's int8), whose XLA int8 products are only ~1.35x
+  float32 there, and scored 40.78 BLEU against 40.74.
 
 :func:`low_precision_products` is the Flax method interceptor (``nn.intercept_methods``) that
 routes ``nn.Dense`` calls and ``nn.Embed.attend`` through those products when their matrix has
@@ -23,8 +26,7 @@ takes any of them (the dtype is part of the compiled program's arguments). The e
 
 Speed and quality (shipped model, all 1,000 test_2016_flickr de-en, beam 4, 2-core AVX-512 CPU):
 ``docs/performance_log.md`` and ``benchmarks/README.md``. On that CPU XLA's bfloat16 products
-run at ~1.8x float32 (AVX512-BF16), its int8 ones at only ~1.35x, and the per-token input
-quantisation takes part of that back.
+run at ~1.8x float32 (AVX512-BF16); int8 weights cost a conversion and a scaling more.
 """
 
 from __future__ import annotations
@@ -103,21 +105,21 @@ def embedding_rows(embed, table, tokens):
 
 def int8_product(x, matrix, scale, contract: int):
     """``x [..., in]`` times an int8 ``matrix`` (its dimension ``contract`` is ``in``), the
-    other dimension's outputs times ``scale``: ``x`` quantised per row to int8, int32 products,
-    float32 result."""
-    x = x.astype(jnp.float32)
-    amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    row_scale = jnp.where(amax > 0, amax / QMAX, 1.0)
-    xq = jnp.round(x / row_scale).astype(jnp.int8)
-    acc = jax.lax.dot_general(xq, matrix, (((x.ndim - 1,), (contract,)), ((), ())), preferred_element_type=jnp.int32)
-    return acc.astype(jnp.float32) * row_scale * scale
+    other dimension's outputs times ``scale``: a bfloat16 product (``x`` rounded to bfloat16, the
+    int8 values exact in it) accumulated in float32, then scaled; float32 result."""
+    acc = _dot(x.astype(jnp.bfloat16), matrix.astype(jnp.bfloat16), contract)
+    return acc * scale
+
+
+def _dot(x, matrix, contract: int):
+    """``x [..., in]`` times ``matrix`` over its dimension ``contract``, accumulated in float32."""
+    return jax.lax.dot_general(x, matrix, (((x.ndim - 1,), (contract,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _product(x, matrix, scale, contract: int):
     if matrix.dtype == jnp.int8:
         return int8_product(x, matrix, scale, contract)
-    return jax.lax.dot_general(x.astype(matrix.dtype), matrix, (((x.ndim - 1,), (contract,)), ((), ())),
-                               preferred_element_type=jnp.float32)
+    return _dot(x.astype(matrix.dtype), matrix, contract)
 
 
 def low_precision_products(next_fun, args, kwargs, context):
