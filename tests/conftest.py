@@ -166,18 +166,23 @@ def forward(params, batch, masks, *, config):
     return forward_h(params, batch, masks, config=config)[0]
 
 
-def dot_equations(jaxpr) -> list:
-    """Every ``dot_general`` equation of a jaxpr, sub-jaxprs (scan, jit, custom VJPs) included."""
+def equations(jaxpr, primitive: str) -> list:
+    """Every ``primitive`` equation of a jaxpr, sub-jaxprs (scan, jit, custom VJPs) included."""
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        if eqn.primitive.name == primitive:
             found.append(eqn)
         for param in eqn.params.values():
             for sub in param if isinstance(param, (list, tuple)) else [param]:
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    found += dot_equations(inner)
+                    found += equations(inner, primitive)
     return found
+
+
+def dot_equations(jaxpr) -> list:
+    """Every ``dot_general`` equation of a jaxpr, sub-jaxprs included."""
+    return equations(jaxpr, "dot_general")
 
 
 @pytest.fixture(scope="session")

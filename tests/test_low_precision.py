@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import dot_equations, forward_low_precision, low_precision_logits
+from conftest import dot_equations, equations, forward_low_precision, low_precision_logits
 
 from jax_namnmt.config import Config, DecodeConfig
 from jax_namnmt.errors import ConfigError
@@ -161,19 +161,6 @@ def test_model_with_low_precision_weights_is_close_to_float32(forward_case, tiny
     projections = 4 * 3 + 2 * 2 + 1  # q/k/v/out of 3 attentions, fc1/fc2 of 2 FFNs, the output layer
     assert len(low) == projections, [tuple(v.aval.dtype for v in eqn.invars) for eqn in dots]
     if weights == "int8":  # their matrices are the int8 ones, converted (exactly) for the product
-        assert len(_int8_to_bfloat16(jaxpr.jaxpr)) == projections
-
-
-def _int8_to_bfloat16(jaxpr) -> list:
-    """The int8 -> bfloat16 conversions of a jaxpr, sub-jaxprs included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if (eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == jnp.int8
-                and eqn.outvars[0].aval.dtype == jnp.bfloat16):
-            found.append(eqn)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (list, tuple)) else [param]:
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += _int8_to_bfloat16(inner)
-    return found
+        converts = [eqn for eqn in equations(jaxpr.jaxpr, "convert_element_type")
+                    if eqn.invars[0].aval.dtype == jnp.int8 and eqn.outvars[0].aval.dtype == jnp.bfloat16]
+        assert len(converts) == projections
