@@ -15,7 +15,8 @@ from conftest import dot_equations, equations, forward_low_precision, low_precis
 
 from jax_namnmt.config import Config, DecodeConfig
 from jax_namnmt.errors import ConfigError
-from jax_namnmt.model.low_precision import convert_params, embedding_rows, int8_product, params_weights, quantize_columns
+from jax_namnmt.model.low_precision import (convert_params, embedding_rows, int8_product, params_weights,
+                                            quantize_columns)
 
 
 def test_quantize_columns_round_trip():

@@ -196,15 +196,17 @@ def _candidates(logits, alive_logp, step, beams: int, B: int, n: int, eos_id: in
     banned = None
     eos_logit = x[:, eos_id:eos_id + 1]
     if min_len > 0:  # EOS banned: its block's maximum is that of the block's other entries
-        banned = is_eos_tok & (step < min_len)
+        too_short = step < min_len
+        banned = is_eos_tok & too_short
         start = eos_id // block * block
         others = jnp.where(jnp.arange(block) == eos_id - start, NEG_INF, x[:, start:start + block])
-        block_max = jnp.where(eos_block & (step < min_len), others.max(axis=-1, keepdims=True), block_max)
-        eos_logit = jnp.where(step < min_len, NEG_INF, eos_logit)
+        block_max = jnp.where(eos_block & too_short, others.max(axis=-1, keepdims=True), block_max)
+        eos_logit = jnp.where(too_short, NEG_INF, eos_logit)
     if max_lens is not None:  # everything but EOS banned: one block's maximum is EOS, the others -inf
         force = jnp.repeat(step + 1 >= max_lens, beams)[:, None]
         block_max = jnp.where(force, jnp.where(eos_block, eos_logit, NEG_INF), block_max)
-        banned = force & ~is_eos_tok if banned is None else banned | (force & ~is_eos_tok)
+        forced_out = force & ~is_eos_tok
+        banned = forced_out if banned is None else banned | forced_out
     if banned is not None:
         x = jnp.where(banned, NEG_INF, x)
 
