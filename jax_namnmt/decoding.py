@@ -50,7 +50,7 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
 
     from jax_namnmt.model.baked import module_for
     from jax_namnmt.model.beam_search import beam_search, expand_to_beams, shrink_sizes
-    from jax_namnmt.model.low_precision import low_precision_products
+    from jax_namnmt.model.low_precision import dequantize, low_precision_products
     from jax_namnmt.model.transformer import Transformer, with_decoding
 
     config = with_decoding(config)
@@ -62,6 +62,7 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
 
     def search(params, src, pair_ids, masks):
         batch, src_len = src.shape
+        params = dequantize(params)  # int8 weights: to bfloat16 once, before the search's loop
         # max_positions sizes the sinusoid table, which must cover the source positions in the
         # encoder (an out-of-range gather would clamp them silently), and the decoder's
         # self-attention caches, whose positions only go up to max_len.

@@ -28,7 +28,7 @@ import pytest
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.data.vocab import BOS_ID
 from jax_namnmt.method.masks import module_sizes, nest
-from jax_namnmt.model.low_precision import low_precision_products
+from jax_namnmt.model.low_precision import dequantize, low_precision_products
 from jax_namnmt.model.transformer import Transformer, init_params
 from jax_namnmt.training.loss import label_smoothed_nll
 
@@ -141,10 +141,11 @@ def forward_h(params, batch, masks, *, config):
 
 
 def low_precision_logits(params, batch, masks, *, config):
-    """Logits with bfloat16 or int8 parameters (``model/low_precision.convert_params``) through the
-    interceptor the beam search runs under; float32 parameters give ``forward``'s."""
+    """Logits with bfloat16 or int8 parameters (``model/low_precision.convert_params``) the way the
+    beam search takes them (int8 dequantized to bfloat16, then the interceptor); float32 parameters
+    give ``forward``'s."""
     with nn.intercept_methods(low_precision_products):
-        return Transformer(config).apply({"params": params}, batch, masks, deterministic=True)
+        return Transformer(config).apply({"params": dequantize(params)}, batch, masks, deterministic=True)
 
 
 forward_low_precision = test_jit(low_precision_logits, static_argnames=("config",))

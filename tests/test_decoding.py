@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import equations
 
 from jax_namnmt.config import DecodeConfig
 from jax_namnmt.data.batching import padded_batches
@@ -179,6 +180,28 @@ def test_greedy_decoding_with_low_precision_weights(setup, pack, fns, weights):
     outputs = translate_ids(params, config, masks, sources, pair_ids, dataclasses.replace(GREEDY, weights=weights))
     for i, (got, want) in enumerate(zip(outputs, reference)):
         np.testing.assert_array_equal(got, want, err_msg=f"source {i}")
+
+
+def test_search_dequantizes_int8_weights_once_before_its_loops(setup):
+    """With int8 weights the search's program converts each int8 matrix once, before the loop,
+    and its steps multiply the bfloat16 results (no int8 left in any loop)."""
+    config, params, masks, sources, pair_ids, _ = setup
+    int8 = convert_params(params, "int8")
+    decode = decoding.make_beam_decoder(config, 2, MAX_LEN, 0.6, "fairseq")
+    src = np.full((4, 8), EOS_ID, np.int32)
+    jaxpr = jax.make_jaxpr(decode)(int8, src, pair_ids[:4], masks).jaxpr
+    is_int8 = lambda eqn: eqn.invars[0].aval.dtype == jnp.int8  # noqa: E731
+    int8_leaves = sum(leaf.dtype == jnp.int8 for leaf in jax.tree.leaves(int8))
+    assert int8_leaves == 4 * 3 + 2 * 2 + 1  # the projections and the embedding
+    assert sum(map(is_int8, equations(jaxpr, "convert_element_type"))) == int8_leaves
+    loops = equations(jaxpr, "while")
+    assert loops
+    for loop in loops:
+        inside = equations(loop.params["body_jaxpr"].jaxpr, "convert_element_type")
+        assert not any(map(is_int8, inside))
+        dots = equations(loop.params["body_jaxpr"].jaxpr, "dot_general")
+        assert sum(all(v.aval.dtype == jnp.bfloat16 for v in eqn.invars) for eqn in dots) > 0
+        assert not any(v.aval.dtype == jnp.int8 for eqn in dots for v in eqn.invars)
 
 
 def test_results_come_back_in_input_order(setup):

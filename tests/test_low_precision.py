@@ -1,5 +1,5 @@
 """bfloat16 and int8 weights for decoding (``model/low_precision.py``): the conversion of a
-parameter tree, the int8 product, and the model's outputs with converted weights against float32."""
+parameter tree, the int8 matrices' dequantization, and the model's outputs with converted weights against float32."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from conftest import dot_equations, equations, forward_low_precision, low_precis
 
 from jax_namnmt.config import Config, DecodeConfig
 from jax_namnmt.errors import ConfigError
-from jax_namnmt.model.low_precision import (convert_params, embedding_rows, int8_product, params_weights,
+from jax_namnmt.model.low_precision import (convert_params, dequantize, low_precision_products, params_weights,
                                             quantize_columns)
+from jax_namnmt.model.transformer import Transformer
 
 
 def test_quantize_columns_round_trip():
@@ -31,28 +32,6 @@ def test_quantize_columns_round_trip():
         np.testing.assert_allclose(scale[j], np.abs(matrix[:, j]).max() / 127, rtol=1e-6)
     error = np.abs(q * scale - matrix)
     assert (error <= scale / 2 * (1 + 1e-5)).all()  # rounded to the nearest step
-
-
-def test_int8_product_is_exact_where_the_inputs_are_representable():
-    """Rows of integers up to 127 times a power of two are exact in bfloat16, as are the int8
-    values, and their sums here are exact in float32; with power-of-two scales the product must
-    then equal the float one exactly."""
-    rng = np.random.default_rng(1)
-    ints = rng.integers(-127, 128, (5, 24))
-    ints[:, 0] = 127
-    row_scale = 2.0 ** rng.integers(-3, 3, (5, 1))
-    x = (ints * row_scale).astype(np.float32)
-    matrix = rng.integers(-127, 128, (24, 7)).astype(np.int8)
-    scale = (2.0 ** rng.integers(-6, 0, 7)).astype(np.float32)
-    got = np.asarray(int8_product(jnp.asarray(x), jnp.asarray(matrix), jnp.asarray(scale), contract=0))
-    want = (x.astype(np.float64) @ (matrix.astype(np.float64) * scale)).astype(np.float32)
-    np.testing.assert_array_equal(got, want)
-    # the transposed layout (the output layer: the embedding's rows are the outputs)
-    got_t = np.asarray(int8_product(jnp.asarray(x), jnp.asarray(matrix.T), jnp.asarray(scale), contract=1))
-    np.testing.assert_array_equal(got_t, want)
-    # an all-zero row stays zero (no division by a zero scale)
-    zero = np.asarray(int8_product(jnp.zeros((1, 24)), jnp.asarray(matrix), jnp.asarray(scale), contract=0))
-    assert not zero.any() and np.isfinite(zero).all()
 
 
 def _tree():
@@ -117,19 +96,40 @@ def test_weights_setting_is_checked():
         dataclasses.replace(Config(), decode=DecodeConfig(weights="int4")).validate()
 
 
-def test_int8_embedding_rows_are_the_dequantized_table():
-    params = convert_params(_tree(), "int8")
-    table, scale = params["embed"]["embedding"], params["embed"]["embedding_scale"]
+def test_dequantize_gives_each_int8_matrix_times_its_scales_in_bfloat16():
+    """The tree the search multiplies with: every int8 matrix times its per-output scales, rounded
+    to bfloat16, its scales dropped, every other leaf as it is; bfloat16 and float32 trees pass."""
+    params = _tree()
+    q = convert_params(params, "int8")
+    got = _leaves(dequantize(q))
+    assert set(got) == set(_leaves(params))  # the scale leaves are gone, nothing else
+    kernel = "['encoder_layer_0']['self_attn']['q']['dense']['kernel']"
+    embedding = "['embed']['embedding']"
+    for name, leaf in _leaves(q).items():
+        if name in (kernel, embedding):
+            scale = _leaves(q)[name[:-2] + "_scale']"]
+            scale = scale[:, None] if name == embedding else scale  # the embedding's outputs are its rows
+            want = (np.asarray(leaf, np.float32) * np.asarray(scale)).astype(jnp.bfloat16)
+            assert got[name].dtype == jnp.bfloat16
+            np.testing.assert_array_equal(np.asarray(got[name], np.float32), np.asarray(want, np.float32))
+            # within half an int8 step of the float32 matrix, plus bfloat16's rounding
+            error = np.abs(np.asarray(got[name], np.float32) - _leaves(params)[name])
+            assert (error <= np.asarray(scale) * (0.5 + 2**-8 * 127)).all(), name
+        elif not name.endswith("_scale']"):
+            assert got[name].dtype == np.float32
+            np.testing.assert_array_equal(got[name], leaf, err_msg=name)
+    for weights in ("float32", "bfloat16"):
+        tree = convert_params(params, weights)
+        assert dequantize(tree) is tree
 
-    class Holder(nn.Module):
-        @nn.compact
-        def __call__(self, tokens):
-            embed = nn.Embed(11, 8, name="embed")
-            return embedding_rows(embed, embed.embedding, tokens)
 
-    tokens = np.array([[3, 0, 10], [7, 7, 1]])
-    rows = Holder().apply({"params": {"embed": {"embedding": table, "embedding_scale": scale}}}, tokens)
-    np.testing.assert_array_equal(rows, (np.asarray(table, np.float32) * np.asarray(scale)[:, None])[tokens])
+def test_interceptor_refuses_int8_matrices(tiny_config, tiny_params, pack, example):
+    """int8 parameters reach the model only dequantized: given to it as they are, it says so."""
+    batch = pack([[example(np.random.default_rng(0), 4, 3, 0)]], 8, 8)
+    with pytest.raises(ValueError, match="dequantize"):
+        with nn.intercept_methods(low_precision_products):
+            Transformer(tiny_config).apply({"params": convert_params(tiny_params, "int8")}, batch, None,
+                                           deterministic=True)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_model_with_low_precision_weights_is_close_to_float32(forward_case, tiny
     low = [eqn for eqn in dots if all(v.aval.dtype == dtype for v in eqn.invars)]
     projections = 4 * 3 + 2 * 2 + 1  # q/k/v/out of 3 attentions, fc1/fc2 of 2 FFNs, the output layer
     assert len(low) == projections, [tuple(v.aval.dtype for v in eqn.invars) for eqn in dots]
-    if weights == "int8":  # their matrices are the int8 ones, converted (exactly) for the product
+    if weights == "int8":  # their matrices are the int8 ones (the embedding serves two), dequantized
         converts = [eqn for eqn in equations(jaxpr.jaxpr, "convert_element_type")
-                    if eqn.invars[0].aval.dtype == jnp.int8 and eqn.outvars[0].aval.dtype == jnp.bfloat16]
+                    if eqn.invars[0].aval.dtype == jnp.int8]
         assert len(converts) == projections

@@ -11,22 +11,21 @@ and adapter parameters stay float32.
 - ``int8``: symmetric int8 with one float32 scale per output feature (``kernel ~= int8 * scale``
   column by column, the embedding row by row: a row is the output layer's feature for one
   vocabulary entry and the lookup's vector for it), stored beside it as ``kernel_scale`` /
-  ``embedding_scale``. A projection multiplies in bfloat16 (its input cast to bfloat16, the int8
-  values converted, which bfloat16 holds exactly) with float32 accumulation, and scales the
-  result per output feature before the bias: int8 weights with bfloat16 inputs. On the
-  benchmarks' AVX512-BF16 CPU this ran 21% faster than quantising each input per token to int8
-  and multiplying in integers (CTranslate2's int8), whose XLA int8 products are only ~1.35x
-  float32 there, and scored 40.78 BLEU against 40.74.
+  ``embedding_scale``: half of bfloat16's memory at rest. The search's program turns them into
+  bfloat16 matrices once per call (:func:`dequantize`: ``int8 * scale``, rounded), before its
+  loop, and multiplies like ``bfloat16``: int8 weights with bfloat16 inputs. On the benchmarks'
+  AVX512-BF16 CPU that decodes at bfloat16's speed. Multiplying in integers (the input quantised
+  per token, CTranslate2's int8) was 12% slower than bfloat16 weights there (XLA's int8 products
+  run at only ~1.35x float32), converting the int8 matrix at every product 5-6% slower.
 
 :func:`low_precision_products` is the Flax method interceptor (``nn.intercept_methods``) that
-routes ``nn.Dense`` calls and ``nn.Embed.attend`` through those products when their matrix has
-one of those dtypes; with float32 parameters it changes nothing, so one decoder program source
-takes any of them (the dtype is part of the compiled program's arguments). The embedding lookup
-(``Transformer._embed``) reads an int8 table through :func:`embedding_rows`.
+routes ``nn.Dense`` calls and ``nn.Embed.attend`` through the bfloat16 product when their matrix
+is bfloat16; with float32 parameters it changes nothing, so one decoder program source takes any
+of the three (the dtype is part of the compiled program's arguments).
 
 Speed and quality (shipped model, all 1,000 test_2016_flickr de-en, beam 4, 2-core AVX-512 CPU):
 ``docs/performance_log.md`` and ``benchmarks/README.md``. On that CPU XLA's bfloat16 products
-run at ~1.8x float32 (AVX512-BF16); int8 weights cost a conversion and a scaling more.
+run at ~1.8x float32 (AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -94,54 +93,64 @@ def convert_params(params, weights: str) -> dict:
     return jax.device_put(walk(jax.device_get(params), ()))
 
 
-def embedding_rows(embed, table, tokens):
-    """``table[tokens]`` as float32-scaled rows: an int8 table's rows times their scales, any other
-    table's rows as they are (``Transformer._embed``)."""
-    rows = jnp.take(table, tokens, axis=0)
-    if table.dtype != jnp.int8:
-        return rows
-    return rows * jnp.take(embed.get_variable("params", "embedding_scale"), tokens, axis=0)[..., None]
+def dequantize(params):
+    """The tree the products take: an int8 tree's matrices times their scales, rounded to bfloat16
+    (their ``*_scale`` leaves dropped); any other tree as it is. The beam search calls it inside its
+    program, before its loop, so each search converts the matrices once (not at every step) and
+    then runs at the speed of bfloat16 weights. Rounding ``int8 * scale`` to bfloat16 changes it by
+    at most 2^-9 of itself, far below the int8 step (1/127 of the column's largest magnitude)."""
+    if params_weights(params) != "int8":
+        return params
 
+    def walk(tree):
+        if not isinstance(tree, dict):
+            return tree
+        out = {}
+        for key, value in tree.items():
+            if key.endswith("_scale") and key[: -len("_scale")] in tree:
+                continue
+            if key + "_scale" in tree:
+                scale = tree[key + "_scale"]
+                scale = scale[:, None] if key == "embedding" else scale  # the embedding: one a row
+                out[key] = (value.astype(jnp.float32) * scale).astype(jnp.bfloat16)
+            else:
+                out[key] = walk(value)
+        return out
 
-def int8_product(x, matrix, scale, contract: int):
-    """``x [..., in]`` times an int8 ``matrix`` (its dimension ``contract`` is ``in``), the
-    other dimension's outputs times ``scale``: a bfloat16 product (``x`` rounded to bfloat16, the
-    int8 values exact in it) accumulated in float32, then scaled; float32 result."""
-    acc = _dot(x.astype(jnp.bfloat16), matrix.astype(jnp.bfloat16), contract)
-    return acc * scale
+    return walk(params)
 
 
 def _dot(x, matrix, contract: int):
-    """``x [..., in]`` times ``matrix`` over its dimension ``contract``, accumulated in float32."""
-    return jax.lax.dot_general(x, matrix, (((x.ndim - 1,), (contract,)), ((), ())), preferred_element_type=jnp.float32)
+    """``x [..., in]`` (rounded to the matrix's dtype) times ``matrix`` over its dimension
+    ``contract``, accumulated in float32."""
+    return jax.lax.dot_general(x.astype(matrix.dtype), matrix, (((x.ndim - 1,), (contract,)), ((), ())),
+                               preferred_element_type=jnp.float32)
 
 
-def _product(x, matrix, scale, contract: int):
+def _refuse_int8(matrix):
     if matrix.dtype == jnp.int8:
-        return int8_product(x, matrix, scale, contract)
-    return _dot(x.astype(matrix.dtype), matrix, contract)
+        raise ValueError("int8 parameters go through low_precision.dequantize before the model is applied")
 
 
 def low_precision_products(next_fun, args, kwargs, context):
-    """Flax interceptor: ``nn.Dense.__call__`` with a bfloat16 or int8 kernel and
-    ``nn.Embed.attend`` with a bfloat16 or int8 embedding take the products above (float32
-    out); every other call runs as it is."""
+    """Flax interceptor: ``nn.Dense.__call__`` with a bfloat16 kernel and ``nn.Embed.attend`` with
+    a bfloat16 embedding take the products above (float32 out); every other call runs as it is."""
     import flax.linen as nn
 
     module, method = context.module, context.method_name
     if isinstance(module, nn.Dense) and method == "__call__" and module.has_variable("params", "kernel"):
         kernel = module.get_variable("params", "kernel")
-        if kernel.dtype in (jnp.bfloat16, jnp.int8):
+        _refuse_int8(kernel)
+        if kernel.dtype == jnp.bfloat16:
             (x,) = args
-            scale = module.get_variable("params", "kernel_scale") if kernel.dtype == jnp.int8 else None
-            y = _product(x, kernel, scale, contract=0)
+            y = _dot(x, kernel, contract=0)
             if module.use_bias:
                 y = y + module.get_variable("params", "bias")
             return y if module.dtype is None else y.astype(module.dtype)
     if isinstance(module, nn.Embed) and method == "attend":
         table = module.get_variable("params", "embedding")
-        if table.dtype in (jnp.bfloat16, jnp.int8):
+        _refuse_int8(table)
+        if table.dtype == jnp.bfloat16:
             (x,) = args
-            scale = module.get_variable("params", "embedding_scale") if table.dtype == jnp.int8 else None
-            return _product(x, table, scale, contract=1)
+            return _dot(x, table, contract=1)
     return next_fun(*args, **kwargs)

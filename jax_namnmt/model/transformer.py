@@ -58,7 +58,6 @@ from jax_namnmt.config import ModelConfig
 from jax_namnmt.method.masks import layer_path
 from jax_namnmt.model.dropout import Dropout
 from jax_namnmt.model.layout import heads_to_compact, heads_to_rows, int_rows
-from jax_namnmt.model.low_precision import embedding_rows
 from jax_namnmt.parallel import constrain
 
 Masks = Any  # nested dict of [num_pairs, features] arrays, or None
@@ -649,7 +648,7 @@ class Transformer(nn.Module):
         # what self.embed(tokens) computes; under a mesh the table's model dimension is gathered
         # first (FSDP), so that the lookup's output can take the activations' batch sharding
         table = constrain(self.embed.embedding, ("vocab", None))
-        x = embedding_rows(self.embed, table, tokens) * (cfg.d_model**0.5) + self.positions[positions]
+        x = jnp.take(table, tokens, axis=0) * (cfg.d_model**0.5) + self.positions[positions]
         x = self.dropout(x.astype(jnp.dtype(cfg.dtype)), deterministic=deterministic)
         return constrain(x, ACTIVATION)
 
