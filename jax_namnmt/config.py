@@ -204,7 +204,7 @@ class DecodeConfig:
     min_len: int = 1  # EOS is banned before this many tokens (fairseq: 1, so no empty output)
     batch_sentences: int = 128
     # the matrices' precision while decoding (model/low_precision.py): float32, bfloat16 (~1.4x the
-    # sentences/s on an AVX512-BF16 CPU) or int8 (per-feature scales; bfloat16 products)
+    # sentences/s on an AVX512-BF16 CPU) or int8 (per-feature scales; dequantized to bfloat16 once a search)
     weights: str = "float32"
     test_split: str = "test"
     test_max_lines: int = 0  # per pair; 0 = all
