@@ -1,5 +1,6 @@
 """bfloat16 and int8 weights for decoding (``model/low_precision.py``): the conversion of a
-parameter tree, the int8 matrices' dequantization, and the model's outputs with converted weights against float32."""
+parameter tree, the int8 matrices' dequantization, and the model's outputs with converted weights
+against float32."""
 
 from __future__ import annotations
 
@@ -112,9 +113,9 @@ def test_dequantize_gives_each_int8_matrix_times_its_scales_in_bfloat16():
             want = (np.asarray(leaf, np.float32) * np.asarray(scale)).astype(jnp.bfloat16)
             assert got[name].dtype == jnp.bfloat16
             np.testing.assert_array_equal(np.asarray(got[name], np.float32), np.asarray(want, np.float32))
-            # within half an int8 step of the float32 matrix, plus bfloat16's rounding
+            # within half an int8 step of the float32 matrix, plus bfloat16's rounding (2^-8 of |int8 * scale|)
             error = np.abs(np.asarray(got[name], np.float32) - _leaves(params)[name])
-            assert (error <= np.asarray(scale) * (0.5 + 2**-8 * 127)).all(), name
+            assert (error <= np.asarray(scale) * (0.5 + 2**-8 * 127) * (1 + 1e-5)).all(), name
         elif not name.endswith("_scale']"):
             assert got[name].dtype == np.float32
             np.testing.assert_array_equal(got[name], leaf, err_msg=name)
