@@ -102,19 +102,19 @@ def test_dequantize_gives_each_int8_matrix_times_its_scales_in_bfloat16():
     to bfloat16, its scales dropped, every other leaf as it is; bfloat16 and float32 trees pass."""
     params = _tree()
     q = convert_params(params, "int8")
-    got = _leaves(dequantize(q))
-    assert set(got) == set(_leaves(params))  # the scale leaves are gone, nothing else
+    got, floats, quantized = _leaves(dequantize(q)), _leaves(params), _leaves(q)
+    assert set(got) == set(floats)  # the scale leaves are gone, nothing else
     kernel = "['encoder_layer_0']['self_attn']['q']['dense']['kernel']"
     embedding = "['embed']['embedding']"
-    for name, leaf in _leaves(q).items():
+    for name, leaf in quantized.items():
         if name in (kernel, embedding):
-            scale = _leaves(q)[name[:-2] + "_scale']"]
+            scale = quantized[name[:-2] + "_scale']"]
             scale = scale[:, None] if name == embedding else scale  # the embedding's outputs are its rows
             want = (np.asarray(leaf, np.float32) * np.asarray(scale)).astype(jnp.bfloat16)
             assert got[name].dtype == jnp.bfloat16
             np.testing.assert_array_equal(np.asarray(got[name], np.float32), np.asarray(want, np.float32))
             # within half an int8 step of the float32 matrix, plus bfloat16's rounding (2^-8 of |int8 * scale|)
-            error = np.abs(np.asarray(got[name], np.float32) - _leaves(params)[name])
+            error = np.abs(np.asarray(got[name], np.float32) - floats[name])
             assert (error <= np.asarray(scale) * (0.5 + 2**-8 * 127) * (1 + 1e-5)).all(), name
         elif not name.endswith("_scale']"):
             assert got[name].dtype == np.float32
