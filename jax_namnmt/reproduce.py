@@ -132,7 +132,7 @@ class Setting:
         self.pairs = list(pairs)
         self.seconds = report.setdefault("seconds", {})
         self.save = save  # writes the report so far (called after every phase: a killed run loses nothing)
-        self._valid = None  # the validation part as {pair: batches}, built at the first step-0 evaluation
+        self._valid = None  # the validation part's batches, built at the first step-0 evaluation
 
     def phase(self, name, fn):
         begin = time.perf_counter()
@@ -199,7 +199,7 @@ class Setting:
             examples, _ = workflow.load_examples(config, Path(config.data.data_dir), base_run.vocab, "valid")
             layout = resolve_layout(config.data.layout, 1, jax.default_backend())
             shape = (config.train.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
-            self._valid = validation_batches(examples, self.pairs, layout, shape)
+            self._valid = validation_batches(examples, layout, shape)
         return validation_loss(base_run.params, self._valid, None if masks is None else to_model_masks(masks), config)
 
     def choose_scoring(self, base: Path) -> list[Scoring]:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import dot_equations
 from jax_namnmt.method.masks import flatten, nest
-from jax_namnmt.training.loss import label_smoothed_nll, output_loss
+from jax_namnmt.training.loss import label_smoothed_nll, output_loss, output_loss_by_segment
 from jax_namnmt.training.step import init_state, inverse_sqrt_lr, make_optimizer, make_train_step, schedule_args
 
 NUM_PAIRS = 3
@@ -77,6 +77,25 @@ def test_output_loss_equals_loss_through_logits(chunk):
     # padding tokens get exactly zero gradient
     grad_h = jax.grad(fused)(hidden, emb, 1.0, 0.3)
     assert not np.asarray(grad_h)[~weights].any() and np.asarray(grad_h)[weights].any()
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_output_loss_by_segment_gives_each_segment_its_own_tokens_sums(chunk):
+    """Split by segment (a token's pair in validation), each segment's three sums are
+    ``label_smoothed_nll`` over that segment's tokens alone; a segment without tokens gets zeros."""
+    rng = np.random.default_rng(1)
+    n, d, vocab, segments = 60, 8, 29, 4
+    hidden = rng.normal(size=(n, d)).astype(np.float32)
+    emb = (0.3 * rng.normal(size=(vocab, d))).astype(np.float32)
+    labels = rng.integers(0, vocab, n).astype(np.int32)
+    weights = rng.random(n) < 0.8
+    seg = rng.choice([0, 1, 3], n).astype(np.int32)  # segment 2 has no tokens
+    got = [np.asarray(x) for x in output_loss_by_segment(hidden, emb, labels, weights, seg, segments, 0.1, chunk)]
+    for s in range(segments):
+        want = label_smoothed_nll(hidden @ emb.T, labels, weights & (seg == s), 0.1)
+        for got_sums, want_sum in zip(got, want):
+            np.testing.assert_allclose(got_sums[s], float(want_sum), rtol=1e-5, atol=1e-6)
+    assert got[2][2] == 0.0 and got[1][2] == 0.0 and got[0][2] == 0.0
 
 
 def test_output_loss_in_bfloat16_matmuls_float32_softmax():

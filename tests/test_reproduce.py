@@ -110,13 +110,15 @@ def test_paired_bootstrap_sees_no_difference_between_equals_and_a_real_one():
     assert worse["diff"] == pytest.approx(-result["diff"]) and worse["p"] < 0.05
 
 
-def test_validation_per_pair_adds_up_to_the_mixed_total(tiny_corpus):
+def test_validation_per_pair_from_one_mixed_packing_equals_each_pair_alone(tiny_corpus):
+    """Validation packs all pairs together and sums by each token's pair: a pair's ``nll_<pair>``
+    is its NLL evaluated alone (its own packing), and the totals are the token-weighted sums."""
     from jax_namnmt import workflow
     from jax_namnmt.config import load_config
     from jax_namnmt.data.vocab import Vocab
     from jax_namnmt.model.transformer import init_params
     from jax_namnmt.training.loop import validation_batches, validation_loss
-    from jax_namnmt.data.batching import make_batcher
+    from jax_namnmt.data.batching import Examples
 
     from jax_namnmt import packaged
     config = load_config("tiny", ["model.vocab_size=6000", "data.vocab_size=6000"])
@@ -124,20 +126,20 @@ def test_validation_per_pair_adds_up_to_the_mixed_total(tiny_corpus):
     examples, _ = workflow.load_examples(config, tiny_corpus, vocab, "valid")
     params = init_params(config.model, 0)
     shape = (config.train.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)
-    per_pair = validation_loss(params, validation_batches(examples, config.data.pairs, "rows", shape), None, config)
-    mixed = validation_loss(params, list(make_batcher(examples, "rows", *shape, seed=0, shuffle=False).epoch(0)),
-                            None, config)
-    assert per_pair["nll"] == pytest.approx(mixed["nll"], rel=1e-5)
-    assert per_pair["loss"] == pytest.approx(mixed["loss"], rel=1e-5)
-    assert set(per_pair) - set(mixed) == {f"nll_{p}" for p in config.data.pairs}
-    one = [p for p in config.data.pairs][1]
-    keep = [i for i, pid in enumerate(examples.pair_ids) if pid == 1]
-    from jax_namnmt.data.batching import Examples
-    alone = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
-                     np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
-    solo = validation_loss(params, list(make_batcher(alone, "rows", *shape, seed=0, shuffle=False).epoch(0)),
-                           None, config)
-    assert per_pair[f"nll_{one}"] == pytest.approx(solo["nll"], rel=1e-6)
+    mixed_batches = validation_batches(examples, "rows", shape)
+    mixed = validation_loss(params, mixed_batches, None, config)
+    assert {f"nll_{p}" for p in config.data.pairs} <= set(mixed)
+    assert any(len(set(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0]))) > 1 for b in mixed_batches)
+    for pid, pair in enumerate(config.data.pairs[:3]):  # three pairs, each evaluated alone
+        keep = [i for i, p in enumerate(examples.pair_ids) if p == pid]
+        alone = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
+                         np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
+        solo = validation_loss(params, validation_batches(alone, "rows", shape), None, config)
+        assert set(solo) == {"loss", "nll", "ppl", f"nll_{pair}"} and solo[f"nll_{pair}"] == solo["nll"]
+        assert mixed[f"nll_{pair}"] == pytest.approx(solo["nll"], rel=1e-5)
+    tokens = np.bincount(examples.pair_ids, weights=[len(t) for t in examples.tgt])  # a label per target token
+    per_pair = np.array([mixed[f"nll_{p}"] for p in config.data.pairs])
+    assert mixed["nll"] == pytest.approx(float((per_pair * tokens).sum() / tokens.sum()), rel=1e-5)
 
 
 def test_config_fields_are_checked():

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jax_namnmt import parallel
 from jax_namnmt.config import Config
-from jax_namnmt.data.batching import CompactBatcher, Examples, make_batcher, resolve_layout
+from jax_namnmt.data.batching import Examples, make_batcher, resolve_layout
 from jax_namnmt.data.sampling import PairShares, describe_probabilities
 from jax_namnmt.errors import CheckpointError, TrainingDiverged
 from jax_namnmt.training.checkpoint import Checkpointer, copy_file, load_json, save_json
@@ -75,52 +75,29 @@ def check_resumable(run_dir: Path, config: Config) -> None:
                 "write to another directory (--out or --workdir) or delete this one to start over")
 
 
-def validation_batches(examples: Examples, pairs, layout: str, batch_shape) -> dict[str, list]:
-    """The validation set as ``{pair: batches}``: each pair packed on its own, so the loss and NLL
-    come out per pair as well as in total (the batches hold every example once, as one mixed
-    packing would). In the compact layout every pair's batches take the budgets of the whole set
-    (source tokens, rows), so all have one shape and the eval step compiles once, not once a pair
-    (127 compiles with NTREX-128's one-to-many pairs)."""
-    out = {}
-    budgets = {}
-    if layout == "compact" and len(examples):
-        whole = CompactBatcher(examples, *batch_shape, seed=0, shuffle=False)
-        budgets = {"src_tokens": whole.src_tokens, "rows": whole.rows}
-    for pid, pair in enumerate(pairs):
-        keep = np.flatnonzero(np.asarray(examples.pair_ids) == pid)
-        if not len(keep):
-            continue
-        subset = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
-                          np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
-        if budgets:
-            batcher = CompactBatcher(subset, *batch_shape, seed=0, shuffle=False, **budgets)
-        else:
-            batcher = make_batcher(subset, layout, *batch_shape, seed=0, shuffle=False)
-        out[pair] = list(batcher.epoch(0))
-    return out
+def validation_batches(examples: Examples, layout: str, batch_shape) -> list:
+    """The validation set as one packing of all its pairs (every example once, in order): the eval
+    step sums the loss and NLL by each token's pair, so a pair needs no batch of its own (127
+    pairs with a few lines each are a few batches, not 127)."""
+    return list(make_batcher(examples, layout, *batch_shape, seed=0, shuffle=False).epoch(0)) if len(examples) else []
 
 
 def validation_loss(params, batches, masks, config: Config, mesh=None, rules=None) -> dict:
-    """Label-smoothed loss, NLL and perplexity per target token; ``batches`` a list, or ``{pair:
-    batches}`` (``validation_batches``), which adds ``nll_<pair>`` for each pair.
-    ``mesh``: a (multi-device) mesh the params are sharded on; batches are split per ``rules``."""
-    eval_step = make_eval_step(config.model, config.train.label_smoothing, mesh, rules)
-    groups = batches if isinstance(batches, dict) else {None: batches}
-    sums = {}
-    for pair, group in groups.items():
-        loss = nll = tokens = 0.0
-        for batch in group:
-            if mesh is not None:
-                batch = parallel.shard_batch(batch, mesh, rules)
-            l, n, t = eval_step(params, batch, masks)
-            loss, nll, tokens = loss + l, nll + n, tokens + t
-        sums[pair] = tuple(float(x) for x in jax.device_get((loss, nll, tokens)))
-    loss, nll, tokens = (sum(s[i] for s in sums.values()) for i in range(3))
-    tokens = max(tokens, 1.0)
-    out = {"loss": loss / tokens, "nll": nll / tokens, "ppl": math.exp(min(nll / tokens, 50.0))}
-    for pair, (_, n, t) in sums.items():
-        if pair is not None:
-            out[f"nll_{pair}"] = n / max(t, 1.0)
+    """Label-smoothed loss, NLL and perplexity per target token over ``batches``, and ``nll_<pair>``
+    for each pair (``config.data.pairs``) with tokens in them. ``mesh``: a (multi-device) mesh the
+    params are sharded on; batches are split per ``rules``."""
+    pairs = list(config.data.pairs)
+    eval_step = make_eval_step(config.model, config.train.label_smoothing, len(pairs), mesh, rules)
+    loss = nll = tokens = np.zeros(len(pairs), np.float64)
+    for batch in batches:
+        if mesh is not None:
+            batch = parallel.shard_batch(batch, mesh, rules)
+        sums = jax.device_get(eval_step(params, batch, masks))
+        loss, nll, tokens = (a + np.asarray(b, np.float64) for a, b in zip((loss, nll, tokens), sums))
+    total = max(float(tokens.sum()), 1.0)
+    out = {"loss": float(loss.sum()) / total, "nll": float(nll.sum()) / total,
+           "ppl": math.exp(min(float(nll.sum()) / total, 50.0))}
+    out.update({f"nll_{pair}": float(n / t) for pair, n, t in zip(pairs, nll, tokens) if t > 0})
     return out
 
 
@@ -219,9 +196,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
               f"{describe_probabilities(config.data.pairs, train_examples.pair_ids, temperature)}")
     if index > batcher.num_batches(epoch):
         epoch, index = epoch + 1, 0
-    valid_batches = {}
-    if valid_examples is not None and len(valid_examples):
-        valid_batches = validation_batches(valid_examples, config.data.pairs, layout, batch_shape)
+    valid_batches = validation_batches(valid_examples, layout, batch_shape) if valid_examples is not None else []
     eval_every = schedule.eval_every or tc.eval_every
     state = _place(state, mesh, train_step)
     step = int(state["step"])

@@ -47,16 +47,17 @@ def label_smoothed_nll(logits, labels, weights, epsilon: float):
     return jnp.sum(loss * weights), jnp.sum(nll * weights), jnp.sum(weights)
 
 
-def _chunked(hidden, labels, weights, chunk: int):
-    """``[k, chunk, ...]`` views of the flat token arrays (zero-weight padding tokens appended)."""
+def _chunked(hidden, chunk: int, *flat):
+    """``[k, chunk, ...]`` views of the flat token arrays ``hidden [N, d]`` and ``flat`` (each
+    ``[N]``), padded with zeros (zero-weight tokens) to whole chunks."""
     n = hidden.shape[0]
     chunk = max(1, n if chunk <= 0 or chunk >= n else chunk)  # (n = 0: no chunk, zero sums)
     pad = (-n) % chunk
     if pad:
         hidden = jnp.pad(hidden, ((0, pad), (0, 0)))
-        labels, weights = jnp.pad(labels, (0, pad)), jnp.pad(weights, (0, pad))
+        flat = tuple(jnp.pad(x, (0, pad)) for x in flat)
     k = (n + pad) // chunk
-    return hidden.reshape(k, chunk, hidden.shape[-1]), labels.reshape(k, chunk), weights.reshape(k, chunk)
+    return (hidden.reshape(k, chunk, hidden.shape[-1]), *(x.reshape(k, chunk) for x in flat))
 
 
 def _matmul_dtype(hidden):
@@ -87,24 +88,32 @@ def _chunk_terms(h, embedding, labels, epsilon, logits_dtype):
     return a * nll + eps_i * smooth, nll, e, s
 
 
-def _operands(hidden, embedding, labels, weights, chunk):
-    """The chunked ``(hidden, labels, weights)`` and the embedding, the matmul operands in
+def _operands(hidden, embedding, labels, weights, chunk, *flat):
+    """The chunked ``(hidden, labels, weights, *flat)`` and the embedding, the matmul operands in
     ``_matmul_dtype(hidden)``, the weights in float32."""
     cd = _matmul_dtype(hidden)
-    return _chunked(hidden.astype(cd), labels, weights.astype(jnp.float32), chunk), embedding.astype(cd)
+    return _chunked(hidden.astype(cd), chunk, labels, weights.astype(jnp.float32), *flat), embedding.astype(cd)
+
+
+def _segment_sums(hidden, embedding, labels, weights, segments, num_segments, epsilon, chunk, logits_dtype):
+    """``(loss [S], nll [S])``: the weighted per-token terms summed by each token's segment."""
+    (hc, lc, wc, sc), emb_c = _operands(hidden, embedding, labels, weights, chunk, segments)
+
+    def body(acc, xs):
+        h, lab, w, seg = xs
+        loss, nll, _, _ = _chunk_terms(h, emb_c, lab, epsilon, logits_dtype)
+        sums = (jax.ops.segment_sum(t * w, seg, num_segments) for t in (loss, nll))
+        return tuple(a + b for a, b in zip(acc, sums)), None
+
+    zero = jnp.zeros((num_segments,), jnp.float32)
+    (loss, nll), _ = jax.lax.scan(body, (zero, zero), (hc, lc, wc, sc))
+    return loss, nll
 
 
 def _sums(hidden, embedding, labels, weights, epsilon, chunk, logits_dtype):
-    (hc, lc, wc), emb_c = _operands(hidden, embedding, labels, weights, chunk)
-
-    def body(acc, xs):
-        h, lab, w = xs
-        loss, nll, _, _ = _chunk_terms(h, emb_c, lab, epsilon, logits_dtype)
-        return (acc[0] + jnp.sum(loss * w), acc[1] + jnp.sum(nll * w)), None
-
-    zero = jnp.zeros((), jnp.float32)
-    (loss, nll), _ = jax.lax.scan(body, (zero, zero), (hc, lc, wc))
-    return loss, nll
+    segments = jnp.zeros(labels.shape, jnp.int32)
+    loss, nll = _segment_sums(hidden, embedding, labels, weights, segments, 1, epsilon, chunk, logits_dtype)
+    return loss[0], nll[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -176,3 +185,17 @@ def output_loss(hidden, embedding, labels, weights, epsilon: float, chunk: int |
     loss, nll = _output_loss(hidden, embedding.astype(jnp.float32), labels.astype(jnp.int32), weights,
                              float(epsilon), int(chunk), jnp.dtype(logits_dtype))
     return loss, nll, jnp.sum(weights)
+
+
+def output_loss_by_segment(hidden, embedding, labels, weights, segments, num_segments: int, epsilon: float,
+                           chunk: int | None = None, logits_dtype="float32"):
+    """``output_loss``'s three sums split by ``segments [N]`` (ids in ``[0, num_segments)``, e.g. each
+    token's language pair): ``(loss [S], nll [S], tokens [S])``, whose totals are ``output_loss``'s.
+    For evaluation: no custom gradient (it is never differentiated)."""
+    if chunk is None:
+        chunk = default_loss_chunk()
+    weights = weights.astype(jnp.float32)
+    segments = segments.astype(jnp.int32)
+    loss, nll = _segment_sums(hidden, embedding.astype(jnp.float32), labels.astype(jnp.int32), weights,
+                              segments, int(num_segments), float(epsilon), int(chunk), jnp.dtype(logits_dtype))
+    return loss, nll, jax.ops.segment_sum(weights, segments, int(num_segments))

@@ -12,7 +12,7 @@ import optax
 from jax_namnmt import parallel
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.model.transformer import Transformer, init_boxed_params
-from jax_namnmt.training.loss import default_loss_chunk, output_loss
+from jax_namnmt.training.loss import default_loss_chunk, output_loss, output_loss_by_segment
 from jax_namnmt.xla_options import training_compiler_options
 
 
@@ -153,9 +153,10 @@ def make_train_step(config: ModelConfig, label_smoothing: float, b1=0.9, b2=0.98
 
 
 @functools.lru_cache(maxsize=None)
-def make_eval_step(config: ModelConfig, label_smoothing: float, mesh=None, rules=None):
-    """``eval(params, batch, masks) -> (loss_sum, nll_sum, tokens)``, no dropout; ``mesh`` and
-    ``rules`` as for ``make_train_step`` (the sums come back replicated)."""
+def make_eval_step(config: ModelConfig, label_smoothing: float, num_pairs: int, mesh=None, rules=None):
+    """``eval(params, batch, masks) -> (loss_sums, nll_sums, tokens)``, each ``[num_pairs]`` (summed
+    over each pair's target tokens, so one batch mixing the pairs gives every pair's figures), no
+    dropout; ``mesh`` and ``rules`` as for ``make_train_step`` (the sums come back replicated)."""
     model = Transformer(config)
     jit_kwargs = {"compiler_options": training_compiler_options()}
     if mesh is not None:
@@ -165,6 +166,10 @@ def make_eval_step(config: ModelConfig, label_smoothing: float, mesh=None, rules
     @partial(jax.jit, **jit_kwargs)
     def eval_step(params, batch, masks):
         with parallel.activate(mesh, rules):
-            return batch_loss(model, params, batch, masks, label_smoothing, chunk, deterministic=True)
+            hidden = model.apply({"params": params}, batch, masks, return_hidden=True, deterministic=True)
+            return output_loss_by_segment(
+                hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"], batch["tgt_labels"].reshape(-1),
+                (batch["tgt_segments"] > 0).reshape(-1), batch["tgt_pairs"].reshape(-1), num_pairs,
+                label_smoothing, chunk, model.config.logits_dtype)
 
     return eval_step
