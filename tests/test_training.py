@@ -113,6 +113,13 @@ def test_resumed_run_equals_uninterrupted_run(workdir, full_run):
     # the resumed run's metrics continue the same file, each step logged once
     steps = [r["step"] for r in _records(out) if r["phase"] == "pretrain"]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
+    # and so do the pair counts: the last record counts every example since step 0, as the uninterrupted run's
+    def last_shares(run):
+        record = [r for r in _records(run) if r["phase"] == "pretrain_pairs"][-1]
+        return {k: v for k, v in record.items() if k != "time"}
+
+    assert last_shares(out) == last_shares(full_run)
+    assert sum(meta_b["data"]["pair_examples"].values()) == last_shares(full_run)["examples"] > 0
 
 
 def test_validation_loss_decreases(full_run):

@@ -73,11 +73,17 @@ def batch_pair_counts(batch: Mapping[str, np.ndarray], num_pairs: int) -> np.nda
 
 
 class PairShares:
-    """The realised share of each pair among the training examples seen so far."""
+    """The realised share of each pair among the training examples seen so far; ``examples`` (a
+    checkpoint's ``{pair: examples}``, from :meth:`examples`) continues its counts, pairs it
+    does not name starting at 0."""
 
-    def __init__(self, pairs: Sequence[str]):
+    def __init__(self, pairs: Sequence[str], examples: Mapping[str, int] | None = None):
         self.pairs = list(pairs)
-        self.counts = np.zeros(len(self.pairs), np.int64)
+        self.counts = np.array([int((examples or {}).get(p, 0)) for p in self.pairs], np.int64)
+
+    def examples(self) -> dict[str, int]:
+        """``{pair: examples counted}`` (JSON, for a checkpoint's data record)."""
+        return {p: int(c) for p, c in zip(self.pairs, self.counts)}
 
     def add(self, batch: Mapping[str, np.ndarray]) -> None:
         self.counts += batch_pair_counts(batch, len(self.pairs))

@@ -102,10 +102,11 @@ def validation_loss(params, batches, masks, config: Config, mesh=None, rules=Non
 
 
 def _resume(ckpt: Checkpointer, state, layout: str, mesh, phase: str, report: bool):
-    """``(state, epoch, index, layout)``: the checkpoint's state and data position if the run has one
-    (in the checkpoint's layout where it can go on in it), else the fresh state at the start."""
+    """``(state, epoch, index, layout, data)``: the checkpoint's state and data position if the run
+    has one (in the checkpoint's layout where it can go on in it), else the fresh state at the start;
+    ``data`` is the checkpoint's data record (``{}`` at the start)."""
     if ckpt.latest_step() is None:
-        return state, 0, 0, layout
+        return state, 0, 0, layout, {}
     state, meta = ckpt.restore(state)
     epoch, index = meta["data"]["epoch"], meta["data"]["index"]
     if report:
@@ -118,7 +119,7 @@ def _resume(ckpt: Checkpointer, state, layout: str, mesh, phase: str, report: bo
     elif saved != layout and report:
         print(f"[{phase}] the checkpoint was trained in the compact layout, which a mesh cannot use: "
               f"continuing in rows from batch {index} of epoch {epoch} of the rows' stream")
-    return state, epoch, index, layout
+    return state, epoch, index, layout, meta["data"]
 
 
 def _place(state, mesh, train_step):
@@ -186,11 +187,12 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     state = init_state(init_params, optimizer)
     if mesh is not None:  # before a restore: the checkpoint is then restored onto these shardings
         state = parallel.put(state, train_step.state_shardings)
-    state, epoch, index, layout = _resume(ckpt, state, layout, mesh, phase, report)
+    state, epoch, index, layout, saved_data = _resume(ckpt, state, layout, mesh, phase, report)
     batch_shape = (tc.tokens_per_batch, config.data.src_row_len, config.data.tgt_row_len)  # budget, row lengths
     temperature = config.data.sampling_temperature
     batcher = make_batcher(train_examples, layout, *batch_shape, seed=tc.seed, temperature=temperature)
-    shares = PairShares(config.data.pairs)  # the realised share of each pair, logged as <phase>_pairs
+    # the realised share of each pair since step 0 (counted on from the checkpoint), logged as <phase>_pairs
+    shares = PairShares(config.data.pairs, saved_data.get("pair_examples"))
     if report and temperature != 1.0:
         print(f"[{phase}] sampling pairs at temperature {temperature:g}: "
               f"{describe_probabilities(config.data.pairs, train_examples.pair_ids, temperature)}")
@@ -210,7 +212,8 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
 
     def save(step_now, position):
         _check_diverged(state, step_now, ckpt, tc.max_bad_steps, phase)
-        ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1], "layout": layout},
+        ckpt.save(step_now, state, {"data": {"epoch": position[0], "index": position[1], "layout": layout,
+                                             "pair_examples": shares.examples()},
                                     "step": step_now,
                                     "phase": phase, "config": config.to_dict(),
                                     "vocabulary": str((run_dir / "spm.model").resolve())})
