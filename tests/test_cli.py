@@ -231,6 +231,10 @@ def run_errors(tiny, tmp_path_factory) -> dict:
         calls[damage] = ("translate", ["--checkpoint", broken, "--src", "de", "--tgt", "en", "--quiet"], SENTENCE)
         facts[damage] = {"run": broken}
 
+    # averaging more checkpoints than the run keeps
+    calls["average_too_many"] = ("average", ["--checkpoint", tiny["run"], "--out", tmp / "averaged", "--last", "9"])
+    facts["average_too_many"] = {"out": tmp / "averaged"}
+
     # an unknown target, a source code the model does not know (it used to translate anyway), one
     # language twice
     for src, tgt in (("de", "xx"), ("xx", "en"), ("de", "de")):
@@ -285,3 +289,9 @@ def test_compilation_cache_location():
     host = platform.node() or "localhost"  # one directory per machine
     assert compilation_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/jax_namnmt/xla") / host
     assert compilation_cache_dir({}) == Path.home() / ".cache" / "jax_namnmt" / "xla" / host
+
+
+def test_average_refuses_more_checkpoints_than_the_run_keeps(tiny, run_errors):
+    proc, case = run_errors["average_too_many"]
+    assert_user_error(proc, "--last 9", str(tiny["run"]), "keep_checkpoints")
+    assert not (case["out"] / "checkpoints").exists()

@@ -48,7 +48,7 @@ def test_configs_are_package_data(tmp_path, monkeypatch):
             config_path(missing)
 
 
-DOORS = ["allocate", "analyze", "evaluate", "export", "finetune", "importance", "pipeline", "prepare",
+DOORS = ["allocate", "analyze", "average", "evaluate", "export", "finetune", "importance", "pipeline", "prepare",
          "reproduce", "train", "translate"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import jax
@@ -277,3 +278,46 @@ def test_one_device_mesh_runs_the_program_without_a_mesh_bit_for_bit(tmp_path):
         assert on_mesh[name].tobytes() == plain[name].tobytes(), f"the step on a one-device mesh: {name}"
     start = _leaves(params)
     assert any(start[name].tobytes() != plain[name].tobytes() for name in plain)  # the steps moved them
+
+
+def test_average_of_the_last_checkpoints(workdir, monkeypatch):
+    """``average`` writes a run whose parameters are the mean of the chosen checkpoints', with the
+    run's config, vocabulary and masks; steps the run does not hold are refused, naming those it holds."""
+    from jax_namnmt.average import average_run, main as average_main
+    from jax_namnmt.errors import CheckpointError
+
+    root, config = workdir
+    run = workflow.run_pretrain(config.override(["train.steps=4", "train.save_every=2"]).validate(), root,
+                                root / "two_saves", quiet=True)
+    sizes = module_sizes(config.model)
+    pairs = list(config.data.pairs)
+    save_masks(run / "masks.npz", {m: np.random.default_rng(0).random((len(pairs), n)) < 0.9
+                                   for m, n in sizes.items()}, pairs, {})
+    with Checkpointer(run) as ckpt:
+        assert ckpt.all_steps() == [2, 4]
+        kept = [_leaves(ckpt.restore_params(step)[0]) for step in (2, 4)]
+    out = average_run(run, root / "averaged", last=2)
+    averaged = workflow.load_run(out)
+    assert averaged.step == 4 and averaged.config.model == config.model
+    got = _leaves(averaged.params)
+    assert got.keys() == kept[0].keys()
+    for name in got:
+        np.testing.assert_allclose(got[name], (kept[0][name].astype(np.float64) + kept[1][name]) / 2,
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
+    assert any(not np.array_equal(kept[0][name], kept[1][name]) for name in got)  # two different checkpoints
+    masks, copied = load_masks(run / "masks.npz")[0], load_masks(out / "masks.npz")[0]  # a masked run stays masked
+    assert averaged.masks is not None and masks.keys() == copied.keys()
+    assert all(np.array_equal(masks[m], copied[m]) for m in masks)
+
+    monkeypatch.setattr(sys, "argv", ["average", "--checkpoint", str(run), "--out", str(root / "by_steps"),
+                                      "--steps", "2,4"])
+    assert average_main() == 0  # the door: the same average
+    assert all(np.array_equal(v, got[k]) for k, v in _leaves(workflow.load_run(root / "by_steps").params).items())
+    one = workflow.load_run(average_run(run, root / "only_step_2", steps=[2]))  # one step: that checkpoint
+    assert all(np.array_equal(v, kept[0][k]) for k, v in _leaves(one.params).items())
+    with pytest.raises(CheckpointError, match=r"step\(s\) \[3\].*holds steps \[2, 4\]"):
+        average_run(run, root / "bad", steps=[2, 3])
+    with pytest.raises(CheckpointError, match=r"--last 3: .* holds 2 checkpoint"):
+        average_run(run, root / "bad", last=3)
+    with pytest.raises(CheckpointError, match="holds checkpoints already"):
+        average_run(run, out, last=2)
