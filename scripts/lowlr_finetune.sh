@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# method_te against the equal-steps multilingual run at a lower fine-tuning learning rate, from the
+# many-to-many base of `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that
+# first): the same 100 steps, masks, dropout and batches as its systems, peak LR instead of 3e-4
+# (default 5e-5, about the base's last), seeds 1 and 2; then test BLEU of each and paired bootstrap
+# (method_te - multilingual, each - the base). A finished run or evaluation is skipped (resumable).
+# Figures: docs/experiments.md.
+#
+#   bash scripts/lowlr_finetune.sh [LR] [OUT] [REPRODUCE_WORKDIR]   # defaults 5e-5 runs/lowlr runs/reproduce_cpu
+set -euo pipefail
+LR=${1:-5e-5}
+W=${2:-runs/lowlr}
+M=${3:-runs/reproduce_cpu}/many_to_many
+PY=${PYTHON:-python}
+CFG=$M/runs/multilingual-s1/config.json
+MASKS=$(ls $M/masks/taylor-cross_entropy-pair_mean-no_embedding_inputs-rho0.9-k0.7.npz)
+mkdir -p "$W"
+[ -e "$W/eval_start.json" ] || $PY -m jax_namnmt.evaluate --checkpoint $M/base --data $M/data --split test \
+  --max-lines 0 --zero-shot none --quiet --out "$W/eval_start.json" | tail -3
+for seed in 1 2; do
+  for sys in multilingual method_te; do
+    out=$W/$sys-s$seed
+    extra=(); [ $sys = method_te ] && extra=(--masks "$MASKS")
+    if [ ! -e "$out/DONE" ]; then
+      $PY -m jax_namnmt.finetune --config $CFG --from $M/base "${extra[@]}" --out "$out" --workdir $M \
+        --set finetune.learning_rate=$LR --set train.seed=$seed --quiet
+      touch "$out/DONE"
+    fi
+    [ -e "$W/eval_$sys-s$seed.json" ] || $PY -m jax_namnmt.evaluate --checkpoint "$out" --data $M/data --split test \
+      --max-lines 0 --zero-shot none --quiet --out "$W/eval_$sys-s$seed.json" | tail -3
+  done
+done
+
+$PY - "$W" "$M/data" "$LR" <<'PYEOF'
+import json, sys
+from pathlib import Path
+from jax_namnmt.significance import paired_bootstrap_mean, sentence_stats
+
+w, data, lr = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
+refs = {p: (data / f"test.{p}.{p.split('-')[1]}").read_text(encoding="utf-8").splitlines() for p in pairs}
+files = {"method_te": [w / f"eval_method_te-s{k}.json" for k in (1, 2)],
+         "multilingual": [w / f"eval_multilingual-s{k}.json" for k in (1, 2)], "start": [w / "eval_start.json"]}
+evals = {s: [json.loads(f.read_text()) for f in fs] for s, fs in files.items()}
+stats = {s: [{p: sentence_stats(e["hypotheses"][p], refs[p]) for p in pairs} for e in es] for s, es in evals.items()}
+out = {"learning_rate": lr, "bleu": {s: [e["avg"]["bleu"] for e in es] for s, es in evals.items()}}
+for s in ("method_te", "multilingual"):
+    out.setdefault("valid_nll_last", {})[s] = [
+        [r for r in map(json.loads, open(w / f"{s}-s{k}" / "metrics.jsonl")) if r["phase"].endswith("_valid")][-1]["nll"]
+        for k in (1, 2)]
+for a, b in (("method_te", "multilingual"), ("method_te", "start"), ("multilingual", "start")):
+    out[f"{a} - {b}"] = paired_bootstrap_mean([[x[p] for x in stats[a]] for p in pairs],
+                                              [[x[p] for x in stats[b]] for p in pairs])
+(w / "compare.json").write_text(json.dumps(out, indent=1) + "\n")
+print(json.dumps(out, indent=1))
+PYEOF
