@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# method_te against the equal-steps multilingual run at a lower fine-tuning learning rate, from the
+# method_te against the equal-steps multilingual run at another fine-tuning learning rate or length, from the
 # many-to-many base of `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that
-# first): the same 100 steps, masks, dropout and batches as its systems, peak LR instead of 3e-4
+# first): the same masks, dropout and batches as its systems, STEPS steps (default 100, as there) at peak LR
 # (default 5e-5, about the base's last), seeds 1 and 2; then test BLEU of each and paired bootstrap
 # (method_te - multilingual, each - the base). A finished run or evaluation is skipped (resumable).
 # Figures: docs/experiments.md.
 #
-#   bash scripts/lowlr_finetune.sh [LR] [OUT] [REPRODUCE_WORKDIR]   # defaults 5e-5 runs/lowlr runs/reproduce_cpu
+#   bash scripts/compare_finetuning.sh [LR] [OUT] [REPRODUCE_WORKDIR] [STEPS]   # defaults 5e-5 runs/lowlr runs/reproduce_cpu 100
 set -euo pipefail
 LR=${1:-5e-5}
 W=${2:-runs/lowlr}
 M=${3:-runs/reproduce_cpu}/many_to_many
+STEPS=${4:-100}
 PY=${PYTHON:-python}
 CFG=$M/runs/multilingual-s1/config.json
 MASKS=$(ls $M/masks/taylor-cross_entropy-pair_mean-no_embedding_inputs-rho0.9-k0.7.npz)
@@ -23,7 +24,7 @@ for seed in 1 2; do
     extra=(); [ $sys = method_te ] && extra=(--masks "$MASKS")
     if [ ! -e "$out/DONE" ]; then
       $PY -m jax_namnmt.finetune --config $CFG --from $M/base "${extra[@]}" --out "$out" --workdir $M \
-        --set finetune.learning_rate=$LR --set train.seed=$seed --quiet
+        --set finetune.learning_rate=$LR --set finetune.steps=$STEPS --set train.seed=$seed --quiet
       touch "$out/DONE"
     fi
     [ -e "$W/eval_$sys-s$seed.json" ] || $PY -m jax_namnmt.evaluate --checkpoint "$out" --data $M/data --split test \
@@ -31,19 +32,19 @@ for seed in 1 2; do
   done
 done
 
-$PY - "$W" "$M/data" "$LR" <<'PYEOF'
+$PY - "$W" "$M/data" "$LR" "$STEPS" <<'PYEOF'
 import json, sys
 from pathlib import Path
 from jax_namnmt.significance import paired_bootstrap_mean, sentence_stats
 
-w, data, lr = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+w, data, lr, steps = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
 refs = {p: (data / f"test.{p}.{p.split('-')[1]}").read_text(encoding="utf-8").splitlines() for p in pairs}
 files = {"method_te": [w / f"eval_method_te-s{k}.json" for k in (1, 2)],
          "multilingual": [w / f"eval_multilingual-s{k}.json" for k in (1, 2)], "start": [w / "eval_start.json"]}
 evals = {s: [json.loads(f.read_text()) for f in fs] for s, fs in files.items()}
 stats = {s: [{p: sentence_stats(e["hypotheses"][p], refs[p]) for p in pairs} for e in es] for s, es in evals.items()}
-out = {"learning_rate": lr, "bleu": {s: [e["avg"]["bleu"] for e in es] for s, es in evals.items()}}
+out = {"learning_rate": lr, "steps": steps, "bleu": {s: [e["avg"]["bleu"] for e in es] for s, es in evals.items()}}
 for s in ("method_te", "multilingual"):
     out.setdefault("valid_nll_last", {})[s] = [
         [r for r in map(json.loads, open(w / f"{s}-s{k}" / "metrics.jsonl")) if r["phase"].endswith("_valid")][-1]["nll"]
