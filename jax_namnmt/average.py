@@ -84,14 +84,13 @@ def average_run(run_dir: Path, out: Path, last: int | None = None, steps: Sequen
             if (out / "checkpoints").exists():
                 raise CheckpointError(f"{out} holds checkpoints already: write the average to a new directory")
             params = mean_params(jax.device_get(ckpt.restore_params(step, target=target)[0]) for step in chosen)
-            write_run_files(out, config, run_dir / "spm.model",
-                            {"averaged_from": str(run_dir.resolve()), "averaged_steps": chosen})
+            origin = {"averaged_from": str(run_dir.resolve()), "averaged_steps": chosen}
+            write_run_files(out, config, run_dir / "spm.model", origin)
             if (run_dir / "masks.npz").exists():
                 copy_file(run_dir / "masks.npz", out / "masks.npz")
             with Checkpointer(out) as saved:
                 saved.save(chosen[-1], {"params": params},
-                           {"step": chosen[-1], "phase": "average", "config": config.to_dict(),
-                            "averaged_from": str(run_dir.resolve()), "averaged_steps": chosen})
+                           {"step": chosen[-1], "phase": "average", "config": config.to_dict(), **origin})
                 saved.wait()
     return out
 

@@ -118,7 +118,7 @@ def test_validation_per_pair_from_one_mixed_packing_equals_each_pair_alone(tiny_
     from jax_namnmt.data.vocab import Vocab
     from jax_namnmt.model.transformer import init_params
     from jax_namnmt.training.loop import validation_batches, validation_loss
-    from jax_namnmt.data.batching import Examples
+    from jax_namnmt.add_pair import only_pair
 
     from jax_namnmt import packaged
     config = load_config("tiny", ["model.vocab_size=6000", "data.vocab_size=6000"])
@@ -131,10 +131,7 @@ def test_validation_per_pair_from_one_mixed_packing_equals_each_pair_alone(tiny_
     assert {f"nll_{p}" for p in config.data.pairs} <= set(mixed)
     assert any(len(set(np.unique(b["tgt_pairs"][b["tgt_segments"] > 0]))) > 1 for b in mixed_batches)
     for pid, pair in enumerate(config.data.pairs[:3]):  # three pairs, each evaluated alone
-        keep = [i for i, p in enumerate(examples.pair_ids) if p == pid]
-        alone = Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
-                         np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
-        solo = validation_loss(params, validation_batches(alone, "rows", shape), None, config)
+        solo = validation_loss(params, validation_batches(only_pair(examples, pid), "rows", shape), None, config)
         assert set(solo) == {"loss", "nll", "ppl", f"nll_{pair}"} and solo[f"nll_{pair}"] == solo["nll"]
         assert mixed[f"nll_{pair}"] == pytest.approx(solo["nll"], rel=1e-5)
     tokens = np.bincount(examples.pair_ids, weights=[len(t) for t in examples.tgt])  # a label per target token

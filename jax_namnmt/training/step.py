@@ -40,18 +40,24 @@ def make_optimizer(b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0) -> optax.GradientTr
 
 
 def batch_loss(model, params, batch, masks, label_smoothing, chunk, *, variables=None, mutable=False,
-               **apply_kwargs):
+               num_pairs: int = 0, **apply_kwargs):
     """``(loss_sum, nll_sum, tokens)`` of a packed batch: the model's last hidden states and the
     tied output embedding through ``output_loss`` (never a ``[tokens, vocab]`` logits array kept
-    for the backward pass). ``variables`` (collections besides the params), ``mutable`` and
-    ``apply_kwargs`` (``deterministic``, ``rngs``) go to ``model.apply``; with ``mutable`` the
-    result is ``(sums, state)``."""
+    for the backward pass). ``num_pairs`` > 0: each sum split by the target tokens' pairs
+    (``[num_pairs]`` arrays, ``output_loss_by_segment``; for evaluation, not differentiated).
+    ``variables`` (collections besides the params), ``mutable`` and ``apply_kwargs``
+    (``deterministic``, ``rngs``) go to ``model.apply``; with ``mutable`` the result is
+    ``(sums, state)``."""
     out = model.apply({"params": params, **(variables or {})}, batch, masks, return_hidden=True,
                       mutable=mutable, **apply_kwargs)
     hidden, state = out if mutable else (out, None)
-    sums = output_loss(hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"],
-                       batch["tgt_labels"].reshape(-1), (batch["tgt_segments"] > 0).reshape(-1),
-                       label_smoothing, chunk, model.config.logits_dtype)
+    tokens = (hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"], batch["tgt_labels"].reshape(-1),
+              (batch["tgt_segments"] > 0).reshape(-1))
+    if num_pairs:
+        sums = output_loss_by_segment(*tokens, batch["tgt_pairs"].reshape(-1), num_pairs, label_smoothing, chunk,
+                                      model.config.logits_dtype)
+    else:
+        sums = output_loss(*tokens, label_smoothing, chunk, model.config.logits_dtype)
     return sums if state is None else (sums, state)
 
 
@@ -166,10 +172,7 @@ def make_eval_step(config: ModelConfig, label_smoothing: float, num_pairs: int, 
     @partial(jax.jit, **jit_kwargs)
     def eval_step(params, batch, masks):
         with parallel.activate(mesh, rules):
-            hidden = model.apply({"params": params}, batch, masks, return_hidden=True, deterministic=True)
-            return output_loss_by_segment(
-                hidden.reshape(-1, hidden.shape[-1]), params["embed"]["embedding"], batch["tgt_labels"].reshape(-1),
-                (batch["tgt_segments"] > 0).reshape(-1), batch["tgt_pairs"].reshape(-1), num_pairs,
-                label_smoothing, chunk, model.config.logits_dtype)
+            return batch_loss(model, params, batch, masks, label_smoothing, chunk, num_pairs=num_pairs,
+                              deterministic=True)
 
     return eval_step
