@@ -2,7 +2,7 @@
 # method_te against the equal-steps multilingual run at another fine-tuning learning rate or length, from the
 # many-to-many base of `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that
 # first): the same masks, dropout and batches as its systems, STEPS steps (default 100, as there) at peak LR
-# (default 5e-5, about the base's last), seeds 1 and 2; then test BLEU of each and paired bootstrap
+# (default 5e-5, about the base's last), seeds 1 and 2 (or those in $SEEDS, e.g. SEEDS=1); then test BLEU of each and paired bootstrap
 # (method_te - multilingual, each - the base). A finished run or evaluation is skipped (resumable).
 # Figures: docs/experiments.md.
 #
@@ -13,12 +13,13 @@ W=${2:-runs/lowlr}
 M=${3:-runs/reproduce_cpu}/many_to_many
 STEPS=${4:-100}
 PY=${PYTHON:-python}
+SEEDS=${SEEDS:-1 2}
 CFG=$M/runs/multilingual-s1/config.json
 MASKS=$(ls $M/masks/taylor-cross_entropy-pair_mean-no_embedding_inputs-rho0.9-k0.7.npz)
 mkdir -p "$W"
 [ -e "$W/eval_start.json" ] || $PY -m jax_namnmt.evaluate --checkpoint $M/base --data $M/data --split test \
   --max-lines 0 --zero-shot none --quiet --out "$W/eval_start.json" | tail -3
-for seed in 1 2; do
+for seed in $SEEDS; do
   for sys in multilingual method_te; do
     out=$W/$sys-s$seed
     extra=(); [ $sys = method_te ] && extra=(--masks "$MASKS")
@@ -32,23 +33,24 @@ for seed in 1 2; do
   done
 done
 
-$PY - "$W" "$M/data" "$LR" "$STEPS" <<'PYEOF'
+$PY - "$W" "$M/data" "$LR" "$STEPS" $SEEDS <<'PYEOF'
 import json, sys
 from pathlib import Path
 from jax_namnmt.significance import paired_bootstrap_mean, sentence_stats
 
 w, data, lr, steps = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+seeds = [int(s) for s in sys.argv[5:]]
 pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
 refs = {p: (data / f"test.{p}.{p.split('-')[1]}").read_text(encoding="utf-8").splitlines() for p in pairs}
-files = {"method_te": [w / f"eval_method_te-s{k}.json" for k in (1, 2)],
-         "multilingual": [w / f"eval_multilingual-s{k}.json" for k in (1, 2)], "start": [w / "eval_start.json"]}
+files = {"method_te": [w / f"eval_method_te-s{k}.json" for k in seeds],
+         "multilingual": [w / f"eval_multilingual-s{k}.json" for k in seeds], "start": [w / "eval_start.json"]}
 evals = {s: [json.loads(f.read_text()) for f in fs] for s, fs in files.items()}
 stats = {s: [{p: sentence_stats(e["hypotheses"][p], refs[p]) for p in pairs} for e in es] for s, es in evals.items()}
-out = {"learning_rate": lr, "steps": steps, "bleu": {s: [e["avg"]["bleu"] for e in es] for s, es in evals.items()}}
+out = {"learning_rate": lr, "steps": steps, "seeds": seeds, "bleu": {s: [e["avg"]["bleu"] for e in es] for s, es in evals.items()}}
 for s in ("method_te", "multilingual"):
     out.setdefault("valid_nll_last", {})[s] = [
         [r for r in map(json.loads, open(w / f"{s}-s{k}" / "metrics.jsonl")) if r["phase"].endswith("_valid")][-1]["nll"]
-        for k in (1, 2)]
+        for k in seeds]
 for a, b in (("method_te", "multilingual"), ("method_te", "start"), ("multilingual", "start")):
     out[f"{a} - {b}"] = paired_bootstrap_mean([[x[p] for x in stats[a]] for p in pairs],
                                               [[x[p] for x in stats[b]] for p in pairs])
