@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# method_te against the equal-steps multilingual run at another fine-tuning learning rate or length, from the
-# many-to-many base of `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that
-# first): the same masks, dropout and batches as its systems, STEPS steps (default 100, as there) at peak LR
-# (default 5e-5, about the base's last), seeds 1 and 2 (or those in $SEEDS, e.g. SEEDS=1); then test BLEU of each and paired bootstrap
-# (method_te - multilingual, each - the base). A finished run or evaluation is skipped (resumable).
-# Figures: docs/experiments.md.
+# method_te against the equal-steps multilingual run at another fine-tuning learning rate or length, from
+# the many-to-many base of `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that
+# first): the same masks, dropout and batches as its systems, STEPS steps (default 100, as there) at peak
+# LR (default 5e-5, about the base's last), seeds 1 and 2 (or those in $SEEDS, e.g. SEEDS=1); then test
+# BLEU of each and paired bootstrap (method_te - multilingual, each - the base). A finished run or
+# evaluation is skipped (resumable). Figures: docs/experiments.md.
 #
 #   bash scripts/compare_finetuning.sh [LR] [OUT] [REPRODUCE_WORKDIR] [STEPS]   # defaults 5e-5 runs/lowlr runs/reproduce_cpu 100
 set -euo pipefail

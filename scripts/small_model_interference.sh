@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does the method win where pairs do interfere? The same protocol as the CPU reproduction on a model ten
-# times smaller than the shipped one (d 64, 4 heads, FFN 256, 3+3 layers: 0.75M parameters for the 8
+# times smaller than the shipped one (d 64, 4 heads, FFN 256, 3+3 layers: 0.73M parameters for the 8
 # Multi30k directions), where capacity, not data, should limit it: pre-training from scratch (resumable,
 # PRETRAIN_STEPS in all), then `reproduce` restricted to many-to-many, the multilingual control and
 # method_te (3 seeds, one scoring: cross-entropy Taylor importance, pair_mean, no embedding inputs,

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# How much can a pair gain from parameters of its own? Each of the 8 directions fine-tuned alone (the whole
-# model, its pair's batches only) from the many-to-many base of
-# `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that first): STEPS steps (default
-# 100) at peak LR (default 3e-4, the reproduction's), seed 1; then each specialist's test BLEU on its own
-# direction and paired bootstraps against the reproduction's systems (CONTROLS = its eval/ folder, the
-# default, for 3e-4 and 100 steps) or against the runs of scripts/compare_finetuning.sh (CONTROLS = that
-# script's OUT, for another rate or length). The method restricts each pair to a part of the model; a
-# specialist gives it all of the model and no other pair's updates, so what specialists gain over the
-# multilingual run bounds what allocation can gain by keeping pairs apart during fine-tuning. TOKENS (default
-# 4096, the reproduction's batch) sets each specialist's batch: 512 gives it the same updates and the same
-# examples of its pair as the multilingual run's (one eighth of its 4096-token batches).
-# A finished run or evaluation is skipped (resumable). Figures: docs/experiments.md.
+# How much can a pair gain from parameters of its own? Each of the 8 directions fine-tuned alone (the
+# whole model, its pair's batches only) from the many-to-many base of `python -m jax_namnmt.reproduce
+# --config configs/reproduce_cpu.py` (run that first): STEPS steps (default 100) at peak LR (default
+# 3e-4, the reproduction's), seed 1 (or those in $SEEDS, e.g. SEEDS="1 2"); then each specialist's test
+# BLEU on its own direction and paired bootstraps against the reproduction's systems (CONTROLS = its
+# eval/ folder, the default, for 3e-4 and 100 steps) or against the runs of scripts/compare_finetuning.sh
+# (CONTROLS = that script's OUT, for another rate or length). The method restricts each pair to a part of
+# the model; a specialist gives it all of the model and no other pair's updates, so what specialists gain
+# over the multilingual run bounds what allocation can gain by keeping pairs apart during fine-tuning.
+# TOKENS (default 4096, the reproduction's batch) sets each specialist's batch: 512 gives it the same
+# updates and the same examples of its pair as the multilingual run's (one eighth of its 4096-token
+# batches). A finished run or evaluation is skipped (resumable). Figures: docs/experiments.md.
 #
 #   bash scripts/specialist_finetuning.sh [LR] [OUT] [REPRODUCE_WORKDIR] [STEPS] [CONTROLS] [TOKENS]
 #   # defaults 3e-4 runs/specialists runs/reproduce_cpu 100 REPRODUCE_WORKDIR/many_to_many/eval 4096
@@ -22,27 +22,31 @@ STEPS=${4:-100}
 CONTROLS=${5:-$M/eval}
 TOKENS=${6:-4096}
 PY=${PYTHON:-python}
+SEEDS=${SEEDS:-1}
 CFG=$M/runs/multilingual-s1/config.json
 PAIRS="de-en en-de fr-en en-fr cs-en en-cs de-fr fr-de"
 mkdir -p "$W"
-for pair in $PAIRS; do
-  out=$W/$pair
-  if [ ! -e "$out/DONE" ]; then
-    $PY -m jax_namnmt.finetune --config $CFG --from $M/base --out "$out" --workdir $M --set data.pairs=$pair \
-      --set finetune.learning_rate=$LR --set finetune.steps=$STEPS --set train.tokens_per_batch=$TOKENS --set train.seed=1 --quiet
-    touch "$out/DONE"
-  fi
-  [ -e "$W/eval_$pair.json" ] || $PY -m jax_namnmt.evaluate --checkpoint "$out" --data $M/data --split test \
-    --max-lines 0 --zero-shot none --quiet --out "$W/eval_$pair.json" | tail -2
+for seed in $SEEDS; do
+  for pair in $PAIRS; do
+    out=$W/$pair-s$seed
+    if [ ! -e "$out/DONE" ]; then
+      $PY -m jax_namnmt.finetune --config $CFG --from $M/base --out "$out" --workdir $M --set data.pairs=$pair \
+        --set finetune.learning_rate=$LR --set finetune.steps=$STEPS --set train.tokens_per_batch=$TOKENS \
+        --set train.seed=$seed --quiet
+      touch "$out/DONE"
+    fi
+    [ -e "$W/eval_$pair-s$seed.json" ] || $PY -m jax_namnmt.evaluate --checkpoint "$out" --data $M/data --split test \
+      --max-lines 0 --zero-shot none --quiet --out "$W/eval_$pair-s$seed.json" | tail -2
+  done
 done
 
-$PY - "$W" "$M/data" "$LR" "$STEPS" "$CONTROLS" "$TOKENS" <<'PYEOF'
+$PY - "$W" "$M/data" "$LR" "$STEPS" "$CONTROLS" "$TOKENS" $SEEDS <<'PYEOF'
 import json, sys
 from pathlib import Path
 from jax_namnmt.significance import paired_bootstrap, paired_bootstrap_mean, sentence_stats
 
 w, data, lr, steps, controls = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
-tokens = int(sys.argv[6])
+tokens, seeds = int(sys.argv[6]), [int(s) for s in sys.argv[7:]]
 pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
 refs = {p: (data / f"test.{p}.{p.split('-')[1]}").read_text(encoding="utf-8").splitlines() for p in pairs}
 
@@ -62,12 +66,12 @@ else:
     files = {"start": [controls / "eval_start.json"], "multilingual": sorted(controls.glob("eval_multilingual-s*.json")),
              "method_te": sorted(controls.glob("eval_method_te-s*.json"))}
 systems = {s: [hypotheses(f) for f in fs] for s, fs in files.items() if fs}
-systems["specialists"] = [{p: hypotheses(w / f"eval_{p}.json")[p] for p in pairs}]
+systems["specialists"] = [{p: hypotheses(w / f"eval_{p}-s{k}.json")[p] for p in pairs} for k in seeds]
 stats = {s: [{p: sentence_stats(h[p], refs[p]) for p in pairs} for h in hs] for s, hs in systems.items()}
-out = {"learning_rate": lr, "steps": steps, "tokens_per_batch": tokens, "controls": {s: [str(f) for f in fs] for s, fs in files.items()},
+out = {"learning_rate": lr, "steps": steps, "tokens_per_batch": tokens, "specialist_seeds": seeds, "controls": {s: [str(f) for f in fs] for s, fs in files.items()},
        "seeds": {s: len(hs) for s, hs in systems.items()},
-       "valid_nll_last": {p: [r for r in map(json.loads, open(w / p / "metrics.jsonl"))
-                              if r["phase"].endswith("_valid")][-1]["nll"] for p in pairs}}
+       "valid_nll_last": {p: [[r for r in map(json.loads, open(w / f"{p}-s{k}" / "metrics.jsonl"))
+                               if r["phase"].endswith("_valid")][-1]["nll"] for k in seeds] for p in pairs}}
 for s in systems:
     if s != "specialists":
         out[f"specialists - {s}"] = {
