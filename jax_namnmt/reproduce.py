@@ -107,7 +107,7 @@ def check_config(config: Config) -> Config:
     return config
 
 
-def _valid_history(run_dir: Path) -> list[dict]:
+def valid_history(run_dir: Path) -> list[dict]:
     """The validation records of a run's metrics.jsonl, one per step (the last if a step repeats)."""
     path = Path(run_dir) / "metrics.jsonl"
     records = {}
@@ -166,12 +166,12 @@ class Setting:
             c = self.config.with_sections(finetune={"steps": steps, "eval_every": r.converge_eval_every})
             if not workflow.is_finished(out, steps):
                 self.phase("converge", lambda: workflow.run_finetune(c, self.workdir, self.start, out, None, self.quiet))
-            nll = [h["nll"] for h in _valid_history(out)]
+            nll = [h["nll"] for h in valid_history(out)]
             stalled = len(nll) > r.converge_patience and (
                 min(nll[:-r.converge_patience]) - min(nll[-r.converge_patience:]) < r.converge_min_delta)
             if stalled or steps >= r.converge_max_steps:
                 self.report["start"] = {"from": str(self.start), "steps": steps, "converged": bool(stalled),
-                                        "valid_nll": [(h["step"], h["nll"]) for h in _valid_history(out)]}
+                                        "valid_nll": [(h["step"], h["nll"]) for h in valid_history(out)]}
                 return out
             steps += r.converge_eval_every
 
@@ -252,7 +252,7 @@ class Setting:
         seed = self.config.reproduce.seeds[0]
         finals = {}
         for s in candidates:
-            history = _valid_history(self.finetune(base, "method_te", s, seed))
+            history = valid_history(self.finetune(base, "method_te", s, seed))
             finals[s.tag] = history[-1]["nll"]
         self.report["rho_k_choice"] = finals
         return min(candidates, key=lambda s: finals[s.tag])
@@ -286,7 +286,7 @@ class Setting:
             seeds = r.seeds[:1] if system in r.one_seed_systems else r.seeds
             scoring = None if system == "multilingual" else chosen
             runs[system] = {seed: self.finetune(base, system, scoring, seed) for seed in seeds}
-        history = {system: {seed: _valid_history(d) for seed, d in by_seed.items()} for system, by_seed in runs.items()}
+        history = {system: {seed: valid_history(d) for seed, d in by_seed.items()} for system, by_seed in runs.items()}
         self.report["curves"] = {system: {seed: [(h["step"], h["nll"]) for h in records]
                                           for seed, records in by_seed.items()} for system, by_seed in history.items()}
         self.report["step0_per_pair"] = {system: {seed: {p: records[0][f"nll_{p}"] for p in self.pairs}

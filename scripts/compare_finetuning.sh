@@ -36,21 +36,22 @@ done
 $PY - "$W" "$M/data" "$LR" "$STEPS" $SEEDS <<'PYEOF'
 import json, sys
 from pathlib import Path
+from jax_namnmt.config import MANY_TO_MANY_8
+from jax_namnmt.data.corpus import read_lines
+from jax_namnmt.reproduce import valid_history
 from jax_namnmt.significance import paired_bootstrap_mean, sentence_stats
 
 w, data, lr, steps = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 seeds = [int(s) for s in sys.argv[5:]]
-pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
-refs = {p: (data / f"test.{p}.{p.split('-')[1]}").read_text(encoding="utf-8").splitlines() for p in pairs}
+pairs = list(MANY_TO_MANY_8)
+refs = {p: read_lines(data / f"test.{p}.{p.split('-')[1]}") for p in pairs}
 files = {"method_te": [w / f"eval_method_te-s{k}.json" for k in seeds],
          "multilingual": [w / f"eval_multilingual-s{k}.json" for k in seeds], "start": [w / "eval_start.json"]}
 evals = {s: [json.loads(f.read_text()) for f in fs] for s, fs in files.items()}
 stats = {s: [{p: sentence_stats(e["hypotheses"][p], refs[p]) for p in pairs} for e in es] for s, es in evals.items()}
 out = {"learning_rate": lr, "steps": steps, "seeds": seeds, "bleu": {s: [e["avg"]["bleu"] for e in es] for s, es in evals.items()}}
 for s in ("method_te", "multilingual"):
-    out.setdefault("valid_nll_last", {})[s] = [
-        [r for r in map(json.loads, open(w / f"{s}-s{k}" / "metrics.jsonl")) if r["phase"].endswith("_valid")][-1]["nll"]
-        for k in seeds]
+    out.setdefault("valid_nll_last", {})[s] = [valid_history(w / f"{s}-s{k}")[-1]["nll"] for k in seeds]
 for a, b in (("method_te", "multilingual"), ("method_te", "start"), ("multilingual", "start")):
     out[f"{a} - {b}"] = paired_bootstrap_mean([[x[p] for x in stats[a]] for p in pairs],
                                               [[x[p] for x in stats[b]] for p in pairs])

@@ -43,12 +43,15 @@ done
 $PY - "$W" "$M/data" "$LR" "$STEPS" "$CONTROLS" "$TOKENS" $SEEDS <<'PYEOF'
 import json, sys
 from pathlib import Path
+from jax_namnmt.config import MANY_TO_MANY_8
+from jax_namnmt.data.corpus import read_lines
+from jax_namnmt.reproduce import valid_history
 from jax_namnmt.significance import paired_bootstrap, paired_bootstrap_mean, sentence_stats
 
 w, data, lr, steps, controls = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
 tokens, seeds = int(sys.argv[6]), [int(s) for s in sys.argv[7:]]
-pairs = ["de-en", "en-de", "fr-en", "en-fr", "cs-en", "en-cs", "de-fr", "fr-de"]
-refs = {p: (data / f"test.{p}.{p.split('-')[1]}").read_text(encoding="utf-8").splitlines() for p in pairs}
+pairs = list(MANY_TO_MANY_8)
+refs = {p: read_lines(data / f"test.{p}.{p.split('-')[1]}") for p in pairs}
 
 
 def hypotheses(path: Path) -> dict[str, list[str]]:
@@ -70,8 +73,7 @@ systems["specialists"] = [{p: hypotheses(w / f"eval_{p}-s{k}.json")[p] for p in 
 stats = {s: [{p: sentence_stats(h[p], refs[p]) for p in pairs} for h in hs] for s, hs in systems.items()}
 out = {"learning_rate": lr, "steps": steps, "tokens_per_batch": tokens, "specialist_seeds": seeds, "controls": {s: [str(f) for f in fs] for s, fs in files.items()},
        "seeds": {s: len(hs) for s, hs in systems.items()},
-       "valid_nll_last": {p: [[r for r in map(json.loads, open(w / f"{p}-s{k}" / "metrics.jsonl"))
-                               if r["phase"].endswith("_valid")][-1]["nll"] for k in seeds] for p in pairs}}
+       "valid_nll_last": {p: [valid_history(w / f"{p}-s{k}")[-1]["nll"] for k in seeds] for p in pairs}}
 for s in systems:
     if s != "specialists":
         out[f"specialists - {s}"] = {
