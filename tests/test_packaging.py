@@ -49,7 +49,7 @@ def test_configs_are_package_data(tmp_path, monkeypatch):
 
 
 DOORS = ["allocate", "analyze", "average", "evaluate", "export", "finetune", "importance", "pipeline", "prepare",
-         "reproduce", "train", "translate"]
+         "reproduce", "score", "train", "translate"]
 
 
 @pytest.mark.parametrize("door", DOORS)
