@@ -44,8 +44,12 @@ def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> in
 @functools.lru_cache(maxsize=None)
 def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_penalty: float, penalty_form: str,
                       stop_early: str = "fairseq", max_len_a: float = 1.2, max_len_b: int = 10,
-                      min_len: int = 1):
-    """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam)."""
+                      min_len: int = 1, nbest: int = 0):
+    """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam); with
+    ``nbest`` > 0 ``(tokens [B, nbest, max_len], scores [B, nbest])``, the ``nbest`` best hypotheses
+    and their search scores (``beam_search``), best first."""
+    if not 0 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 0 and the beam size {beam_size}, got {nbest}")
     import flax.linen as nn
 
     from jax_namnmt.model.baked import module_for
@@ -101,10 +105,10 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
 
         lengths = segments.sum(axis=1)
         limits = jnp.clip(jnp.ceil(max_len_a * lengths + max_len_b).astype(jnp.int32), 1, max_len)
-        sequences, _ = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
-                                   length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,
-                                   max_lens=limits, per_sentence=sent, shrink_to=shrink_sizes(batch))
-        return sequences[:, 0, :]
+        sequences, scores = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
+                                        length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,
+                                        max_lens=limits, per_sentence=sent, shrink_to=shrink_sizes(batch))
+        return sequences[:, 0, :] if nbest == 0 else (sequences[:, :nbest, :], scores[:, :nbest])
 
     return decode
 
@@ -137,10 +141,11 @@ def bucket_shape(sentences: int, width: int, batch_sentences: int) -> tuple[int,
 def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarray], pair_ids: np.ndarray,
                   decode: DecodeConfig, progress=None, workers: int | None = None, bucket: bool = False,
                   aot: bool = False, before_compile: Callable[[], None] | None = None,
-                  stats: dict | None = None) -> list[np.ndarray]:
+                  stats: dict | None = None, nbest: int = 0) -> list:
     """Token ids of the best hypothesis for every source (same order), pairs mixed freely; each
     as long as its batch's output limit (``max_output_len`` of the batch's program width), zeros
-    after EOS.
+    after EOS. ``nbest`` > 0: for every source ``(tokens [nbest, limit], scores [nbest])``, its
+    ``nbest`` best hypotheses and their search scores, best first (``-inf``: none was found).
     ``workers`` batches are decoded at once (None: ``decode_workers()``); the result does not
     depend on it (each batch is the same compiled program on the same inputs).
 
@@ -170,7 +175,7 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
 
     def settings(width):
         return (decode.beam_size, max_output_len(width, decode, 1024), decode.length_penalty, decode.penalty_form,
-                decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len)
+                decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len, nbest)
 
     decoders = {}  # width -> its program, loaded or compiled before any batch runs
     checked = []  # before_compile runs once, before the first program that has to be compiled
@@ -199,9 +204,10 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
 
     def run(job):
         (_, src, pairs), width = job
-        return np.asarray(decoders[width](params, padded(src, width), pairs, masks))
+        result = decoders[width](params, padded(src, width), pairs, masks)
+        return np.asarray(result) if nbest == 0 else tuple(zip(*(np.asarray(a) for a in result)))
 
-    outputs: list[np.ndarray | None] = [None] * len(sources)
+    outputs: list = [None] * len(sources)
 
     def keep(indices, tokens):
         for row, index in enumerate(indices):

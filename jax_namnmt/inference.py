@@ -24,7 +24,7 @@ import numpy as np
 from jax_namnmt import packaged, segment
 from jax_namnmt.config import Config, ModelConfig
 from jax_namnmt.data.vocab import EOS_ID, UNK_ID, Vocab
-from jax_namnmt.errors import CheckpointError, DataError
+from jax_namnmt.errors import CheckpointError, ConfigError, DataError
 from jax_namnmt.jsonfile import load_json
 from jax_namnmt.model.low_precision import check_weights, convert_params
 
@@ -199,8 +199,9 @@ class Translator:
                           "cut (--long-lines)")
         return plan
 
-    def translate(self, lines: Sequence[str], first_number: int = 1, progress=None) -> list[str]:
-        """One output line (no line break in it) per line of ``lines``, in order."""
+    def _decode(self, lines: Sequence[str], first_number: int, nbest: int):
+        """``(plans, owners, results)``: each line's plan (or its output string), the line each
+        source piece belongs to, and ``translate_ids``' result for the pieces."""
         from jax_namnmt.decoding import translate_ids
 
         texts = [segment.clean_line(line).strip() for line in lines]
@@ -213,9 +214,14 @@ class Translator:
                     sources.append(np.asarray((self.tag, *piece, EOS_ID), np.int32))
                     owners.append(k)
         decode = self.model.config.decode
-        ids = translate_ids(self.params, self.model.config.model, self.masks, sources,
-                            np.full(len(sources), self.pair, np.int32), decode, progress=None, bucket=True,
-                            aot=True, before_compile=self.model.check, stats=self.stats)
+        results = translate_ids(self.params, self.model.config.model, self.masks, sources,
+                                np.full(len(sources), self.pair, np.int32), decode, progress=None, bucket=True,
+                                aot=True, before_compile=self.model.check, stats=self.stats, nbest=nbest)
+        return plans, owners, results
+
+    def translate(self, lines: Sequence[str], first_number: int = 1, progress=None) -> list[str]:
+        """One output line (no line break in it) per line of ``lines``, in order."""
+        plans, owners, ids = self._decode(lines, first_number, 0)
         hyps = self.model.vocab.decode_batch(ids) if ids else []
         parts: list[list[str]] = [[] for _ in lines]
         for owner, text in zip(owners, hyps):
@@ -225,6 +231,74 @@ class Translator:
         if progress is not None:
             progress.update(len(lines))
         return outputs
+
+    def translate_nbest(self, lines: Sequence[str], nbest: int, first_number: int = 1,
+                        progress=None) -> list[list[Hypothesis]]:
+        """The ``nbest`` best translations of every line of ``lines`` (at most ``decode.beam_size``),
+        best first, as :class:`Hypothesis` (text, summed log-probability, search score). A line
+        split into sentences (``long_lines``) gives as its k-th hypothesis its sentences' k-th ones
+        joined, their log-probabilities summed and that sum divided by the length penalty of their
+        summed lengths; a line not translated (empty, or copied through) gives one hypothesis of
+        log-probability 0. Hypotheses the search did not find (fewer than ``nbest`` exist) are left
+        out."""
+        decode = self.model.config.decode
+        if not 1 <= nbest <= decode.beam_size:
+            raise ConfigError(f"--nbest must be between 1 and the beam size ({decode.beam_size}), got {nbest}")
+        plans, owners, results = self._decode(lines, first_number, nbest)
+        if not results:
+            return [[Hypothesis(plan, 0.0, 0.0)] for plan in plans]
+        from jax_namnmt.model.beam_search import length_penalty_divisor
+
+        def divisors(lengths):
+            return np.asarray(length_penalty_divisor(np.asarray(lengths), decode.length_penalty, decode.penalty_form),
+                              np.float64)
+
+        width = max(t.shape[-1] for t, _ in results)  # batches' output limits differ
+        tokens = np.stack([np.pad(t, ((0, 0), (0, width - t.shape[-1]))) for t, _ in results])  # [pieces, n, width]
+        lengths = np.array([[hypothesis_length(h) for h in piece] for piece in tokens])
+        log_probs = np.stack([s for _, s in results]).astype(np.float64) * divisors(np.maximum(lengths, 1))
+        texts = self.model.vocab.decode_batch(list(tokens.reshape(-1, tokens.shape[-1])))
+        # per line: its pieces' k-th hypotheses joined, log-probabilities and lengths summed
+        line_texts = [[[] for _ in range(nbest)] for _ in lines]
+        line_log_probs, line_lengths = np.zeros((len(lines), nbest)), np.zeros((len(lines), nbest), np.int64)
+        for piece, owner in enumerate(owners):
+            for k in range(nbest):
+                line_texts[owner][k].append(texts[piece * nbest + k])
+            line_log_probs[owner] += log_probs[piece]
+            line_lengths[owner] += lengths[piece]
+        line_scores = line_log_probs / divisors(np.maximum(line_lengths, 1))
+        outputs = []
+        for k, plan in enumerate(plans):
+            if not isinstance(plan, segment.Plan):
+                outputs.append([Hypothesis(plan, 0.0, 0.0)])
+                continue
+            entries = [Hypothesis(segment.one_line(" ".join(line_texts[k][j])), float(line_log_probs[k, j]),
+                                  float(line_scores[k, j]))
+                       for j in range(nbest) if np.isfinite(line_log_probs[k, j])]
+            outputs.append(sorted(entries, key=lambda h: -h.score))
+        if progress is not None:
+            progress.update(len(lines))
+        return outputs
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One translation of an n-best list: its text, its summed log-probability (natural log, EOS
+    included) and its search score (that divided by the length penalty)."""
+
+    text: str
+    log_prob: float
+    score: float
+
+
+def hypothesis_length(tokens: np.ndarray) -> int:
+    """Generated tokens of one hypothesis of ``translate_ids`` (its EOS included; zeros follow it)."""
+    tokens = np.asarray(tokens)
+    eos = np.flatnonzero(tokens == EOS_ID)
+    if eos.size:
+        return int(eos[0]) + 1
+    filled = np.flatnonzero(tokens != 0)
+    return int(filled[-1]) + 1 if filled.size else 0
 
 
 def with_search(model: Model, beam: int | None = None, lenpen: float | None = None,

@@ -59,8 +59,25 @@ def _parser():
                    help="translate and write each line as soon as it is read (the default when stdin is a terminal)")
     p.add_argument("--serve", type=int, default=None, metavar="PORT",
                    help="keep the model loaded and answer HTTP POSTs on 127.0.0.1:PORT (one line out per line in)")
+    p.add_argument("--nbest", type=int, default=0, metavar="N",
+                   help="write the N best translations of each line (at most the beam size), best first, one a "
+                        "line as 'LINE ||| translation ||| F0= log-probability ||| score' (LINE counts input lines "
+                        "from 0; Marian's and Moses' n-best format)")
     p.add_argument("--timings", action="store_true", help="print where the time went (JSON) to stderr at the end")
     return p
+
+
+def nbest_lines(hypotheses, first_index: int) -> list[str]:
+    """The n-best output lines of consecutive input lines, the first ``first_index`` (0-based)."""
+    return [f"{first_index + k} ||| {h.text} ||| F0= {h.log_prob:.6f} ||| {h.score:.6f}"
+            for k, entries in enumerate(hypotheses) for h in entries]
+
+
+def _translated(translator, chunk: list[str], first_number: int, nbest: int, progress=None) -> list[str]:
+    """The output lines of ``chunk`` (its first line is input line ``first_number``, 1-based)."""
+    if nbest:
+        return nbest_lines(translator.translate_nbest(chunk, nbest, first_number, progress), first_number - 1)
+    return translator.translate(chunk, first_number, progress)
 
 
 def main() -> int:
@@ -69,6 +86,9 @@ def main() -> int:
         raise DataError(f"--chunk-lines must be at least 1, got {args.chunk_lines}")
     if args.resume and not args.output:
         raise DataError("--resume needs --output: the lines already translated are read from that file")
+    if args.nbest and (args.resume or args.serve is not None):
+        raise DataError(f"--nbest does not go with {'--resume' if args.resume else '--serve'} (its output has "
+                        "several lines per input line)")
     timings = {"start": time.perf_counter() - _START}  # the interpreter, imports, JAX (cli.run's cache set-up)
     mark = time.perf_counter()
 
@@ -90,6 +110,9 @@ def main() -> int:
     model = inference.with_search(inference.load_model(Path(checkpoint)), args.beam, args.lenpen, args.weights)
     lap("load_model")
     translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin")
+    if args.nbest and not 1 <= args.nbest <= model.config.decode.beam_size:
+        raise DataError(f"--nbest must be between 1 and the beam size ({model.config.decode.beam_size}; --beam "
+                        f"sets it), got {args.nbest}")
     if not args.quiet:
         for note in translator.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -99,7 +122,7 @@ def main() -> int:
         return serve(translator, args.serve)
     interactive = args.interactive or (args.input is None and _isatty(sys.stdin))
     if interactive:
-        _interactive(translator, args.output)
+        _interactive(translator, args.output, args.nbest)
     else:
         _batch(translator, args, Path(checkpoint))
     lap("translate")
@@ -248,7 +271,7 @@ def _batch(translator, args, checkpoint: Path) -> None:
                                 "of this input; rerun without --resume")
             read += 1
         for chunk in _chunks(lines, args.chunk_lines):
-            out.write("".join(line + "\n" for line in translator.translate(chunk, read + 1, progress)))
+            out.write("".join(line + "\n" for line in _translated(translator, chunk, read + 1, args.nbest, progress)))
             out.flush()
             read += len(chunk)
     except KeyboardInterrupt:
@@ -275,11 +298,11 @@ def _stdout():
     return io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n", write_through=True)
 
 
-def _interactive(translator, output: str | None) -> None:
+def _interactive(translator, output: str | None, nbest: int = 0) -> None:
     out = open(output, "w", encoding="utf-8", newline="\n") if output else _stdout()
     try:
         for number, line in enumerate(read_lines(sys.stdin.buffer, "stdin"), 1):
-            out.write(translator.translate([line], number)[0] + "\n")
+            out.write("".join(text + "\n" for text in _translated(translator, [line], number, nbest)))
             out.flush()
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from conftest import NUM_PAIRS
 
-from jax_namnmt import inference, packaged, score, scoring
+from jax_namnmt import inference, packaged, score, scoring, translate
 from jax_namnmt.data.corpus import read_lines
 from jax_namnmt.data.multiway import multi30k_dir
-from jax_namnmt.errors import DataError
+from jax_namnmt.errors import ConfigError, DataError
 from jax_namnmt.model.transformer import Transformer
 from jax_namnmt.training.step import batch_loss
 
@@ -167,3 +167,66 @@ def test_score_command(tmp_path):
     short.write_text("Two dogs play in the snow.\n", encoding="utf-8")
     proc = door("--target", short)
     assert proc.returncode == 2 and f"error: {src} has 2 lines but {short} has 1" in proc.stderr, proc.stderr
+
+
+# -- n-best lists and forced decoding agree ------------------------------------------------------
+
+
+def test_nbest_log_probs_are_the_forced_scores(shipped):
+    """Every hypothesis of ``translate --nbest``: its F0 (the search's log-probability) is what
+    ``score`` gives it, its score that divided by the length penalty, best first; the first one
+    is ``translate``'s output."""
+    from jax_namnmt.model.beam_search import length_penalty_divisor
+
+    lines = multi30k("de", 6) + [""]
+    translator = inference.Translator(shipped, "de", "en")
+    nbest = translator.translate_nbest(lines, 4)
+    assert [entries[0].text for entries in nbest] == translator.translate(lines)
+    assert nbest[-1] == [inference.Hypothesis("", 0.0, 0.0)]  # an empty line: one empty hypothesis
+    scorer = scoring.Scorer(shipped, "de", "en")
+    sources = [line for line, entries in zip(lines[:-1], nbest) for _ in entries]
+    hyps = [h for entries in nbest[:-1] for h in entries]
+    assert len(hyps) == 24
+    forced, tokens = scorer.score(sources, [h.text for h in hyps])
+    decode = shipped.config.decode
+    for h, lp, n in zip(hyps, forced, tokens):
+        assert abs(h.log_prob - lp) < 2e-3 * max(1.0, abs(lp)), (h, lp)
+        want = h.log_prob / float(length_penalty_divisor(n, decode.length_penalty, decode.penalty_form))
+        # n counts the re-encoded text's tokens, which may differ from the search's own pieces
+        assert abs(h.score - want) < 0.05, (h, want)
+    for entries in nbest[:-1]:
+        assert [h.score for h in entries] == sorted((h.score for h in entries), reverse=True)
+
+
+def test_nbest_output_lines():
+    H = inference.Hypothesis
+    lines = translate.nbest_lines([[H("A dog.", -1.5, -0.5), H("One dog.", -2.0, -0.6)], [H("", 0.0, 0.0)]], 10)
+    assert lines == ["10 ||| A dog. ||| F0= -1.500000 ||| -0.500000", "10 ||| One dog. ||| F0= -2.000000 ||| -0.600000",
+                     "11 |||  ||| F0= 0.000000 ||| 0.000000"]
+    assert inference.hypothesis_length(np.array([7, 8, 3, 0, 0])) == 3  # EOS included
+    assert inference.hypothesis_length(np.array([7, 8, 9])) == 3  # stopped at the limit, no EOS
+    assert inference.hypothesis_length(np.array([0, 0])) == 0
+
+
+def test_nbest_refuses_more_than_the_beam(shipped):
+    with pytest.raises(ConfigError, match="--nbest must be between 1 and the beam size"):
+        inference.Translator(shipped, "de", "en").translate_nbest(["Ein Hund."], shipped.config.decode.beam_size + 1)
+
+
+@pytest.mark.slow
+def test_translate_nbest_command(tmp_path):
+    src = tmp_path / "s.de"
+    src.write_text("Zwei Hunde spielen im Schnee.\nEin Mann fährt Fahrrad.\n", encoding="utf-8")
+
+    def door(*args):
+        return subprocess.run([sys.executable, "-m", "jax_namnmt.translate", "--src", "de", "--tgt", "en",
+                               "--input", str(src), "--quiet", *map(str, args)], cwd=REPO, capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    proc = door("--nbest", 2)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(" ||| ") for line in proc.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["0", "0", "1", "1"] and all(r[2].startswith("F0= ") for r in rows)
+    assert rows[0][1] == "Two dogs play in the snow." and float(rows[0][3]) >= float(rows[1][3])
+    proc = door("--nbest", 2, "--output", tmp_path / "out.txt", "--resume")
+    assert proc.returncode == 2 and "error: --nbest does not go with --resume" in proc.stderr, proc.stderr
