@@ -214,6 +214,23 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class SampleSearch:
+    """Decoding by sampling instead of beam search (``translate --sampling``;
+    ``model/beam_search.py: sample_search``): log-probabilities divided by ``temperature``, cut to
+    the ``topk`` most likely tokens (0: the whole vocabulary). The seed is not part of it (it is an
+    input of the compiled search, so another seed compiles nothing)."""
+
+    temperature: float = 1.0
+    topk: int = 0
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be positive, got {self.temperature}")
+        if self.topk < 0:
+            raise ConfigError(f"--sampling-topk must be 0 (the whole vocabulary) or positive, got {self.topk}")
+
+
+@dataclass(frozen=True)
 class SystemsConfig:
     """The paper's comparison systems (``pipeline --systems``)."""
 

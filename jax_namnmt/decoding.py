@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_namnmt.config import DecodeConfig, ModelConfig
+from jax_namnmt.config import DecodeConfig, ModelConfig, SampleSearch
 from jax_namnmt.data.batching import padded_batches
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from jax_namnmt.model.low_precision import convert_params
@@ -44,27 +44,35 @@ def max_output_len(src_len: int, decode: DecodeConfig, max_positions: int) -> in
 @functools.lru_cache(maxsize=None)
 def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_penalty: float, penalty_form: str,
                       stop_early: str = "fairseq", max_len_a: float = 1.2, max_len_b: int = 10,
-                      min_len: int = 1, nbest: int = 0):
+                      min_len: int = 1, nbest: int = 0, sampling: SampleSearch | None = None):
     """``decode(params, src [B, L], pair_ids [B], masks) -> tokens [B, max_len]`` (best beam); with
     ``nbest`` > 0 ``(tokens [B, nbest, max_len], scores [B, nbest])``, the ``nbest`` best hypotheses
-    and their search scores (``beam_search``), best first."""
+    and their search scores (``beam_search``), best first.
+
+    ``sampling``: a sample a sentence instead (``sample_search``; ``beam_size`` is then 1 and
+    ``nbest`` at most 1, the score being the sample's summed log-probability), and ``decode`` takes
+    a fifth argument, ``sample_ids int32 [B, 3]``: each sentence's key is
+    ``key(0)`` folded with its three ids in turn (the seed, then e.g. its line and its part)."""
+    if sampling is not None and (beam_size != 1 or nbest > 1):
+        raise ValueError(f"sampling draws one hypothesis a sentence: beam size 1 and nbest 0 or 1, got {beam_size} "
+                         f"and {nbest}")
     if not 0 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 0 and the beam size {beam_size}, got {nbest}")
     import flax.linen as nn
 
     from jax_namnmt.model.baked import module_for
-    from jax_namnmt.model.beam_search import beam_search, expand_to_beams, shrink_sizes
+    from jax_namnmt.model.beam_search import beam_search, expand_to_beams, sample_search, shrink_sizes
     from jax_namnmt.model.low_precision import dequantize, low_precision_products
     from jax_namnmt.model.transformer import Transformer, with_decoding
 
     config = with_decoding(config)
 
     @jax.jit
-    def decode(params, src, pair_ids, masks):
+    def decode(params, src, pair_ids, masks, sample_ids=None):
         with nn.intercept_methods(low_precision_products):  # bfloat16/int8 weights (model/low_precision.py)
-            return search(params, src, pair_ids, masks)
+            return search(params, src, pair_ids, masks, sample_ids)
 
-    def search(params, src, pair_ids, masks):
+    def search(params, src, pair_ids, masks, sample_ids):
         batch, src_len = src.shape
         params = dequantize(params)  # int8 weights: to bfloat16 once, before the search's loop
         # max_positions sizes the sinusoid table, which must cover the source positions in the
@@ -105,6 +113,12 @@ def make_beam_decoder(config: ModelConfig, beam_size: int, max_len: int, length_
 
         lengths = segments.sum(axis=1)
         limits = jnp.clip(jnp.ceil(max_len_a * lengths + max_len_b).astype(jnp.int32), 1, max_len)
+        if sampling is not None:
+            keys = jax.vmap(lambda ids: functools.reduce(jax.random.fold_in, ids, jax.random.key(0)))(
+                [sample_ids[:, 0], sample_ids[:, 1], sample_ids[:, 2]])
+            tokens, log_probs = sample_search(tokens_to_logits, state["cache"], batch, max_len, BOS_ID, EOS_ID, keys,
+                                              sampling.temperature, sampling.topk, min_len, limits, sent)
+            return tokens if nbest == 0 else (tokens[:, None, :], log_probs[:, None])
         sequences, scores = beam_search(tokens_to_logits, state["cache"], batch, beam_size, max_len, BOS_ID, EOS_ID,
                                         length_penalty, penalty_form, stop_early=stop_early, min_len=min_len,
                                         max_lens=limits, per_sentence=sent, shrink_to=shrink_sizes(batch))
@@ -141,7 +155,8 @@ def bucket_shape(sentences: int, width: int, batch_sentences: int) -> tuple[int,
 def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarray], pair_ids: np.ndarray,
                   decode: DecodeConfig, progress=None, workers: int | None = None, bucket: bool = False,
                   aot: bool = False, before_compile: Callable[[], None] | None = None,
-                  stats: dict | None = None, nbest: int = 0) -> list:
+                  stats: dict | None = None, nbest: int = 0, sampling: SampleSearch | None = None,
+                  sample_ids: np.ndarray | None = None) -> list:
     """Token ids of the best hypothesis for every source (same order), pairs mixed freely; each
     as long as its batch's output limit (``max_output_len`` of the batch's program width), zeros
     after EOS. ``nbest`` > 0: for every source ``(tokens [nbest, limit], scores [nbest])``, its
@@ -154,9 +169,19 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
     loaded from, or saved to, the ahead-of-time cache (``jax_namnmt.aot``); ``before_compile`` is
     called first when it has to be compiled (e.g. to check that the parameters fit the model), and
     ``stats["aot"]`` says what happened, ``stats["program_s"]`` adds the seconds spent getting the
-    program (loading or compiling it)."""
+    program (loading or compiling it).
+
+    ``sampling``: one sample a source instead of the beam search's best (``nbest`` 1: with its
+    log-probability); ``sample_ids int [N, 3]`` seed each source's draws (default ``(0, i, 0)``
+    for source ``i``): a source's sample depends on its ids, not on its batch or its position in
+    the call."""
     if len(sources) == 0:
         return []
+    if sampling is not None:
+        sample_ids = (np.stack([np.zeros(len(sources)), np.arange(len(sources)), np.zeros(len(sources))], axis=1)
+                      if sample_ids is None else np.asarray(sample_ids)).astype(np.int32)
+        if sample_ids.shape != (len(sources), 3):
+            raise ValueError(f"sample_ids must be [{len(sources)}, 3], got {sample_ids.shape}")
     params = convert_params(params, decode.weights)  # as it is for float32 (or when converted already)
     count = len(sources)
     if bucket:
@@ -174,8 +199,13 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
         return out
 
     def settings(width):
-        return (decode.beam_size, max_output_len(width, decode, 1024), decode.length_penalty, decode.penalty_form,
-                decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len, nbest)
+        return (1 if sampling else decode.beam_size, max_output_len(width, decode, 1024), decode.length_penalty,
+                decode.penalty_form, decode.stop_early, decode.max_len_a, decode.max_len_b, decode.min_len, nbest,
+                sampling)
+
+    def ids_of(indices):  # the batch rows' sample ids (rows that only fill the batch: zeros)
+        return np.where((indices >= 0)[:, None] & (indices < count)[:, None], sample_ids[np.clip(indices, 0, count - 1)],
+                        0).astype(np.int32)
 
     decoders = {}  # width -> its program, loaded or compiled before any batch runs
     checked = []  # before_compile runs once, before the first program that has to be compiled
@@ -183,7 +213,7 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
     for batch, width in zip(batches, widths):
         if width in decoders:
             continue
-        first = (params, padded(batch[1], width), batch[2], masks)
+        first = (params, padded(batch[1], width), batch[2], masks) + ((ids_of(batch[0]),) if sampling else ())
         if aot:
             from jax_namnmt import aot as aot_cache
 
@@ -203,8 +233,9 @@ def translate_ids(params, config: ModelConfig, masks, sources: Sequence[np.ndarr
         stats["program_s"] = stats.get("program_s", 0.0) + time.perf_counter() - started
 
     def run(job):
-        (_, src, pairs), width = job
-        result = decoders[width](params, padded(src, width), pairs, masks)
+        (indices, src, pairs), width = job
+        extra = (ids_of(indices),) if sampling else ()
+        result = decoders[width](params, padded(src, width), pairs, masks, *extra)
         return np.asarray(result) if nbest == 0 else tuple(zip(*(np.asarray(a) for a in result)))
 
     outputs: list = [None] * len(sources)

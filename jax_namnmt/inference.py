@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jax_namnmt import packaged, segment
-from jax_namnmt.config import Config, ModelConfig
+from jax_namnmt.config import Config, ModelConfig, SampleSearch
 from jax_namnmt.data.vocab import EOS_ID, UNK_ID, Vocab
 from jax_namnmt.errors import CheckpointError, ConfigError, DataError
 from jax_namnmt.jsonfile import load_json
@@ -150,6 +150,8 @@ class Translator:
     where: str = "stdin"
     warn: Callable[[str], None] = _warn
     stats: dict = field(default_factory=dict)
+    sampling: SampleSearch | None = None  # a sample a line instead of the beam search's best
+    seed: int = 0  # with sampling: a line's draws depend on the seed and its line number only
 
     def __post_init__(self):
         if self.long_lines not in segment.LONG_LINE_POLICIES:
@@ -207,16 +209,18 @@ class Translator:
         texts = [segment.clean_line(line).strip() for line in lines]
         encoded = self.model.vocab.encode_batch(texts)
         plans = [self.plan(text, ids, first_number + k) for k, (text, ids) in enumerate(zip(texts, encoded))]
-        sources, owners = [], []
+        sources, owners, sample_ids = [], [], []
         for k, plan in enumerate(plans):
             if isinstance(plan, segment.Plan):
-                for piece in plan.pieces:
+                for part, piece in enumerate(plan.pieces):
                     sources.append(np.asarray((self.tag, *piece, EOS_ID), np.int32))
                     owners.append(k)
+                    sample_ids.append((self.seed, first_number + k, part))
         decode = self.model.config.decode
         results = translate_ids(self.params, self.model.config.model, self.masks, sources,
                                 np.full(len(sources), self.pair, np.int32), decode, progress=None, bucket=True,
-                                aot=True, before_compile=self.model.check, stats=self.stats, nbest=nbest)
+                                aot=True, before_compile=self.model.check, stats=self.stats, nbest=nbest,
+                                sampling=self.sampling, sample_ids=np.asarray(sample_ids, np.int64).reshape(-1, 3))
         return plans, owners, results
 
     def translate(self, lines: Sequence[str], first_number: int = 1, progress=None) -> list[str]:
@@ -240,8 +244,11 @@ class Translator:
         joined, their log-probabilities summed and that sum divided by the length penalty of their
         summed lengths; a line not translated (empty, or copied through) gives one hypothesis of
         log-probability 0. Hypotheses the search did not find (fewer than ``nbest`` exist) are left
-        out."""
+        out. With ``sampling``: ``nbest`` 1, each line's sample and its log-probability."""
         decode = self.model.config.decode
+        if self.sampling is not None and nbest != 1:
+            raise ConfigError(f"--nbest must be 1 with --sampling (one sample a line; another --seed draws another), "
+                              f"got {nbest}")
         if not 1 <= nbest <= decode.beam_size:
             raise ConfigError(f"--nbest must be between 1 and the beam size ({decode.beam_size}), got {nbest}")
         plans, owners, results = self._decode(lines, first_number, nbest)
@@ -256,7 +263,9 @@ class Translator:
         width = max(t.shape[-1] for t, _ in results)  # batches' output limits differ
         tokens = np.stack([np.pad(t, ((0, 0), (0, width - t.shape[-1]))) for t, _ in results])  # [pieces, n, width]
         lengths = np.array([[hypothesis_length(h) for h in piece] for piece in tokens])
-        log_probs = np.stack([s for _, s in results]).astype(np.float64) * divisors(np.maximum(lengths, 1))
+        log_probs = np.stack([s for _, s in results]).astype(np.float64)  # a sample's: its log-probability
+        if self.sampling is None:  # the search's scores: log-probabilities over the length penalty
+            log_probs = log_probs * divisors(np.maximum(lengths, 1))
         texts = self.model.vocab.decode_batch(list(tokens.reshape(-1, tokens.shape[-1])))
         # per line: its pieces' k-th hypotheses joined, log-probabilities and lengths summed
         line_texts = [[[] for _ in range(nbest)] for _ in lines]

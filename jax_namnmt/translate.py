@@ -63,6 +63,14 @@ def _parser():
                    help="write the N best translations of each line (at most the beam size), best first, one a "
                         "line as 'LINE ||| translation ||| F0= log-probability ||| score' (LINE counts input lines "
                         "from 0; Marian's and Moses' n-best format)")
+    p.add_argument("--sampling", action="store_true",
+                   help="draw each translation from the model's distribution instead of the beam search's best "
+                        "(back-translation by sampling); a line's sample depends on --seed and its line number only")
+    p.add_argument("--sampling-topk", type=int, default=0, metavar="K",
+                   help="with --sampling: draw from the K most likely tokens at each step (default 0: all)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="with --sampling: divide the log-probabilities by this (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="with --sampling: the seed of the draws (default 0)")
     p.add_argument("--timings", action="store_true", help="print where the time went (JSON) to stderr at the end")
     return p
 
@@ -89,6 +97,13 @@ def main() -> int:
     if args.nbest and (args.resume or args.serve is not None):
         raise DataError(f"--nbest does not go with {'--resume' if args.resume else '--serve'} (its output has "
                         "several lines per input line)")
+    sampling = None
+    if args.sampling:
+        from jax_namnmt.config import SampleSearch
+
+        sampling = SampleSearch(args.temperature, args.sampling_topk)
+    elif args.sampling_topk or args.temperature != 1.0:
+        raise DataError("--sampling-topk and --temperature go with --sampling")
     timings = {"start": time.perf_counter() - _START}  # the interpreter, imports, JAX (cli.run's cache set-up)
     mark = time.perf_counter()
 
@@ -109,8 +124,12 @@ def main() -> int:
                                   "installation; pass --checkpoint RUN")
     model = inference.with_search(inference.load_model(Path(checkpoint)), args.beam, args.lenpen, args.weights)
     lap("load_model")
-    translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin")
-    if args.nbest and not 1 <= args.nbest <= model.config.decode.beam_size:
+    translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin",
+                                      sampling=sampling, seed=args.seed)
+    if args.nbest and sampling is not None and args.nbest != 1:
+        raise DataError(f"--nbest must be 1 with --sampling (one sample a line; another --seed draws another), "
+                        f"got {args.nbest}")
+    if args.nbest and sampling is None and not 1 <= args.nbest <= model.config.decode.beam_size:
         raise DataError(f"--nbest must be between 1 and the beam size ({model.config.decode.beam_size}; --beam "
                         f"sets it), got {args.nbest}")
     if not args.quiet:
@@ -226,7 +245,8 @@ def _state(translator, checkpoint: Path, args) -> dict:
     config = translator.model.config
     return {"checkpoint": str(checkpoint.resolve()), "src": args.src, "tgt": args.tgt,
             "beam": config.decode.beam_size, "lenpen": config.decode.length_penalty, "weights": config.decode.weights,
-            "long_lines": args.long_lines, "input": str(Path(args.input).resolve()) if args.input else "stdin"}
+            "long_lines": args.long_lines, "input": str(Path(args.input).resolve()) if args.input else "stdin",
+            "sampling": [args.temperature, args.sampling_topk, args.seed] if args.sampling else None}
 
 
 def _batch(translator, args, checkpoint: Path) -> None:
@@ -241,6 +261,7 @@ def _batch(translator, args, checkpoint: Path) -> None:
 
                 before = load_json(state_path)
                 before.setdefault("weights", "float32")  # written before --weights existed
+                before.setdefault("sampling", None)  # written before --sampling existed
                 # an `error` run wrote no long line: any --long-lines may go on from where it stopped
                 changed = [k for k in state if k != "input" and before.get(k) != state[k]
                            and not (k == "long_lines" and before.get(k) == "error")]

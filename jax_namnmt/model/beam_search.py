@@ -458,6 +458,55 @@ def beam_search(
     return out_seqs, out_scores
 
 
+def sample_search(tokens_to_logits, cache, batch_size: int, max_len: int, bos_id: int, eos_id: int, keys,
+                  temperature: float = 1.0, topk: int = 0, min_len: int = 0, max_lens=None, per_sentence=None):
+    """Ancestral sampling (fairseq's ``--sampling``, what back-translation by sampling uses): each
+    sentence's next token is drawn from the model's distribution, its log-probabilities divided by
+    ``temperature`` and, with ``topk`` > 0, cut to the ``topk`` most likely tokens; EOS banned
+    before ``min_len`` tokens and forced at ``max_lens`` as in :func:`beam_search`. Returns
+    ``(sequences int32 [B, max_len], log_probs float32 [B])``: no BOS, EOS kept, 0 after it, and
+    each sequence's summed log-probability under the model itself (no temperature, no cut; what
+    forced decoding of the sequence gives).
+
+    ``keys``: ``[B]`` PRNG keys, one a sentence; step ``t`` draws with ``fold_in(keys[b], t)``, so a
+    sentence's sample depends on its key and its own logits only, not on its batch-mates.
+    ``cache`` leaves have leading dimension ``batch_size``; ``per_sentence`` as in
+    :func:`beam_search` (passed to the model unchanged)."""
+    if temperature <= 0:
+        raise ConfigError(f"sampling temperature must be positive, got {temperature}")
+    if topk < 0:
+        raise ConfigError(f"sampling top-k must be 0 (the whole vocabulary) or positive, got {topk}")
+    B = batch_size
+
+    def call(ids, cache):
+        return tokens_to_logits(ids, cache) if per_sentence is None else tokens_to_logits(ids, cache, per_sentence)
+
+    state0 = dict(step=jnp.array(0, jnp.int32), last=jnp.full((B, 1), bos_id, jnp.int32),
+                  seqs=jnp.zeros((B, max_len), jnp.int32), done=jnp.zeros((B,), bool),
+                  log_prob=jnp.zeros((B,), jnp.float32), cache=cache)
+
+    def cond(s):
+        return (s["step"] < max_len) & ~s["done"].all()
+
+    def body(s):
+        logits, new_cache = call(s["last"], s["cache"])
+        logp = _constrained_log_probs(logits, s["step"], 1, eos_id, min_len, max_lens)
+        scaled = logp / temperature
+        if topk and topk < scaled.shape[-1]:
+            kth = top_k(scaled, topk)[0][:, -1:]
+            scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s["step"]))(keys)
+        tok = jax.vmap(jax.random.categorical)(step_keys, scaled).astype(jnp.int32)
+        tok_logp = jnp.take_along_axis(logp, tok[:, None], axis=1)[:, 0]
+        tok = jnp.where(s["done"], 0, tok)
+        return dict(step=s["step"] + 1, last=tok[:, None], seqs=s["seqs"].at[:, s["step"]].set(tok),
+                    done=s["done"] | (tok == eos_id), log_prob=s["log_prob"] + jnp.where(s["done"], 0.0, tok_logp),
+                    cache=new_cache)
+
+    out = jax.lax.while_loop(cond, body, state0)
+    return out["seqs"], out["log_prob"]
+
+
 def greedy_search(tokens_to_logits, cache, batch_size: int, max_len: int, bos_id: int, eos_id: int):
     """Greedy decoding; returns int32 ``[B, max_len]`` (no BOS, EOS kept, 0 after it).
 
