@@ -9,6 +9,10 @@ jax_namnmt.pipeline --workdir W`` first; ``--system`` picks whose importance/mas
     python -m jax_namnmt.analyze erasure --workdir W [--general 0.2] [--specific 0.5] [--seeds 1]
         Fig. 5: BLEU lost by every pair when a random share of the general neurons, or of one
         pair's specific neurons, is erased from the fine-tuned model
+    python -m jax_namnmt.analyze gradients --workdir W [--lines 1000]
+        beyond the paper: do the pairs' gradients agree (cosines, corrected for sampling noise) on
+        the model the system was fine-tuned from, over all parameters and over the general and specific
+        neurons of the masks (``analysis/gradients.py``)
     python -m jax_namnmt.analyze sweep --workdir W --param k --values 0,0.3,0.5,0.7,1
         Fig. 4 (k) / Table 3 (rho): allocate, fine-tune and evaluate per value, BLEU against the
         multilingual baseline; each finished point is kept, so a rerun continues where it stopped
@@ -50,6 +54,14 @@ def _require(path: Path, what: str, system: str) -> Path:
     return path
 
 
+def _start_model(run_dir: Path, system: str) -> Path:
+    """The model the fine-tuned run ``run_dir`` of ``system`` started from (its ``run.json``)."""
+    source = load_json(_require(run_dir / "run.json", "the run record", system)).get("from")
+    if not source:
+        raise CheckpointError(f"{run_dir / 'run.json'} names no model it was fine-tuned from")
+    return Path(source)
+
+
 def _csv(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
@@ -73,7 +85,8 @@ def _table(rows: dict[str, dict[str, float]], cols: list[str]) -> str:
     width = max(len(name) for name in rows)
     sizes = [max(7, len(c)) for c in cols]
     lines = [f"{'':<{width}} " + " ".join(f"{c:>{n}}" for c, n in zip(cols, sizes))]
-    lines += [f"{name:<{width}} " + " ".join(f"{row[c]:>{n}.2f}" for c, n in zip(cols, sizes))
+    cell = lambda v, n: f"{v:>{n}d}" if isinstance(v, (int, np.integer)) else f"{v:>{n}.2f}"  # noqa: E731
+    lines += [f"{name:<{width}} " + " ".join(cell(row[c], n) for c, n in zip(cols, sizes))
               for name, row in rows.items()]
     return "\n".join(lines)
 
@@ -168,10 +181,7 @@ def sweep(args) -> dict:
         raise ConfigError(f"--param {args.param} --values {args.values}: k or rho, values in [0, 1]")
     run_dir = _require(p["run"], "fine-tuned run", args.system)
     config = Config.from_dict(load_json(run_dir / "config.json"), where=str(run_dir / "config.json")).validate()
-    source = load_json(_require(run_dir / "run.json", "the run record", args.system)).get("from")
-    if not source:
-        raise CheckpointError(f"{run_dir / 'run.json'} names no model it was fine-tuned from")
-    source = Path(source)  # the sweep's points start where the system did
+    source = _start_model(run_dir, args.system)  # the sweep's points start where the system did
     importance_path = _require(p["importance"], "importance", args.system)
     out = p["out"] / f"sweep_{args.param}"
     record_path = p["out"] / f"sweep_{args.param}.json"
@@ -210,7 +220,59 @@ def sweep(args) -> dict:
     return record
 
 
-COMMANDS = {"importance": importance, "scores": scores_command, "erasure": erasure_command, "sweep": sweep}
+def gradients_command(args) -> dict:
+    """Per-pair gradient agreement of the pre-trained model the pipeline started from, over all
+    parameters and over the general and specific neurons of ``--system``'s masks."""
+    from jax_namnmt.analysis import gradients
+    from jax_namnmt.data.batching import Examples, make_batcher
+
+    p = _paths(args)
+    start = _start_model(_require(p["run"], "fine-tuned run", args.system), args.system)
+    run = workflow.load_run(start)
+    masks, mask_pairs, _ = load_masks(_require(p["masks"], "masks", args.system))
+    if list(mask_pairs) != list(run.pairs):
+        raise CheckpointError(f"{p['masks']} is for pairs {', '.join(mask_pairs)}, the start model {start} "
+                              f"for {', '.join(run.pairs)}")
+    if args.lines < 2:
+        raise ConfigError(f"--lines {args.lines}: at least 2 (two halves)")
+    method = run.config.method
+    data = workflow.data_dir_for(run.config, p["workdir"])
+    examples, _ = workflow.load_examples(run.config, data, run.vocab, method.importance_split, args.lines)
+    halves = []
+    for pair, name in enumerate(tqdm(run.pairs, desc="gradients", disable=args.quiet)):
+        rows = np.flatnonzero(examples.pair_ids == pair)
+        if len(rows) < 2:
+            raise ConfigError(f"pair {name} has {len(rows)} {method.importance_split} examples: at least 2 are needed")
+        pair_halves = []
+        for part in (rows[0::2], rows[1::2]):  # alternate lines: the halves see alike sentences
+            sub = Examples([examples.src[i] for i in part], [examples.tgt[i] for i in part],
+                           examples.pair_ids[part], [examples.origins[i] for i in part])
+            batcher = make_batcher(sub, "rows", method.importance_tokens_per_batch, run.config.data.src_row_len,
+                                   run.config.data.tgt_row_len, seed=0, shuffle=False)
+            pair_halves.append(gradients.pair_gradients(run.params, batcher.epoch(0), run.config.model))
+        halves.append(tuple(pair_halves))
+    result = gradients.agreement(halves, masks)
+    rows = gradients.summary(result)
+    figure = plots.agreement_heatmaps({g: result[g]["corrected"] for g in ("all", "general", "specific")},
+                                      run.pairs, p["out"] / "gradients.png")
+    as_list = lambda a: [[None if not np.isfinite(v) else round(float(v), 4) for v in row] for row in a]  # noqa: E731
+    report = {"start": str(start), "masks": str(p["masks"]), "split": method.importance_split,
+              "lines_per_pair": args.lines, "pairs": run.pairs, "summary": rows,
+              "groups": {g: {"self": [round(float(v), 4) for v in r["self"]], "cross": as_list(r["cross"]),
+                             "corrected": as_list(r["corrected"]), "size": r["size"]} for g, r in result.items()},
+              "figure": str(figure)}
+    save_json(p["out"] / "gradients.json", report)
+    cols = ["self", "cross_mean", "cross_min", "corrected_mean", "corrected_min", "negative", "entries"]
+    print(f"gradient agreement of {start} ({method.importance_split}, up to {args.lines} lines a pair in two halves); "
+          "rows: parameter groups")
+    print(_table({g: {c: r[c] for c in cols} for g, r in rows.items()}, cols))
+    print(format_table({"self": {pair: v for pair, v in zip(run.pairs, result["all"]["self"])}}, run.pairs))
+    print(f"figure: {figure}")
+    return report
+
+
+COMMANDS = {"importance": importance, "scores": scores_command, "erasure": erasure_command, "sweep": sweep,
+            "gradients": gradients_command}
 
 
 def parse_args(argv: list[str] | None = None):
@@ -227,6 +289,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--seeds", type=int, default=1, help="erasure: random draws of each erasure")
     p.add_argument("--param", default="k", help="sweep: k or rho")
     p.add_argument("--values", default="0,0.3,0.5,0.7,0.9,1", help="sweep: comma-separated values in [0, 1]")
+    p.add_argument("--lines", type=int, default=1000,
+                   help="gradients: validation lines a pair, split in two halves (default 1000)")
     return p.parse_args(argv)
 
 

@@ -182,3 +182,19 @@ def analyze_args(workdir, command, **fields):
     for key, value in fields.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     return analyze.parse_args(argv)
+
+
+def test_analyze_gradients(run_all):
+    workdir = run_all["workdir"]
+    report = analyze.gradients_command(analyze_args(workdir, "gradients", lines=10))
+    pairs = list(run_all["config"].data.pairs)
+    assert report["start"] == str(workdir / "pretrain") and report["pairs"] == pairs
+    groups = report["groups"]
+    assert groups["all"]["size"] == groups["general"]["size"] + groups["specific"]["size"] + groups["other"]["size"]
+    for group in groups.values():
+        assert len(group["self"]) == len(pairs) and all(-1 <= v <= 1 for v in group["self"])
+        cross = group["cross"]
+        assert all(cross[p][p] is None for p in range(len(pairs)))  # the diagonal is a pair's own: left out
+        assert all(cross[p][q] == cross[q][p] for p in range(len(pairs)) for q in range(len(pairs)))
+    assert _png(report["figure"])
+    assert json.loads((workdir / "analysis" / "gradients.json").read_text())["summary"] == report["summary"]

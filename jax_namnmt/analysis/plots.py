@@ -80,3 +80,14 @@ def sweep_lines(param: str, values: Sequence[float], deltas: Mapping[str, Sequen
     ax.set(xlabel=param, ylabel="BLEU - multilingual", title=f"{param} sweep")
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
+
+
+def agreement_heatmaps(tables: Mapping[str, np.ndarray], pairs: Sequence[str], path: Path) -> Path:
+    """Per-pair gradient agreement (``analysis/gradients.py``), one heatmap per parameter group."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 0.45 * len(pairs) + 2.5), squeeze=False)
+    for ax, (group, table) in zip(axes[0], tables.items()):
+        image = _heatmap(ax, table, pairs, pairs, f"gradient agreement: {group}", cmap="coolwarm")
+        image.set_clim(-1, 1)
+        fig.colorbar(image, ax=ax)
+    return save_figure(fig, path)
