@@ -136,6 +136,20 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def resolve_direction(model: Model, src: str, tgt: str) -> tuple[int, dict | None, tuple[str, ...], int]:
+    """``(pair id, masks, notes, target tag id)`` to decode ``src -> tgt`` with ``model``: a trained
+    pair, or a zero-shot direction between two of its languages (``directions.plan``: composed
+    masks for a masked model); a baked package serves only the pairs it was baked for. Unknown or
+    equal language codes are DataErrors naming the model's languages."""
+    from jax_namnmt import directions
+
+    if is_baked(model.config):  # baked for its pairs alone: no zero-shot direction
+        directions.check_baked_direction(model.pairs, src, tgt, model.directory)
+    direction = directions.check_direction(model.pairs, src, tgt, where=f"({model.directory})")
+    plan = directions.plan(model, [direction])
+    return plan.pair_ids[direction], plan.masks, plan.notes, model.vocab.tag_id(tgt)
+
+
 @dataclass
 class Translator:
     """Translates lines ``src -> tgt`` with ``model`` (a trained pair, or a zero-shot direction
@@ -157,14 +171,7 @@ class Translator:
         if self.long_lines not in segment.LONG_LINE_POLICIES:
             raise DataError(f"--long-lines must be one of {', '.join(segment.LONG_LINE_POLICIES)}, "
                             f"got {self.long_lines!r}")
-        from jax_namnmt import directions
-
-        if is_baked(self.model.config):  # baked for its pairs alone: no zero-shot direction
-            directions.check_baked_direction(self.model.pairs, self.src, self.tgt, self.model.directory)
-        direction = directions.check_direction(self.model.pairs, self.src, self.tgt, where=f"({self.model.directory})")
-        plan = directions.plan(self.model, [direction])  # a trained pair, or zero-shot (composed masks)
-        self.pair, self.masks, self.notes = plan.pair_ids[direction], plan.masks, plan.notes
-        self.tag = self.model.vocab.tag_id(self.tgt)
+        self.pair, self.masks, self.notes, self.tag = resolve_direction(self.model, self.src, self.tgt)
         self.limit = source_limit(self.model.config)
         # the matrices in decode.weights' precision, converted once (the model keeps its float32 ones)
         self.params = convert_params(self.model.params, self.model.config.decode.weights)

@@ -40,6 +40,18 @@ def is_package(directory: Path) -> bool:
     return (Path(directory) / PACKAGE_FILE).exists()
 
 
+def checkpoint_or_shipped(checkpoint: str | Path | None) -> Path:
+    """``--checkpoint`` as given, or the shipped model when none was (a CheckpointError when this
+    installation lacks it)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    shipped = shipped_model_dir()
+    if not is_package(shipped):
+        raise CheckpointError(f"no --checkpoint given and the shipped model {shipped} is missing from this "
+                              "installation; pass --checkpoint RUN")
+    return shipped
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

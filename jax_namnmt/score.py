@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from jax_namnmt import cli
-from jax_namnmt.errors import CheckpointError, atomic_write
+from jax_namnmt.errors import atomic_write
 
 
 def _parser():
@@ -64,12 +64,7 @@ def main() -> int:
     from jax_namnmt.data.corpus import read_lines
     from jax_namnmt.scoring import Scorer
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = packaged.shipped_model_dir()
-        if not packaged.is_package(checkpoint):
-            raise CheckpointError(f"no --checkpoint given and the shipped model {checkpoint} is missing from this "
-                                  "installation; pass --checkpoint RUN")
+    checkpoint = packaged.checkpoint_or_shipped(args.checkpoint)
     src_lines, tgt_lines = read_lines(args.source), read_lines(args.target)
     scorer = Scorer(inference.load_model(Path(checkpoint)), args.src, args.tgt, args.source, args.target)
     if not args.quiet:

@@ -29,7 +29,7 @@ from jax_namnmt import segment
 from jax_namnmt.config import ModelConfig
 from jax_namnmt.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from jax_namnmt.errors import DataError
-from jax_namnmt.inference import Model, is_baked, source_limit
+from jax_namnmt.inference import Model, resolve_direction, source_limit
 
 WIDTH_STEP = 16  # a batch's two sides share one width, a multiple of this: one compiled program per width
 BATCH_SENTENCES = 64
@@ -133,14 +133,7 @@ class Scorer:
     notes: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self):
-        from jax_namnmt import directions
-
-        if is_baked(self.model.config):
-            directions.check_baked_direction(self.model.pairs, self.src, self.tgt, self.model.directory)
-        direction = directions.check_direction(self.model.pairs, self.src, self.tgt, where=f"({self.model.directory})")
-        plan = directions.plan(self.model, [direction])
-        self.pair, self.masks, self.notes = plan.pair_ids[direction], plan.masks, plan.notes
-        self.tag = self.model.vocab.tag_id(self.tgt)
+        self.pair, self.masks, self.notes, self.tag = resolve_direction(self.model, self.src, self.tgt)
         self.src_limit = source_limit(self.model.config)  # pieces, without the tag and EOS
         self.tgt_limit = self.src_limit + 1  # pieces, without EOS
 

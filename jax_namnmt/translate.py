@@ -28,7 +28,7 @@ from typing import Iterator  # noqa: E402
 
 from jax_namnmt import cli, segment  # noqa: E402
 from jax_namnmt.config import DECODE_WEIGHTS  # noqa: E402
-from jax_namnmt.errors import CheckpointError, DataError  # noqa: E402
+from jax_namnmt.errors import DataError  # noqa: E402
 
 STATE_SUFFIX = ".translate.json"  # beside --output while a run is unfinished: what --resume must match
 
@@ -116,12 +116,7 @@ def main() -> int:
     from jax_namnmt import inference, packaged
 
     lap("import_project")
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = packaged.shipped_model_dir()
-        if not packaged.is_package(checkpoint):
-            raise CheckpointError(f"no --checkpoint given and the shipped model {checkpoint} is missing from this "
-                                  "installation; pass --checkpoint RUN")
+    checkpoint = packaged.checkpoint_or_shipped(args.checkpoint)
     model = inference.with_search(inference.load_model(Path(checkpoint)), args.beam, args.lenpen, args.weights)
     lap("load_model")
     translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin",
