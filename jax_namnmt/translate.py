@@ -101,6 +101,9 @@ def main() -> int:
     if args.sampling:
         from jax_namnmt.config import SampleSearch
 
+        if args.beam not in (None, 1):
+            raise DataError(f"--beam {args.beam} does not go with --sampling (a sample a line, no beam)")
+
         sampling = SampleSearch(args.temperature, args.sampling_topk)
     elif args.sampling_topk or args.temperature != 1.0:
         raise DataError("--sampling-topk and --temperature go with --sampling")

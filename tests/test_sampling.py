@@ -144,3 +144,20 @@ def test_a_samples_log_probability_is_its_forced_score(shipped):
         targets.append(np.asarray(seq[: seq.index(EOS_ID) + 1], np.int32))
     forced, _ = scoring.score_ids(shipped.params, config.model, None, sources, targets, pairs)
     np.testing.assert_allclose([lp[0] for _, lp in results], forced, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--sampling", "--beam", "4"], "--beam 4 does not go with --sampling"),
+    (["--sampling-topk", "5"], "--sampling-topk and --temperature go with --sampling"),
+    (["--sampling", "--temperature", "0"], "--temperature must be positive"),
+    (["--sampling", "--sampling-topk", "-2"], "--sampling-topk must be 0"),
+])
+def test_sampling_flags_are_checked_first(flags, message, monkeypatch):
+    import sys
+
+    from jax_namnmt import translate
+    from jax_namnmt.errors import UserError
+
+    monkeypatch.setattr(sys, "argv", ["translate", "--src", "de", "--tgt", "en", *flags])
+    with pytest.raises(UserError, match=message):
+        translate.main()
