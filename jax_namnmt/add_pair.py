@@ -94,9 +94,7 @@ def score(run: workflow.Run, config: Config, data_dir: Path, pair: str, quiet: b
 
 
 def only_pair(examples: Examples, pid: int) -> Examples:
-    keep = np.flatnonzero(np.asarray(examples.pair_ids) == pid)
-    return Examples([examples.src[i] for i in keep], [examples.tgt[i] for i in keep],
-                    np.asarray(examples.pair_ids)[keep], [examples.origins[i] for i in keep])
+    return examples.take(np.flatnonzero(np.asarray(examples.pair_ids) == pid))
 
 
 def run_add_pair(config: Config, workdir: Path, source: Path, out: Path, pair: str, grow: int = DEFAULT_GROW,

@@ -224,7 +224,7 @@ def gradients_command(args) -> dict:
     """Per-pair gradient agreement of the pre-trained model the pipeline started from, over all
     parameters and over the general and specific neurons of ``--system``'s masks."""
     from jax_namnmt.analysis import gradients
-    from jax_namnmt.data.batching import Examples, make_batcher
+    from jax_namnmt.data.batching import make_batcher
 
     p = _paths(args)
     start = _start_model(_require(p["run"], "fine-tuned run", args.system), args.system)
@@ -245,9 +245,7 @@ def gradients_command(args) -> dict:
             raise ConfigError(f"pair {name} has {len(rows)} {method.importance_split} examples: at least 2 are needed")
         pair_halves = []
         for part in (rows[0::2], rows[1::2]):  # alternate lines: the halves see alike sentences
-            sub = Examples([examples.src[i] for i in part], [examples.tgt[i] for i in part],
-                           examples.pair_ids[part], [examples.origins[i] for i in part])
-            batcher = make_batcher(sub, "rows", method.importance_tokens_per_batch, run.config.data.src_row_len,
+            batcher = make_batcher(examples.take(part), "rows", method.importance_tokens_per_batch, run.config.data.src_row_len,
                                    run.config.data.tgt_row_len, seed=0, shuffle=False)
             pair_halves.append(gradients.pair_gradients(run.params, batcher.epoch(0), run.config.model))
         halves.append(tuple(pair_halves))

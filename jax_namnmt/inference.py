@@ -253,11 +253,7 @@ class Translator:
         log-probability 0. Hypotheses the search did not find (fewer than ``nbest`` exist) are left
         out. With ``sampling``: ``nbest`` 1, each line's sample and its log-probability."""
         decode = self.model.config.decode
-        if self.sampling is not None and nbest != 1:
-            raise ConfigError(f"--nbest must be 1 with --sampling (one sample a line; another --seed draws another), "
-                              f"got {nbest}")
-        if not 1 <= nbest <= decode.beam_size:
-            raise ConfigError(f"--nbest must be between 1 and the beam size ({decode.beam_size}), got {nbest}")
+        check_nbest(nbest, decode.beam_size, self.sampling)
         plans, owners, results = self._decode(lines, first_number, nbest)
         if not results:
             return [[Hypothesis(plan, 0.0, 0.0)] for plan in plans]
@@ -295,6 +291,15 @@ class Translator:
         if progress is not None:
             progress.update(len(lines))
         return outputs
+
+
+def check_nbest(nbest: int, beam_size: int, sampling: SampleSearch | None) -> None:
+    """A ConfigError unless ``nbest`` hypotheses a line can be had: 1 with sampling, else 1 to the beam size."""
+    if sampling is not None and nbest != 1:
+        raise ConfigError(f"--nbest must be 1 with --sampling (one sample a line; another --seed draws another), "
+                          f"got {nbest}")
+    if not 1 <= nbest <= beam_size:
+        raise ConfigError(f"--nbest must be between 1 and the beam size ({beam_size}; --beam sets it), got {nbest}")
 
 
 @dataclass(frozen=True)

@@ -124,12 +124,8 @@ def main() -> int:
     lap("load_model")
     translator = inference.Translator(model, args.src, args.tgt, args.long_lines, where=args.input or "stdin",
                                       sampling=sampling, seed=args.seed)
-    if args.nbest and sampling is not None and args.nbest != 1:
-        raise DataError(f"--nbest must be 1 with --sampling (one sample a line; another --seed draws another), "
-                        f"got {args.nbest}")
-    if args.nbest and sampling is None and not 1 <= args.nbest <= model.config.decode.beam_size:
-        raise DataError(f"--nbest must be between 1 and the beam size ({model.config.decode.beam_size}; --beam "
-                        f"sets it), got {args.nbest}")
+    if args.nbest:  # before the output file is opened
+        inference.check_nbest(args.nbest, model.config.decode.beam_size, sampling)
     if not args.quiet:
         for note in translator.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -47,6 +47,12 @@ class Examples:
     def __len__(self) -> int:
         return len(self.src)
 
+    def take(self, rows: Sequence[int]) -> Examples:
+        """The examples at ``rows`` (indices, in that order)."""
+        rows = np.asarray(rows, np.int64)
+        return Examples([self.src[i] for i in rows], [self.tgt[i] for i in rows], np.asarray(self.pair_ids)[rows],
+                        [self.origins[i] for i in rows])
+
 
 def encode_parallel(
     texts: Mapping[str, ParallelText],
