@@ -245,7 +245,12 @@ class ReproduceConfig:
     """The controlled reproduction (``python -m jax_namnmt.reproduce``; see that module)."""
 
     settings: tuple[str, ...] = ("many_to_many", "one_to_many")
+    many_to_many_pairs: tuple[str, ...] = MANY_TO_MANY_8
     one_to_many_pairs: tuple[str, ...] = ("en-de", "en-fr", "en-cs")
+    # the multi-way corpus: one {split}.{lang}.gz file per split and language, all line-aligned
+    # ("" = the embedded Multi30k); corpus_splits maps train, valid and test to its split names
+    corpus: str = ""
+    corpus_splits: tuple[str, ...] = ("train=train", "valid=val", "test=test_2016_flickr")
     seeds: tuple[int, ...] = (1, 2, 3)  # fine-tuning seeds (data order and dropout)
     # multilingual (the equal-steps control), method_te, method_av, random (the chosen masks' counts,
     # drawn at random), k0 (method_te's masks with k = 0: every pair every neuron)

@@ -2,12 +2,13 @@
 
     python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py [--workdir runs/reproduce]
 
-For each setting of ``reproduce.settings`` (many-to-many: the 8 directions; one-to-many: en-de,
-en-fr, en-cs) on the embedded Multi30k:
+For each setting of ``reproduce.settings`` (many-to-many: ``reproduce.many_to_many_pairs``, by
+default the 8 directions; one-to-many: ``reproduce.one_to_many_pairs``, by default en-de, en-fr,
+en-cs) on the embedded Multi30k or the multi-way corpus ``reproduce.corpus``:
 
-1. data: train; val split in two, its first ``reproduce.importance_lines`` lines per pair score
-   importance, the rest (``valid``) make every choice and the validation curves; test_2016_flickr
-   (``decode.test_max_lines``, 0 = all) is decoded once per final system;
+1. data: train; valid (Multi30k's val) split in two, its first ``reproduce.importance_lines`` lines
+   per pair score importance, the rest (``valid``) make every choice and the validation curves; test
+   (Multi30k's test_2016_flickr; ``decode.test_max_lines``, 0 = all) is decoded once per final system;
 2. start: the pre-trained model (``--pretrained``, default the shipped one) trained on, plain, on the
    setting's pairs until its validation NLL stops improving (the criterion is ``reproduce.converge_*``);
 3. importance (Taylor with each ``importance_losses``, absolute value) on the importance part;
@@ -37,11 +38,11 @@ import jax
 import numpy as np
 
 from jax_namnmt import cli, packaged, run_lock, workflow
-from jax_namnmt.config import IMPORTANCE_LOSSES, MANY_TO_MANY_8, MODULE_SETS, NORMALIZATIONS, Config
+from jax_namnmt.config import IMPORTANCE_LOSSES, MODULE_SETS, NORMALIZATIONS, Config
 from jax_namnmt.data.batching import resolve_layout
 from jax_namnmt.data.corpus import parse_pairs, read_lines
-from jax_namnmt.data.multiway import MULTI30K_SPLITS, build_from_multiway, multi30k_dir, write_split
-from jax_namnmt.errors import ConfigError
+from jax_namnmt.data.multiway import build_from_multiway, multi30k_dir, write_split
+from jax_namnmt.errors import ConfigError, DataError
 from jax_namnmt.method.allocation import allocate, mask_report, random_masks, save_masks, load_masks
 from jax_namnmt.method.masks import to_model_masks
 from jax_namnmt.significance import paired_bootstrap, paired_bootstrap_mean, sentence_stats
@@ -103,8 +104,28 @@ def check_config(config: Config) -> Config:
         raise ConfigError(f"reproduce.skip: {bad} must be 'setting:system' with a setting of {', '.join(SETTINGS)} "
                           "and a system other than multilingual and method_te")
     parse_rho_k(r.rho_k)
-    parse_pairs(r.one_to_many_pairs)
+    for field in ("many_to_many_pairs", "one_to_many_pairs"):
+        try:
+            parse_pairs(getattr(r, field))
+        except DataError as e:
+            raise ConfigError(f"reproduce.{field}: {e}") from None
+    corpus_splits(r)
+    if r.corpus and not Path(r.corpus).is_dir():
+        raise ConfigError(f"reproduce.corpus: {r.corpus!r} is not a directory (a multi-way corpus, one "
+                          "{split}.{lang}.gz file per split and language; '' = the embedded Multi30k)")
     return config
+
+
+def corpus_splits(r) -> dict[str, str]:
+    """``reproduce.corpus_splits`` as {train, valid, test: the corpus's split name}."""
+    try:
+        splits = dict(item.split("=", 1) for item in r.corpus_splits)
+    except ValueError:
+        splits = {}
+    if sorted(splits) != ["test", "train", "valid"] or not all(splits.values()):
+        raise ConfigError(f"reproduce.corpus_splits = {list(r.corpus_splits)!r}: give train=NAME, valid=NAME and "
+                          "test=NAME, each once (the corpus's split names)")
+    return splits
 
 
 def valid_history(run_dir: Path) -> list[dict]:
@@ -125,7 +146,7 @@ class Setting:
     def __init__(self, name: str, config: Config, workdir: Path, start: Path, report: dict, quiet: bool,
                  save=lambda: None):
         r = config.reproduce
-        pairs = MANY_TO_MANY_8 if name == "many_to_many" else tuple(r.one_to_many_pairs)
+        pairs = tuple(r.many_to_many_pairs if name == "many_to_many" else r.one_to_many_pairs)
         self.name, self.workdir, self.start, self.quiet, self.report = name, workdir, start, quiet, report
         self.config = config.with_sections(data={"pairs": pairs, "data_dir": str((workdir / "data").resolve())},
                                            method={"importance_split": "importance", "importance_max_lines": 0})
@@ -150,10 +171,15 @@ class Setting:
         """The setting's corpus (rewritten each time: every file is written whole, atomically, and the
         same; about a second) and the start model's vocabulary."""
         data, r = self.workdir / "data", self.config.reproduce
-        pairs = parse_pairs(self.pairs)
-        build_from_multiway(multi30k_dir(), data, pairs, {"train": "train", "test": "test_2016_flickr"})
+        pairs, splits = parse_pairs(self.pairs), corpus_splits(r)
+        corpus = Path(r.corpus) if r.corpus else multi30k_dir()
+        build_from_multiway(corpus, data, pairs, {"train": splits["train"], "test": splits["test"]})
         langs = sorted({lang for p in pairs for lang in (p.src, p.tgt)})
-        val = {lang: read_lines(multi30k_dir() / f"{MULTI30K_SPLITS['valid']}.{lang}.gz") for lang in langs}
+        files = {lang: corpus / f"{splits['valid']}.{lang}.gz" for lang in langs}
+        missing = [str(path) for path in files.values() if not path.is_file()]
+        if missing:
+            raise DataError(f"split '{splits['valid']}' of the multi-way corpus in {corpus} lacks {', '.join(missing)}")
+        val = {lang: read_lines(path) for lang, path in files.items()}
         write_split(data, "importance", pairs, {lang: lines[:r.importance_lines] for lang, lines in val.items()})
         write_split(data, "valid", pairs, {lang: lines[r.importance_lines:] for lang, lines in val.items()})
         workflow.prepare(self.config, self.workdir, True, vocab_from=self.start / "spm.model")

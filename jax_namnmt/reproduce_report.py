@@ -178,6 +178,8 @@ def summary_lines(report: dict) -> list[str]:
 def write_report(report: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     env, c = report["environment"], report["config"]
+    splits = dict(item.split("=", 1) for item in c["reproduce"].get("corpus_splits", ["test=test_2016_flickr"]))
+    test_split = splits["test"]
     md = ["# Does allocation beat its baseline? (`python -m jax_namnmt.reproduce`)", "",
           "Written by the command below from its JSON report (`results.json` beside this file); the "
           "protocol is in the docstring of `jax_namnmt/reproduce.py`.", "",
@@ -187,7 +189,8 @@ def write_report(report: dict, out: Path) -> list[Path]:
           f"- fine-tuning: {c['finetune']['steps']} steps of {c['train']['tokens_per_batch']} target tokens, peak lr "
           f"{c['finetune']['learning_rate']} after {c['finetune']['warmup_steps']} warm-up steps, dropout "
           f"{c['model']['dropout']}; seeds {c['reproduce']['seeds']}; beam {c['decode']['beam_size']}, length penalty "
-          f"{c['decode']['length_penalty']}; test: test_2016_flickr, "
+          f"{c['decode']['length_penalty']}; corpus: {c['reproduce'].get('corpus') or 'the embedded Multi30k'}; test: "
+          f"{test_split}, "
           f"{c['decode']['test_max_lines'] or 'all'} lines per direction",
           f"- systems: {', '.join(c['reproduce']['systems'])}"
           + (f" (first seed only: {', '.join(c['reproduce']['one_seed_systems'])})" if c['reproduce']['one_seed_systems'] else "")

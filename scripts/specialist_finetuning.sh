@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# How much can a pair gain from parameters of its own? Each of the 8 directions fine-tuned alone (the
-# whole model, its pair's batches only) from the many-to-many base of `python -m jax_namnmt.reproduce
-# --config configs/reproduce_cpu.py` (run that first): STEPS steps (default 100) at peak LR (default
+# How much can a pair gain from parameters of its own? Each direction (the 8 of Multi30k, or those of
+# reproduce.many_to_many_pairs) fine-tuned alone (the whole model, its pair's batches only) from the
+# many-to-many base of `python -m jax_namnmt.reproduce --config configs/reproduce_cpu.py` (run that first): STEPS steps (default 100) at peak LR (default
 # 3e-4, the reproduction's), seed 1 (or those in $SEEDS, e.g. SEEDS="1 2"); then each specialist's test
 # BLEU on its own direction and paired bootstraps against the reproduction's systems (CONTROLS = its
 # eval/ folder, the default, for 3e-4 and 100 steps) or against the runs of scripts/compare_finetuning.sh
 # (CONTROLS = that script's OUT, for another rate or length). The method restricts each pair to a part of
 # the model; a specialist gives it all of the model and no other pair's updates, so what specialists gain
 # over the multilingual run bounds what allocation can gain by keeping pairs apart during fine-tuning.
-# TOKENS (default 4096, the reproduction's batch) sets each specialist's batch: 512 gives it the same
-# updates and the same examples of its pair as the multilingual run's (one eighth of its 4096-token
-# batches). A finished run or evaluation is skipped (resumable). Figures: docs/experiments.md.
+# TOKENS (default 4096, the reproduction's batch) sets each specialist's batch: 4096 / (number of pairs),
+# 512 for 8 pairs, gives it the same updates and the same examples of its pair as the multilingual run's
+# (one eighth of its 4096-token batches). A finished run or evaluation is skipped (resumable). Figures: docs/experiments.md.
 #
 #   bash scripts/specialist_finetuning.sh [LR] [OUT] [REPRODUCE_WORKDIR] [STEPS] [CONTROLS] [TOKENS]
 #   # defaults 3e-4 runs/specialists runs/reproduce_cpu 100 REPRODUCE_WORKDIR/many_to_many/eval 4096
@@ -24,7 +24,7 @@ TOKENS=${6:-4096}
 PY=${PYTHON:-python}
 SEEDS=${SEEDS:-1}
 CFG=$M/runs/multilingual-s1/config.json
-PAIRS="de-en en-de fr-en en-fr cs-en en-cs de-fr fr-de"
+PAIRS=$($PY -c "import json, sys; print(' '.join(json.load(open(sys.argv[1]))['data']['pairs']))" "$CFG")
 mkdir -p "$W"
 for seed in $SEEDS; do
   for pair in $PAIRS; do
@@ -40,17 +40,15 @@ for seed in $SEEDS; do
   done
 done
 
-$PY - "$W" "$M/data" "$LR" "$STEPS" "$CONTROLS" "$TOKENS" $SEEDS <<'PYEOF'
+$PY - "$W" "$M/data" "$LR" "$STEPS" "$CONTROLS" "$TOKENS" "$PAIRS" $SEEDS <<'PYEOF'
 import json, sys
 from pathlib import Path
-from jax_namnmt.config import MANY_TO_MANY_8
 from jax_namnmt.data.corpus import read_lines
 from jax_namnmt.reproduce import valid_history
 from jax_namnmt.significance import paired_bootstrap, paired_bootstrap_mean, sentence_stats
 
 w, data, lr, steps, controls = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5])
-tokens, seeds = int(sys.argv[6]), [int(s) for s in sys.argv[7:]]
-pairs = list(MANY_TO_MANY_8)
+tokens, pairs, seeds = int(sys.argv[6]), sys.argv[7].split(), [int(s) for s in sys.argv[8:]]
 refs = {p: read_lines(data / f"test.{p}.{p.split('-')[1]}") for p in pairs}
 
 

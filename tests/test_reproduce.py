@@ -150,6 +150,45 @@ def test_config_fields_are_checked():
         check_config(load_config("tiny", ['reproduce.rho_k=["0.9-0.7"]']))
     with pytest.raises(ConfigError, match="reproduce.systems"):
         check_config(load_config("tiny", ['reproduce.systems=["multilingual","method_tee"]']))
+    with pytest.raises(ConfigError, match="reproduce.corpus_splits"):
+        check_config(load_config("tiny", ["reproduce.corpus_splits=train=train,valid=val"]))
+    with pytest.raises(ConfigError, match="reproduce.corpus: '/no/such/corpus'"):
+        check_config(load_config("tiny", ["reproduce.corpus=/no/such/corpus"]))
+    with pytest.raises(ConfigError, match="de-xx-en"):
+        check_config(load_config("tiny", ["reproduce.many_to_many_pairs=de-en,de-xx-en"]))
+
+
+def test_a_corpus_of_ones_own(tmp_path):
+    """reproduce.corpus: the setting's data come from the given multi-way corpus and its split names
+    (valid cut in importance and valid parts), its pairs from reproduce.many_to_many_pairs; a missing
+    split file is named."""
+    import gzip
+
+    from jax_namnmt import packaged, reproduce
+    from jax_namnmt.config import load_config
+    from jax_namnmt.data.corpus import read_lines
+    from jax_namnmt.errors import DataError
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = {lang: [f"{lang} sentence {i} ." for i in range(30)] for lang in ("en", "de")}
+    for split, (a, b) in {"tr": (0, 20), "dev": (20, 27), "tst": (27, 30)}.items():
+        for lang in ("en", "de"):
+            with gzip.open(corpus / f"{split}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in lines[lang][a:b]))
+    config = reproduce.check_config(load_config("tiny", [
+        f"reproduce.corpus={corpus}", "reproduce.corpus_splits=train=tr,valid=dev,test=tst",
+        "reproduce.many_to_many_pairs=de-en,en-de", "reproduce.importance_lines=3"]))
+    setting = reproduce.Setting("many_to_many", config, tmp_path / "w", packaged.shipped_model_dir(), {}, True)
+    assert setting.pairs == ["de-en", "en-de"]
+    setting.prepare()
+    data = tmp_path / "w" / "data"
+    assert read_lines(data / "train.de-en.de") == lines["de"][:20]
+    assert read_lines(data / "importance.en-de.de") == lines["de"][20:23]
+    assert read_lines(data / "valid.en-de.en") == lines["en"][23:27]
+    assert read_lines(data / "test.de-en.en") == lines["en"][27:30]
+    (corpus / "dev.de.gz").unlink()
+    with pytest.raises(DataError, match="dev.de.gz"):
+        setting.prepare()
 
 
 @pytest.fixture(scope="module")
