@@ -153,6 +153,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     valid_max_lines: int = 0  # per pair, for validation loss; 0 = all
     max_bad_steps: int = 5  # consecutive skipped (non-finite loss/gradient) updates before training stops
+    # early stopping (fairseq's --patience): stop once the validation NLL has not improved for this
+    # many validations in a row (0 = never); fine-tuning counts its step-0 validation
+    patience: int = 0
+    # keep the checkpoint of the lowest validation NLL in <out>/best/, a run directory of its own
+    # (fairseq's checkpoint_best.pt): translate --checkpoint <out>/best
+    keep_best: bool = False
 
 
 @dataclass(frozen=True)
@@ -432,6 +438,8 @@ class Config:
             raise ConfigError("finetune.eval_every must be >= 0 (0 = train.eval_every)")
         if self.train.max_bad_steps < 1:
             raise ConfigError("train.max_bad_steps must be at least 1")
+        if self.train.patience < 0:
+            raise ConfigError("train.patience must be >= 0 (0 = no early stopping)")
         self.model.validate("model")
         self.parallel.validate("parallel")
         num_pairs = len(self.data.pairs)

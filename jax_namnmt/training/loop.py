@@ -25,9 +25,9 @@ from jax_namnmt import parallel
 from jax_namnmt.config import Config
 from jax_namnmt.data.batching import Examples, make_batcher, resolve_layout
 from jax_namnmt.data.sampling import PairShares, describe_probabilities
-from jax_namnmt.errors import CheckpointError, TrainingDiverged
+from jax_namnmt.errors import CheckpointError, ConfigError, TrainingDiverged
 from jax_namnmt.training.checkpoint import Checkpointer, copy_file, load_json, save_json
-from jax_namnmt.training.metrics_log import MetricsLogger
+from jax_namnmt.training.metrics_log import MetricsLogger, read_records
 from jax_namnmt.training.step import init_state, make_eval_step, make_optimizer, make_train_step, schedule_args
 
 
@@ -146,6 +146,16 @@ def _check_diverged(state, step: int, ckpt: Checkpointer, max_bad_steps: int, ph
             "the same command again to resume")
 
 
+def validations_since_best(nlls) -> int:
+    """Validations after the one with the lowest NLL (the first of equal lowest: a validation that
+    only equals the best has not improved on it); 0 for none."""
+    return len(nlls) - 1 - int(np.argmin(nlls)) if len(nlls) else 0
+
+
+# a best/ run directory gets these files of its run (masks.npz: a fine-tuned run's masks)
+RUN_FILES = ("config.json", "spm.model", "run.json", "masks.npz")
+
+
 def _step_record(state, metrics, step: int, window: tuple[int, float]) -> tuple[dict, tuple[int, float]]:
     """The logged metrics of a step (with the fault counters and a tokens/s estimate: the last step's
     tokens times the steps since the last record, so no step waits for the device) and the new window."""
@@ -164,6 +174,11 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     ``masks`` (nested ``[num_pairs, F]`` arrays) gate every projection per example; ``None``
     trains the plain model. ``trainable`` (a boolean tree shaped like the params, ``add_pair``)
     freezes its False entries bit for bit. Returns the final parameters.
+
+    ``train.patience`` > 0 stops early once that many validations in a row did not lower the
+    validation NLL; ``train.keep_best`` keeps the checkpoint of the lowest one in ``run_dir/best``
+    (a run directory of its own). Both follow the validation records of ``metrics.jsonl`` up to the
+    resumed step, so a resumed run stops, and keeps, where an uninterrupted one would.
     """
     run_dir = Path(run_dir)
     tc = config.train
@@ -200,8 +215,13 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
         epoch, index = epoch + 1, 0
     valid_batches = validation_batches(valid_examples, layout, batch_shape) if valid_examples is not None else []
     eval_every = schedule.eval_every or tc.eval_every
+    if (tc.patience or tc.keep_best) and not valid_batches:
+        raise ConfigError("train.patience and train.keep_best follow the validation NLL: this run has no "
+                          "validation examples (the valid split is empty or missing)")
     state = _place(state, mesh, train_step)
     step = int(state["step"])
+    nlls = {r["step"]: r["nll"] for r in read_records(run_dir, f"{phase}_valid", up_to=step)}  # by step, in order
+    best_ckpt = Checkpointer(run_dir / "best", max_to_keep=1) if tc.keep_best else None
     logger = MetricsLogger(run_dir, phase, enabled=first_process)
     masks = None if masks is None else jax.tree.map(np.asarray, masks)
     if mesh is not None and masks is not None:
@@ -218,15 +238,31 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                                     "phase": phase, "config": config.to_dict(),
                                     "vocabulary": str((run_dir / "spm.model").resolve())})
 
+    def stopped() -> bool:
+        return tc.patience > 0 and validations_since_best(list(nlls.values())) >= tc.patience
+
+    def save_best(step_now):
+        """The state of the lowest validation NLL so far as ``run_dir/best``: its checkpoint, then the
+        run's files (the checkpoint first, so that a best/ with a config always has one)."""
+        best_ckpt.save(step_now, state, {"step": step_now, "phase": phase, "valid_nll": nlls[step_now],
+                                         "config": config.to_dict()})
+        best_ckpt.wait()
+        for name in RUN_FILES if first_process else ():
+            if (run_dir / name).exists():
+                copy_file(run_dir / name, run_dir / "best" / name)
+
     def validate(step_now):
         v = validation_loss(state["params"], valid_batches, masks, config, mesh, rules)
         logger.log(step_now, v, f"{phase}_valid")
+        nlls[step_now] = v["nll"]
+        if best_ckpt is not None and validations_since_best(list(nlls.values())) == 0:
+            save_best(step_now)
         if report:
             tqdm.write(f"[{phase}] step {step_now}: valid loss {v['loss']:.3f} nll {v['nll']:.3f} ppl {v['ppl']:.1f}")
             if temperature != 1.0:
                 tqdm.write(f"[{phase}] pairs trained on: {shares.describe()}")
 
-    if valid_batches and step == 0 and phase != "pretrain":
+    if valid_batches and step == 0 and phase != "pretrain" and not nlls:
         validate(0)  # the starting point (for a masked fine-tune: the cost of the masks before any update)
     bar = tqdm(total=schedule.steps, initial=step, desc=phase, unit="step", disable=quiet or not first_process,
                dynamic_ncols=True)
@@ -234,7 +270,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
     stream = batcher.iterate(epoch, index)
     position = (epoch, index)
     try:
-        while step < schedule.steps:
+        while step < schedule.steps and not stopped():
             epoch, index, batch = next(stream)
             shares.add(batch)
             if mesh is not None:
@@ -254,6 +290,11 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
             if step % tc.save_every == 0 and step < schedule.steps:
                 save(step, position)
         _check_diverged(state, step, ckpt, tc.max_bad_steps, phase)
+        if stopped() and report:
+            best = min(nlls, key=nlls.get)  # the first step of the lowest
+            tqdm.write(f"[{phase}] stopped early at step {step}: the validation NLL has not improved for "
+                       f"{tc.patience} validations (train.patience); the lowest, {nlls[best]:.4f}, was at step "
+                       f"{best}" + (f", kept in {run_dir / 'best'}" if tc.keep_best else ""))
         if report and temperature != 1.0:
             tqdm.write(f"[{phase}] pairs trained on: {shares.describe()}")
         if ckpt.latest_step() != step:
@@ -263,4 +304,6 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
         bar.close()
         logger.close()
         ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
     return state["params"]
