@@ -27,7 +27,6 @@ resumed by the same command); the report goes to ``reproduce.out_dir`` (``docs/r
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -48,6 +47,7 @@ from jax_namnmt.method.masks import to_model_masks
 from jax_namnmt.significance import paired_bootstrap, paired_bootstrap_mean, sentence_stats
 from jax_namnmt.training.checkpoint import load_json, save_json
 from jax_namnmt.training.loop import validation_batches, validation_loss
+from jax_namnmt.training.metrics_log import read_records
 
 SETTINGS = ("many_to_many", "one_to_many")
 SYSTEMS = ("multilingual", "method_te", "method_av", "random", "k0")
@@ -130,14 +130,7 @@ def corpus_splits(r) -> dict[str, str]:
 
 def valid_history(run_dir: Path) -> list[dict]:
     """The validation records of a run's metrics.jsonl, one per step (the last if a step repeats)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    records = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["phase"].endswith("_valid"):
-                records[record["step"]] = record
-    return [records[s] for s in sorted(records)]
+    return read_records(run_dir, "*_valid")
 
 
 class Setting:

@@ -35,6 +35,7 @@ def test_read_records_keeps_the_last_of_a_repeated_step(tmp_path):
     assert [(r["step"], r["nll"]) for r in read_records(tmp_path, "train_valid")] == [(1, 3.0), (2, 2.5), (3, 1.0)]
     assert [r["step"] for r in read_records(tmp_path, "train_valid", up_to=2)] == [1, 2]
     assert read_records(tmp_path / "none", "train_valid") == []
+    assert [r["step"] for r in read_records(tmp_path, "*_valid")] == [1, 2, 3]
 
 
 def _examples(config, n: int = 32, seed: int = 0):

@@ -156,14 +156,15 @@ class MetricsLogger:
 
 
 def read_records(run_dir: str | os.PathLike, phase: str, up_to: int | None = None) -> list[dict]:
-    """The records of ``phase`` in ``run_dir``'s metrics.jsonl, one per step (the last logged if a
-    step repeats, as after a resume), by step; ``up_to``: only steps up to it (a run resumed from
-    that step logs the later ones again)."""
+    """The records of ``phase`` in ``run_dir``'s metrics.jsonl (``"*_valid"``: of every phase ending
+    in ``_valid``), one per step (the last logged if a step repeats, as after a resume), by step;
+    ``up_to``: only steps up to it (a run resumed from that step logs the later ones again)."""
     path = Path(run_dir) / "metrics.jsonl"
     records = {}
+    wanted = (lambda name: name.endswith(phase[1:])) if phase.startswith("*") else phase.__eq__
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            if record["phase"] == phase and (up_to is None or record["step"] <= up_to):
+            if wanted(record["phase"]) and (up_to is None or record["step"] <= up_to):
                 records[record["step"]] = record
     return [records[step] for step in sorted(records)]
