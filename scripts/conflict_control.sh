@@ -6,16 +6,18 @@
 # tells them apart). A small model (d 64, 4 heads, FFN 256, 3+3 layers) pre-trained from scratch on the
 # four directions, then the CPU reproduction's protocol restricted to the multilingual control and
 # method_te (3 seeds, one scoring: cross-entropy Taylor importance, pair_mean, no embedding inputs,
-# rho 0.9, k 0.7), the directions fine-tuned alone with the multilingual run's examples (1024-token
-# batches: a quarter of its 4096), and `analyze gradients` on the pre-trained model with the demo
-# pipeline's masks. Every step is skipped when its output exists (resumable). Figures: docs/experiments.md.
+# rho 0.9, k 0.7), the directions fine-tuned alone with the multilingual run's examples (4096 / pairs
+# target tokens a batch: 1024 for four), and `analyze gradients` on the pre-trained model with the demo
+# pipeline's masks. PAIRS other than the default run the same on other directions of the corpus (which
+# holds en, de, fr, cs and enrev), e.g. de-en,de-cs,fr-en,fr-cs: the same shape without the built-in
+# conflict. Every step is skipped when its output exists (resumable). Figures: docs/experiments.md.
 #
-#   bash scripts/conflict_control.sh [PRETRAIN_STEPS] [OUT]   # defaults 6000 runs/conflict
+#   bash scripts/conflict_control.sh [PRETRAIN_STEPS] [OUT] [PAIRS]   # defaults 6000 runs/conflict de-en,de-enrev,fr-en,fr-enrev
 set -euo pipefail
 STEPS=${1:-6000}
 W=${2:-runs/conflict}
 PY=${PYTHON:-python}
-PAIRS=de-en,de-enrev,fr-en,fr-enrev
+PAIRS=${3:-de-en,de-enrev,fr-en,fr-enrev}
 mkdir -p "$W/corpus"
 $PY - "$W/corpus" <<'PYEOF'
 import gzip, shutil, sys
@@ -24,7 +26,7 @@ from jax_namnmt.data.multiway import multi30k_dir
 out = Path(sys.argv[1])
 for split in ("train", "val", "test_2016_flickr"):
     if not (out / f"{split}.enrev.gz").exists():
-        for lang in ("en", "de", "fr"):
+        for lang in ("en", "de", "fr", "cs"):
             shutil.copy(multi30k_dir() / f"{split}.{lang}.gz", out / f"{split}.{lang}.gz")
         lines = gzip.open(multi30k_dir() / f"{split}.en.gz", "rt", encoding="utf-8").read().splitlines()
         with gzip.open(out / f"{split}.enrev.gz.part", "wt", encoding="utf-8") as f:
@@ -41,8 +43,9 @@ $PY -m jax_namnmt.reproduce --config "$W/pretrain/config.json" --pretrained "$W/
   --set reproduce.settings=many_to_many --set reproduce.systems=multilingual,method_te --set reproduce.one_seed_systems= \
   --set reproduce.rho_k=0.9/0.7 --set reproduce.importance_losses=cross_entropy --set reproduce.normalizations=pair_mean \
   --set reproduce.module_sets=no_embedding_inputs --set reproduce.out_dir="$W/report" --quiet
-SEEDS=${SEEDS:-"1 2"} bash "$(dirname "$0")/specialist_finetuning.sh" 3e-4 "$W/specialists_1024" "$W/reproduce" 100 \
-  "$W/reproduce/many_to_many/eval" 1024
+TOKENS=$((4096 / $(echo $PAIRS | tr ',' '\n' | wc -l)))  # the multilingual run's examples of a pair per step
+SEEDS=${SEEDS:-"1 2"} bash "$(dirname "$0")/specialist_finetuning.sh" 3e-4 "$W/specialists" "$W/reproduce" 100 \
+  "$W/reproduce/many_to_many/eval" $TOKENS
 [ -e "$W/demo/results.json" ] || $PY -m jax_namnmt.pipeline --config "$W/pretrain/config.json" --pretrained "$W/pretrain" \
   --workdir "$W/demo" --data "$W/data" --pairs $PAIRS --quiet
 [ -e "$W/demo/analysis/gradients.json" ] || $PY -m jax_namnmt.analyze gradients --workdir "$W/demo" --quiet
