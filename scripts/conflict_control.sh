@@ -38,7 +38,10 @@ PYEOF
 SMALL=(--set model.d_model=64 --set model.num_heads=4 --set model.ffn_dim=256 --set model.dropout=0.1)
 $PY -m jax_namnmt.train --config multi30k_shipped --workdir "$W" --out "$W/pretrain" --pairs $PAIRS "${SMALL[@]}" \
   --set train.steps=$STEPS --set train.eval_every=500 --set train.save_every=250 --quiet
+# the settings of configs/reproduce_cpu.py: 100 fine-tuning steps, validation every 20, all test lines
 $PY -m jax_namnmt.reproduce --config "$W/pretrain/config.json" --pretrained "$W/pretrain" --workdir "$W/reproduce" \
+  --set finetune.steps=100 --set finetune.eval_every=20 --set train.valid_max_lines=0 --set decode.test_max_lines=0 \
+  --set decode.batch_sentences=128 --set reproduce.converge_max_steps=300 \
   --set reproduce.corpus="$W/corpus" --set reproduce.many_to_many_pairs=$PAIRS \
   --set reproduce.settings=many_to_many --set reproduce.systems=multilingual,method_te --set reproduce.one_seed_systems= \
   --set reproduce.rho_k=0.9/0.7 --set reproduce.importance_losses=cross_entropy --set reproduce.normalizations=pair_mean \
