@@ -33,6 +33,7 @@ from jax_namnmt import cli, workflow
 from jax_namnmt.analysis import erasure, plots, scores
 from jax_namnmt.config import Config
 from jax_namnmt.errors import CheckpointError, ConfigError
+from jax_namnmt.inference import read_config_and_vocab
 from jax_namnmt.method.allocation import load_masks
 from jax_namnmt.method.masks import canonical_name
 from jax_namnmt.metrics import format_table
@@ -235,9 +236,12 @@ def gradients_command(args) -> dict:
                               f"for {', '.join(run.pairs)}")
     if args.lines < 2:
         raise ConfigError(f"--lines {args.lines}: at least 2 (two halves)")
-    method = run.config.method
-    data = workflow.data_dir_for(run.config, p["workdir"])
-    examples, _ = workflow.load_examples(run.config, data, run.vocab, method.importance_split, args.lines)
+    # the pipeline's data and settings (its fine-tuned run's config): the start may have been trained
+    # elsewhere, on data its config names or not at all
+    config = read_config_and_vocab(p["run"], "run directory")[0]
+    method = config.method
+    data = workflow.data_dir_for(config, p["workdir"])
+    examples, _ = workflow.load_examples(config, data, run.vocab, method.importance_split, args.lines)
     halves = []
     for pair, name in enumerate(tqdm(run.pairs, desc="gradients", disable=args.quiet)):
         rows = np.flatnonzero(examples.pair_ids == pair)

@@ -5,6 +5,7 @@ evaluated by the same code, with the paper's parameter accounting; then the pape
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,15 @@ def test_analyze_gradients(run_all):
         assert all(cross[p][q] == cross[q][p] for p in range(len(pairs)) for q in range(len(pairs)))
     assert _png(report["figure"])
     assert json.loads((workdir / "analysis" / "gradients.json").read_text())["summary"] == report["summary"]
+    # a start model trained elsewhere, whose config names no data: the lines are the pipeline's
+    start, work = workdir.parent / "elsewhere", workdir.parent / "work_from_elsewhere"
+    shutil.copytree(workdir / "pretrain", start)
+    config = json.loads((start / "config.json").read_text())
+    config["data"]["data_dir"] = ""
+    (start / "config.json").write_text(json.dumps(config))
+    shutil.copytree(workdir / "method_te", work / "method_te")
+    shutil.copy(workdir / "masks_method_te.npz", work / "masks_method_te.npz")
+    (work / "method_te" / "run.json").write_text(json.dumps({**json.loads((workdir / "method_te" / "run.json").read_text()),
+                                                              "from": str(start)}))
+    again = analyze.gradients_command(analyze_args(work, "gradients", lines=10))
+    assert again["start"] == str(start) and again["summary"] == report["summary"]
