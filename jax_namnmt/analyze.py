@@ -33,7 +33,7 @@ from jax_namnmt import cli, workflow
 from jax_namnmt.analysis import erasure, plots, scores
 from jax_namnmt.config import Config
 from jax_namnmt.errors import CheckpointError, ConfigError
-from jax_namnmt.inference import read_config_and_vocab
+from jax_namnmt.inference import parse_config
 from jax_namnmt.method.allocation import load_masks
 from jax_namnmt.method.masks import canonical_name
 from jax_namnmt.metrics import format_table
@@ -238,7 +238,7 @@ def gradients_command(args) -> dict:
         raise ConfigError(f"--lines {args.lines}: at least 2 (two halves)")
     # the pipeline's data and settings (its fine-tuned run's config): the start may have been trained
     # elsewhere, on data its config names or not at all
-    config = read_config_and_vocab(p["run"], "run directory")[0]
+    config = parse_config(load_json(p["run"] / "config.json"), str(p["run"] / "config.json"))
     method = config.method
     data = workflow.data_dir_for(config, p["workdir"])
     examples, _ = workflow.load_examples(config, data, run.vocab, method.importance_split, args.lines)
@@ -249,8 +249,8 @@ def gradients_command(args) -> dict:
             raise ConfigError(f"pair {name} has {len(rows)} {method.importance_split} examples: at least 2 are needed")
         pair_halves = []
         for part in (rows[0::2], rows[1::2]):  # alternate lines: the halves see alike sentences
-            batcher = make_batcher(examples.take(part), "rows", method.importance_tokens_per_batch, run.config.data.src_row_len,
-                                   run.config.data.tgt_row_len, seed=0, shuffle=False)
+            batcher = make_batcher(examples.take(part), "rows", method.importance_tokens_per_batch, config.data.src_row_len,
+                                   config.data.tgt_row_len, seed=0, shuffle=False)
             pair_halves.append(gradients.pair_gradients(run.params, batcher.epoch(0), run.config.model))
         halves.append(tuple(pair_halves))
     result = gradients.agreement(halves, masks)

@@ -280,6 +280,18 @@ class ReproduceConfig:
     out_dir: str = "docs"  # results.md, results.json and figures/
 
 
+def corpus_splits(items) -> dict[str, str]:
+    """``reproduce.corpus_splits`` entries as {train, valid, test: the corpus's split name}."""
+    try:
+        splits = dict(item.split("=", 1) for item in items)
+    except ValueError:
+        splits = {}
+    if sorted(splits) != ["test", "train", "valid"] or not all(splits.values()):
+        raise ConfigError(f"reproduce.corpus_splits = {list(items)!r}: give train=NAME, valid=NAME and "
+                          "test=NAME, each once (the corpus's split names)")
+    return splits
+
+
 MESH_AXES = ("data", "fsdp", "tensor")  # the named axes of the device mesh, outermost first
 
 # Logical axis name -> mesh axes ("+"-joined; empty = replicated). Kernels and activations of the

@@ -37,10 +37,10 @@ import jax
 import numpy as np
 
 from jax_namnmt import cli, packaged, run_lock, workflow
-from jax_namnmt.config import IMPORTANCE_LOSSES, MODULE_SETS, NORMALIZATIONS, Config
+from jax_namnmt.config import IMPORTANCE_LOSSES, MODULE_SETS, NORMALIZATIONS, Config, corpus_splits
 from jax_namnmt.data.batching import resolve_layout
 from jax_namnmt.data.corpus import parse_pairs, read_lines
-from jax_namnmt.data.multiway import build_from_multiway, multi30k_dir, write_split
+from jax_namnmt.data.multiway import build_from_multiway, multi30k_dir, read_multiway_split, write_split
 from jax_namnmt.errors import ConfigError, DataError
 from jax_namnmt.method.allocation import allocate, mask_report, random_masks, save_masks, load_masks
 from jax_namnmt.method.masks import to_model_masks
@@ -109,23 +109,11 @@ def check_config(config: Config) -> Config:
             parse_pairs(getattr(r, field))
         except DataError as e:
             raise ConfigError(f"reproduce.{field}: {e}") from None
-    corpus_splits(r)
+    corpus_splits(r.corpus_splits)
     if r.corpus and not Path(r.corpus).is_dir():
         raise ConfigError(f"reproduce.corpus: {r.corpus!r} is not a directory (a multi-way corpus, one "
                           "{split}.{lang}.gz file per split and language; '' = the embedded Multi30k)")
     return config
-
-
-def corpus_splits(r) -> dict[str, str]:
-    """``reproduce.corpus_splits`` as {train, valid, test: the corpus's split name}."""
-    try:
-        splits = dict(item.split("=", 1) for item in r.corpus_splits)
-    except ValueError:
-        splits = {}
-    if sorted(splits) != ["test", "train", "valid"] or not all(splits.values()):
-        raise ConfigError(f"reproduce.corpus_splits = {list(r.corpus_splits)!r}: give train=NAME, valid=NAME and "
-                          "test=NAME, each once (the corpus's split names)")
-    return splits
 
 
 def valid_history(run_dir: Path) -> list[dict]:
@@ -164,15 +152,10 @@ class Setting:
         """The setting's corpus (rewritten each time: every file is written whole, atomically, and the
         same; about a second) and the start model's vocabulary."""
         data, r = self.workdir / "data", self.config.reproduce
-        pairs, splits = parse_pairs(self.pairs), corpus_splits(r)
+        pairs, splits = parse_pairs(self.pairs), corpus_splits(r.corpus_splits)
         corpus = Path(r.corpus) if r.corpus else multi30k_dir()
         build_from_multiway(corpus, data, pairs, {"train": splits["train"], "test": splits["test"]})
-        langs = sorted({lang for p in pairs for lang in (p.src, p.tgt)})
-        files = {lang: corpus / f"{splits['valid']}.{lang}.gz" for lang in langs}
-        missing = [str(path) for path in files.values() if not path.is_file()]
-        if missing:
-            raise DataError(f"split '{splits['valid']}' of the multi-way corpus in {corpus} lacks {', '.join(missing)}")
-        val = {lang: read_lines(path) for lang, path in files.items()}
+        val = read_multiway_split(corpus, splits["valid"], sorted({lang for p in pairs for lang in (p.src, p.tgt)}))
         write_split(data, "importance", pairs, {lang: lines[:r.importance_lines] for lang, lines in val.items()})
         write_split(data, "valid", pairs, {lang: lines[r.importance_lines:] for lang, lines in val.items()})
         workflow.prepare(self.config, self.workdir, True, vocab_from=self.start / "spm.model")

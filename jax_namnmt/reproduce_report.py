@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from jax_namnmt.analysis.plots import pyplot, save_figure
+from jax_namnmt.config import ReproduceConfig, corpus_splits
 from jax_namnmt.method.masks import parse_name
 from jax_namnmt.training.checkpoint import save_json
 
@@ -178,8 +179,8 @@ def summary_lines(report: dict) -> list[str]:
 def write_report(report: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     env, c = report["environment"], report["config"]
-    splits = dict(item.split("=", 1) for item in c["reproduce"].get("corpus_splits", ["test=test_2016_flickr"]))
-    test_split = splits["test"]
+    # reports written before reproduce.corpus_splits existed tested on the default's split
+    test_split = corpus_splits(c["reproduce"].get("corpus_splits", ReproduceConfig.corpus_splits))["test"]
     md = ["# Does allocation beat its baseline? (`python -m jax_namnmt.reproduce`)", "",
           "Written by the command below from its JSON report (`results.json` beside this file); the "
           "protocol is in the docstring of `jax_namnmt/reproduce.py`.", "",

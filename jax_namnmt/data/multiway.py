@@ -77,6 +77,22 @@ def _check_aligned(split: str, files: Mapping[str, Path], lines: Mapping[str, li
             raise DataError(f"{path}: the file is empty (split '{split}'); fill it")
 
 
+def read_multiway_split(src_dir: Path, split: str, langs: Sequence[str],
+                        pattern: str = "{split}.{lang}.gz") -> dict[str, list[str]]:
+    """Each language's lines of ``split`` of a multi-way corpus (``src_dir/pattern``): a missing file
+    is named, and the languages must be line-aligned."""
+    files = {lang: Path(src_dir) / pattern.format(split=split, lang=lang) for lang in langs}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise DataError(
+            f"split '{split}' of the multi-way corpus in {src_dir} lacks "
+            f"{', '.join(missing)}; check the languages in --pairs and the corpus folder"
+        )
+    lines = {lang: read_lines(path) for lang, path in files.items()}
+    _check_aligned(split, files, lines)
+    return lines
+
+
 def build_from_multiway(
     src_dir: str | Path,
     out_dir: str | Path,
@@ -97,18 +113,7 @@ def build_from_multiway(
     out_dir.mkdir(parents=True, exist_ok=True)
     max_lines = max_lines or {}
     for out_split, in_split in splits.items():
-        files = {
-            lang: src_dir / pattern.format(split=in_split, lang=lang)
-            for lang in _languages(pairs)
-        }
-        missing = [str(path) for path in files.values() if not path.is_file()]
-        if missing:
-            raise DataError(
-                f"split '{in_split}' of the multi-way corpus in {src_dir} lacks "
-                f"{', '.join(missing)}; check the languages in --pairs and the corpus folder"
-            )
-        lines = {lang: read_lines(path) for lang, path in files.items()}
-        _check_aligned(in_split, files, lines)
+        lines = read_multiway_split(src_dir, in_split, _languages(pairs), pattern)
         if out_split in max_lines:
             lines = {lang: text[: max_lines[out_split]] for lang, text in lines.items()}
         write_split(out_dir, out_split, pairs, lines)
