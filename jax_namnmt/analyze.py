@@ -204,7 +204,7 @@ def sweep(args) -> dict:
                                       method.variant, quiet=True)
         point = dataclasses.replace(config, method=method)
         run_out = out / f"{args.param}{key}"
-        if not workflow.is_finished(run_out, point.finetune.steps):
+        if not workflow.is_finished(run_out, point.finetune.steps, point.train.patience):
             workflow.run_finetune(point, p["workdir"], source, run_out, masks, args.quiet)
         record["points"][key] = _evaluate(workflow.load_run(run_out), p["workdir"], args.max_lines)
         save_json(record_path, record)  # a finished point is never redone

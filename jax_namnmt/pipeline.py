@@ -103,14 +103,14 @@ class Pipeline:
     # -- training ------------------------------------------------------------------
 
     def pretrain(self, config, out: Path) -> Path:
-        if not workflow.is_finished(out, config.train.steps):
+        if not workflow.is_finished(out, config.train.steps, config.train.patience):
             label = str(out.relative_to(self.workdir)).replace("/", "_")
             self.phase("pretrain" if label == "pretrain" else f"pretrain_{label}",
                        lambda: workflow.run_pretrain(config, self.workdir, out, self.quiet))
         return out
 
     def finetune(self, config, source: Path, out: Path, masks: Path | None) -> Path:
-        if not workflow.is_finished(out, config.finetune.steps):
+        if not workflow.is_finished(out, config.finetune.steps, config.train.patience):
             self.phase(f"finetune_{out.name}",
                        lambda: workflow.run_finetune(config, self.workdir, source, out, masks, self.quiet))
         return out

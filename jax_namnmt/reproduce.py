@@ -166,7 +166,7 @@ class Setting:
         steps = r.converge_eval_every
         while True:
             c = self.config.with_sections(finetune={"steps": steps, "eval_every": r.converge_eval_every})
-            if not workflow.is_finished(out, steps):
+            if not workflow.is_finished(out, steps, c.train.patience):
                 self.phase("converge", lambda: workflow.run_finetune(c, self.workdir, self.start, out, None, self.quiet))
             nll = [h["nll"] for h in valid_history(out)]
             stalled = len(nll) > r.converge_patience and (
@@ -235,7 +235,7 @@ class Setting:
         name = system if scoring is None else f"{system}-{scoring.tag}"
         out = self.workdir / "runs" / f"{name}-s{seed}"
         c = self.config.with_sections(train={"seed": seed})
-        if workflow.is_finished(out, c.finetune.steps):
+        if workflow.is_finished(out, c.finetune.steps, c.train.patience):
             return out
         masks = None
         if system != "multilingual":

@@ -40,8 +40,9 @@ from jax_namnmt.method.masks import canonical_name, module_sizes, to_model_masks
 from jax_namnmt.metrics import score_by_pair
 from jax_namnmt.model.transformer import init_params
 from jax_namnmt.training.checkpoint import Checkpointer, save_json
-from jax_namnmt.training.loop import (check_resumable, finetune_schedule, pretrain_schedule, train,
-                                     write_run_files)
+from jax_namnmt.training.loop import (check_resumable, finetune_schedule, patience_exhausted, pretrain_schedule,
+                                     train, write_run_files)
+from jax_namnmt.training.metrics_log import read_records
 
 SPLITS = ("train", "valid", "test")
 
@@ -184,11 +185,16 @@ def _export_run(run_dir: Path, out: Path, dtype: str, info: dict | None, config:
                                  dtype, details)
 
 
-def is_finished(run_dir: Path, steps: int) -> bool:
-    """Whether ``run_dir`` holds an intact checkpoint of at least ``steps`` steps."""
+def is_finished(run_dir: Path, steps: int, patience: int = 0) -> bool:
+    """Whether ``run_dir`` holds an intact checkpoint of at least ``steps`` steps, or of the step where
+    ``patience`` (``train.patience``) stopped it early: by the validation records up to that step, the
+    loop's own rule."""
     run_dir = Path(run_dir)
     step = Checkpointer(run_dir).latest_intact_step() if (run_dir / "checkpoints").exists() else None
-    return step is not None and step >= steps
+    if step is None:
+        return False
+    return step >= steps or patience_exhausted([r["nll"] for r in read_records(run_dir, "*_valid", up_to=step)],
+                                               patience)
 
 
 def run_pretrain(config: Config, workdir: Path, out: Path, quiet: bool = False) -> Path:

@@ -10,7 +10,8 @@
 # over the multilingual run bounds what allocation can gain by keeping pairs apart during fine-tuning.
 # TOKENS (default 4096, the reproduction's batch) sets each specialist's batch: 4096 / (number of pairs),
 # 512 for 8 pairs, gives it the same updates and the same examples of its pair as the multilingual run's
-# (one eighth of its 4096-token batches). A finished run or evaluation is skipped (resumable). Figures: docs/experiments.md.
+# (one eighth of its 4096-token batches). EXTRA adds settings to every run, e.g. EXTRA="--set finetune.eval_every=100".
+# A finished run or evaluation is skipped (resumable). Figures: docs/experiments.md.
 #
 #   bash scripts/specialist_finetuning.sh [LR] [OUT] [REPRODUCE_WORKDIR] [STEPS] [CONTROLS] [TOKENS]
 #   # defaults 3e-4 runs/specialists runs/reproduce_cpu 100 REPRODUCE_WORKDIR/many_to_many/eval 4096
@@ -32,7 +33,7 @@ for seed in $SEEDS; do
     if [ ! -e "$out/DONE" ]; then
       $PY -m jax_namnmt.finetune --config $CFG --from $M/base --out "$out" --workdir $M --set data.pairs=$pair \
         --set finetune.learning_rate=$LR --set finetune.steps=$STEPS --set train.tokens_per_batch=$TOKENS \
-        --set train.seed=$seed --quiet
+        --set train.seed=$seed ${EXTRA:-} --quiet
       touch "$out/DONE"
     fi
     [ -e "$W/eval_$pair-s$seed.json" ] || $PY -m jax_namnmt.evaluate --checkpoint "$out" --data $M/data --split test \

@@ -135,3 +135,18 @@ def test_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="no validation examples"):
         loop.train(tmp_path / "run", config, loop.Schedule(2, 0.01, 1, 1e-7), _examples(config), None, params,
                    phase="pretrain", quiet=True)
+
+
+def test_a_stopped_run_is_finished(tmp_path, scripted):
+    """``workflow.is_finished`` (what pipeline and reproduce ask before training a run) counts a run
+    that patience stopped as finished, by the loop's own rule; an interrupted one it does not."""
+    from jax_namnmt import workflow
+
+    run = tmp_path / "run"
+    _train(run, steps=4)  # validations 1-4: the 4th is the lowest so far, no stop
+    assert not workflow.is_finished(run, len(SCRIPT), patience=2)
+    _train(run, steps=len(SCRIPT))  # resumed: stops at step 6 (see above)
+    assert workflow.is_finished(run, len(SCRIPT), patience=2)
+    assert not workflow.is_finished(run, len(SCRIPT), patience=3)  # a larger patience trains on
+    assert not workflow.is_finished(run, len(SCRIPT))  # no patience: steps only
+    assert workflow.is_finished(run, 6) and not workflow.is_finished(tmp_path / "none", 1, patience=2)

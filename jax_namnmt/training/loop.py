@@ -152,6 +152,11 @@ def validations_since_best(nlls) -> int:
     return len(nlls) - 1 - int(np.argmin(nlls)) if len(nlls) else 0
 
 
+def patience_exhausted(nlls, patience: int) -> bool:
+    """Whether ``train.patience`` stops a run whose validation NLLs so far are ``nlls`` (0: never)."""
+    return patience > 0 and validations_since_best(nlls) >= patience
+
+
 # a best/ run directory gets these files of its run (masks.npz: a fine-tuned run's masks)
 RUN_FILES = ("config.json", "spm.model", "run.json", "masks.npz")
 
@@ -239,7 +244,7 @@ def train(run_dir: Path, config: Config, schedule: Schedule, train_examples: Exa
                                     "vocabulary": str((run_dir / "spm.model").resolve())})
 
     def stopped() -> bool:
-        return tc.patience > 0 and validations_since_best(list(nlls.values())) >= tc.patience
+        return patience_exhausted(list(nlls.values()), tc.patience)
 
     def save_best(step_now):
         """The state of the lowest validation NLL so far as ``run_dir/best``: its checkpoint, then the
