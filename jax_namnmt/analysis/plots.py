@@ -91,3 +91,15 @@ def agreement_heatmaps(tables: Mapping[str, np.ndarray], pairs: Sequence[str], p
         image.set_clim(-1, 1)
         fig.colorbar(image, ax=ax)
     return save_figure(fig, path)
+
+
+def curves(lines: Mapping[str, Mapping[int, float]], path: Path, ylabel: str, title: str) -> Path:
+    """One line per system: ``{system: {step: value}}`` (e.g. ``analysis.curves.mean_curve``)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, line in lines.items():
+        steps = sorted(line)
+        ax.plot(steps, [line[s] for s in steps], marker=".", label=name)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
