@@ -39,4 +39,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except DataError as e:
+        sys.exit(f"error: {e}")
