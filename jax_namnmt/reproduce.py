@@ -168,12 +168,15 @@ class Setting:
             c = self.config.with_sections(finetune={"steps": steps, "eval_every": r.converge_eval_every})
             if not workflow.is_finished(out, steps, c.train.patience):
                 self.phase("converge", lambda: workflow.run_finetune(c, self.workdir, self.start, out, None, self.quiet))
-            nll = [h["nll"] for h in valid_history(out)]
+            # the records up to this round only: a resumed run (whose base went further) replays the
+            # rounds and stops, and reports, where the first did
+            history = [h for h in valid_history(out) if h["step"] <= steps]
+            nll = [h["nll"] for h in history]
             stalled = len(nll) > r.converge_patience and (
                 min(nll[:-r.converge_patience]) - min(nll[-r.converge_patience:]) < r.converge_min_delta)
             if stalled or steps >= r.converge_max_steps:
                 self.report["start"] = {"from": str(self.start), "steps": steps, "converged": bool(stalled),
-                                        "valid_nll": [(h["step"], h["nll"]) for h in valid_history(out)]}
+                                        "valid_nll": [(h["step"], h["nll"]) for h in history]}
                 return out
             steps += r.converge_eval_every
 

@@ -244,3 +244,41 @@ def test_reproduce_end_to_end(tiny_start, tmp_path, monkeypatch):
     paths = write_report(full, tmp_path / "docs")
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "one-to-many: method_te" in text and all(p.exists() for p in paths)
+
+
+def test_a_resumed_convergence_stops_and_reports_where_the_first_did(tmp_path, monkeypatch):
+    """The start model is trained on in rounds until its validation NLL stalls. Run again on the same
+    work directory (resumed, or copied for another protocol), the rounds replay on the records and the
+    report names the same steps and curve, with no training. The training is scripted here."""
+    from jax_namnmt import reproduce, workflow
+    from jax_namnmt.config import ReproduceConfig, load_config
+
+    script = {0: 3.0, 50: 2.9, 100: 2.8, 150: 2.7901, 200: 2.7905, 250: 2.7899, 300: 2.5}  # stalls at 250
+    trained = []
+
+    def fake_finetune(config, workdir, source, out, masks, quiet):
+        trained.append(config.finetune.steps)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text("".join(
+            json.dumps({"phase": "finetune_valid", "step": s, "nll": v}) + "\n"
+            for s, v in script.items() if s <= config.finetune.steps))
+        return out
+
+    def fake_finished(run_dir, steps, patience=0):
+        done = reproduce.valid_history(run_dir)
+        return bool(done) and done[-1]["step"] >= steps
+
+    monkeypatch.setattr(workflow, "run_finetune", fake_finetune)
+    monkeypatch.setattr(workflow, "is_finished", fake_finished)
+    config = load_config("tiny", [])
+    config = dataclasses.replace(config, reproduce=ReproduceConfig(
+        converge_eval_every=50, converge_patience=2, converge_min_delta=0.002, converge_max_steps=1000))
+    reports = []
+    for _ in range(2):
+        report = {}
+        reproduce.Setting("many_to_many", config, tmp_path / "w", tmp_path / "start", report, True).converge()
+        reports.append(report["start"])
+    assert trained == [50, 100, 150, 200, 250]  # the second pass trains nothing
+    assert reports[0] == reports[1]
+    assert reports[0]["steps"] == 250 and reports[0]["converged"]
+    assert [s for s, _ in reports[0]["valid_nll"]] == [0, 50, 100, 150, 200, 250]
