@@ -1,12 +1,15 @@
 """Validation NLL against fine-tuning steps for several systems, one line each, as a PNG and JSON:
 each system a set of run directories (seeds; or one direction a run, as specialist_finetuning.sh
 writes them), averaged per direction, then over directions (jax_namnmt.analysis.curves).
+``--minus NAME`` plots each system's NLL minus system NAME's at the same step.
 
-    python scripts/valid_curves.py OUT.png OUT.json "multilingual=runs/x/multilingual-s*" "specialists=runs/y/*-s?"
+    python scripts/valid_curves.py OUT.png OUT.json "multilingual=runs/x/multilingual-s*" "specialists=runs/y/*-s?" \\
+        [--minus multilingual]
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import sys
 from pathlib import Path
@@ -18,22 +21,34 @@ from jax_namnmt.training.checkpoint import save_json
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or any("=" not in a for a in argv[2:]):
-        sys.exit(__doc__)
-    png, out, systems = Path(argv[0]), Path(argv[1]), {}
-    for arg in argv[2:]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("png", type=Path)
+    p.add_argument("json", type=Path)
+    p.add_argument("systems", nargs="+", metavar="NAME=GLOB")
+    p.add_argument("--minus", default=None, metavar="NAME", help="plot the difference to this system")
+    args = p.parse_args(argv)
+    systems = {}
+    for arg in args.systems:
+        if "=" not in arg:
+            raise DataError(f"{arg!r}: a system is NAME=GLOB")
         name, pattern = arg.split("=", 1)
-        runs = sorted(Path(p) for p in glob.glob(pattern) if (Path(p) / "metrics.jsonl").exists())
+        runs = sorted(Path(x) for x in glob.glob(pattern) if (Path(x) / "metrics.jsonl").exists())
         if not runs:
             raise DataError(f"{name}: no run directories match {pattern}")
-        pairs = sorted({p for r in runs for p in run_pairs(r)})
+        pairs = sorted({pair for r in runs for pair in run_pairs(r)})
         systems[name] = {"runs": [str(r) for r in runs], "pairs": pairs, "curve": mean_curve(runs)}
     if len({tuple(s["pairs"]) for s in systems.values()}) > 1:
         raise DataError("the systems cover different directions: "
                         + "; ".join(f"{n}: {' '.join(s['pairs'])}" for n, s in systems.items()))
-    save_json(out, systems)
-    plots.curves({n: s["curve"] for n, s in systems.items()}, png, "validation NLL (mean of directions)",
-                 "validation NLL while fine-tuning")
+    save_json(args.json, systems)
+    lines, ylabel = {n: s["curve"] for n, s in systems.items()}, "validation NLL (mean of directions)"
+    if args.minus is not None:
+        if args.minus not in systems:
+            raise DataError(f"--minus {args.minus}: no such system (systems: {', '.join(systems)})")
+        ref = lines[args.minus]
+        lines = {n: {s: v - ref[s] for s, v in line.items() if s in ref} for n, line in lines.items()}
+        ylabel = f"validation NLL minus {args.minus}'s"
+    plots.curves(lines, args.png, ylabel, "validation NLL while fine-tuning")
     for name, s in systems.items():
         print(f"{name:24s} " + " ".join(f"{step}:{v:.4f}" for step, v in s["curve"].items()))
 
