@@ -7,7 +7,8 @@
 # eval/ folder, the default, for 3e-4 and 100 steps) or against the runs of scripts/compare_finetuning.sh
 # (CONTROLS = that script's OUT, for another rate or length). The method restricts each pair to a part of
 # the model; a specialist gives it all of the model and no other pair's updates, so what specialists gain
-# over the multilingual run bounds what allocation can gain by keeping pairs apart during fine-tuning.
+# over the multilingual run bounds what allocation can gain by keeping pairs apart during fine-tuning (loosely: a
+# specialist also has a whole model of its own, and the capacity of one model per pair is part of its gain).
 # TOKENS (default 4096, the reproduction's batch) sets each specialist's batch: 4096 / (number of pairs),
 # 512 for 8 pairs, gives it the same updates and the same examples of its pair as the multilingual run's
 # (one eighth of its 4096-token batches). EXTRA adds settings to every run, e.g. EXTRA="--set finetune.eval_every=100".

@@ -42,3 +42,6 @@ def test_bad_runs_are_named(tmp_path):
         mean_curve([run])
     with pytest.raises(DataError, match="no runs"):
         mean_curve([])
+    two = _run(tmp_path / "two", ["a-b", "a-c"], [{"step": 0, "nll": 1.0, "nll_a-b": 1.0}])
+    with pytest.raises(DataError, match="no validation NLL of a-c"):
+        mean_curve([two])

@@ -32,7 +32,11 @@ def pair_nlls(run_dir: Path) -> dict[str, dict[int, float]]:
         raise DataError(f"{run_dir}/metrics.jsonl has no validation records")
     if len(pairs) == 1:
         return {pairs[0]: {r["step"]: r["nll"] for r in records}}
-    return {p: {r["step"]: r[f"nll_{p}"] for r in records if f"nll_{p}" in r} for p in pairs}
+    curves = {p: {r["step"]: r[f"nll_{p}"] for r in records if f"nll_{p}" in r} for p in pairs}
+    missing = [p for p, curve in curves.items() if not curve]
+    if missing:
+        raise DataError(f"{run_dir}/metrics.jsonl has no validation NLL of {', '.join(missing)} (nll_<pair>)")
+    return curves
 
 
 def mean_curve(run_dirs: Iterable[Path]) -> dict[int, float]:
