@@ -116,9 +116,10 @@ def check_config(config: Config) -> Config:
     return config
 
 
-def valid_history(run_dir: Path) -> list[dict]:
-    """The validation records of a run's metrics.jsonl, one per step (the last if a step repeats)."""
-    return read_records(run_dir, "*_valid")
+def valid_history(run_dir: Path, up_to: int | None = None) -> list[dict]:
+    """The validation records of a run's metrics.jsonl, one per step (the last if a step repeats);
+    ``up_to``: only steps up to it."""
+    return read_records(run_dir, "*_valid", up_to)
 
 
 class Setting:
@@ -170,7 +171,7 @@ class Setting:
                 self.phase("converge", lambda: workflow.run_finetune(c, self.workdir, self.start, out, None, self.quiet))
             # the records up to this round only: a resumed run (whose base went further) replays the
             # rounds and stops, and reports, where the first did
-            history = [h for h in valid_history(out) if h["step"] <= steps]
+            history = valid_history(out, up_to=steps)
             nll = [h["nll"] for h in history]
             stalled = len(nll) > r.converge_patience and (
                 min(nll[:-r.converge_patience]) - min(nll[-r.converge_patience:]) < r.converge_min_delta)

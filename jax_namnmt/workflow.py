@@ -191,8 +191,11 @@ def is_finished(run_dir: Path, steps: int, patience: int = 0) -> bool:
     loop's own rule."""
     run_dir = Path(run_dir)
     step = Checkpointer(run_dir).latest_intact_step() if (run_dir / "checkpoints").exists() else None
-    if step is None or step >= steps:
-        return step is not None
+    if step is None:
+        return False
+    if step >= steps:
+        return True
+    # the validation records are read only where patience could have stopped the run
     return patience > 0 and patience_exhausted([r["nll"] for r in read_records(run_dir, "*_valid", up_to=step)],
                                                patience)
 

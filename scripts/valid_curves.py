@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from jax_namnmt.analysis import plots
-from jax_namnmt.analysis.curves import mean_curve, run_pairs
+from jax_namnmt.analysis.curves import curves_by_pair, mean_curve
 from jax_namnmt.errors import DataError
 from jax_namnmt.training.checkpoint import save_json
 
@@ -35,8 +35,8 @@ def main(argv: list[str]) -> None:
         runs = sorted(Path(x) for x in glob.glob(pattern) if (Path(x) / "metrics.jsonl").exists())
         if not runs:
             raise DataError(f"{name}: no run directories match {pattern}")
-        pairs = sorted({pair for r in runs for pair in run_pairs(r)})
-        systems[name] = {"runs": [str(r) for r in runs], "pairs": pairs, "curve": mean_curve(runs)}
+        by_pair = curves_by_pair(runs)
+        systems[name] = {"runs": [str(r) for r in runs], "pairs": sorted(by_pair), "curve": mean_curve(by_pair)}
     if len({tuple(s["pairs"]) for s in systems.values()}) > 1:
         raise DataError("the systems cover different directions: "
                         + "; ".join(f"{n}: {' '.join(s['pairs'])}" for n, s in systems.items()))

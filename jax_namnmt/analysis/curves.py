@@ -39,14 +39,19 @@ def pair_nlls(run_dir: Path) -> dict[str, dict[int, float]]:
     return curves
 
 
-def mean_curve(run_dirs: Iterable[Path]) -> dict[int, float]:
-    """``{step: NLL}``: per direction the mean over the runs that hold it, then the mean over the
-    directions; only steps every run of every direction validated at."""
+def curves_by_pair(run_dirs: Iterable[Path]) -> dict[str, list[dict[int, float]]]:
+    """``{direction: [each run's {step: NLL} that holds it]}`` (each run read once)."""
     by_pair: dict[str, list[dict[int, float]]] = {}
     for run in run_dirs:
         for pair, curve in pair_nlls(run).items():
             by_pair.setdefault(pair, []).append(curve)
     if not by_pair:
         raise DataError("no runs to average")
+    return by_pair
+
+
+def mean_curve(by_pair: dict[str, list[dict[int, float]]]) -> dict[int, float]:
+    """``{step: NLL}`` of ``curves_by_pair``: per direction the mean over the runs that hold it, then
+    the mean over the directions; only steps every run of every direction validated at."""
     steps = sorted(set.intersection(*(set(c) for curves in by_pair.values() for c in curves)))
     return {s: float(np.mean([np.mean([c[s] for c in curves]) for curves in by_pair.values()])) for s in steps}
