@@ -15,10 +15,14 @@
 # OUT/report_ftN and OUT/specialists_ftN (the 100-step protocol's start model, data, importance and masks
 # copied in when it has run: the same inputs, no second convergence), and writes the validation curves
 # (multilingual, method_te with the first RHO_K candidate, specialists) to OUT/curves_ftN.png and .json.
-# RHO_K (default 0.9/0.7) sets the rho/k candidates, e.g. 0.9/0.7,0.7/0.9.
+# The figures together (BLEU, significance, masks' cost, curves minus the multilingual run's): OUT/summary[_ftN].json.
+# RHO_K (default 0.9/0.7) sets the rho/k candidates, e.g. 0.9/0.7,0.7/0.9. D_MODEL (default 64) sets the model's
+# width (FFN 4x, 4 heads, 3+3 layers): 152 gives 2.85M parameters, as many as four 0.73M specialists together.
+# REPRODUCE_SET adds settings to `reproduce`, e.g. "--set reproduce.seeds=1,2".
 #
 #   bash scripts/conflict_control.sh [PRETRAIN_STEPS] [OUT] [PAIRS]   # defaults 6000 runs/conflict de-en,de-enrev,fr-en,fr-enrev
 #   FT_STEPS=1000 EVAL_EVERY=100 bash scripts/conflict_control.sh      # ten times longer
+#   D_MODEL=152 bash scripts/conflict_control.sh 6000 runs/conflict_big  # four times the parameters
 set -euo pipefail
 STEPS=${1:-6000}
 W=${2:-runs/conflict}
@@ -41,7 +45,8 @@ for split in ("train", "val", "test_2016_flickr"):
 PYEOF
 [ -e "$W/spm.model" ] || $PY -m jax_namnmt.prepare --config multi30k_shipped --workdir "$W" --from-multiway "$W/corpus" \
   --pairs $PAIRS --splits train=train,valid=val,test=test_2016_flickr --quiet
-SMALL=(--set model.d_model=64 --set model.num_heads=4 --set model.ffn_dim=256 --set model.dropout=0.1)
+D_MODEL=${D_MODEL:-64}  # the model's width: FFN 4x, 4 heads, 3+3 layers
+SMALL=(--set model.d_model=$D_MODEL --set model.num_heads=4 --set model.ffn_dim=$((4 * D_MODEL)) --set model.dropout=0.1)
 $PY -m jax_namnmt.train --config multi30k_shipped --workdir "$W" --out "$W/pretrain" --pairs $PAIRS "${SMALL[@]}" \
   --set train.steps=$STEPS --set train.eval_every=500 --set train.save_every=250 --quiet
 # the settings of configs/reproduce_cpu.py: 100 fine-tuning steps, validation every 20, all test lines
@@ -63,7 +68,7 @@ $PY -m jax_namnmt.reproduce --config "$W/pretrain/config.json" --pretrained "$W/
   --set reproduce.corpus="$W/corpus" --set reproduce.many_to_many_pairs=$PAIRS \
   --set reproduce.settings=many_to_many --set reproduce.systems=multilingual,method_te --set reproduce.one_seed_systems= \
   --set reproduce.rho_k=$RHO_K --set reproduce.importance_losses=cross_entropy --set reproduce.normalizations=pair_mean \
-  --set reproduce.module_sets=no_embedding_inputs --set reproduce.out_dir="$W/report$TAG" --quiet
+  --set reproduce.module_sets=no_embedding_inputs --set reproduce.out_dir="$W/report$TAG" ${REPRODUCE_SET:-} --quiet
 TOKENS=$((4096 / $(echo $PAIRS | tr ',' '\n' | wc -l)))  # the multilingual run's examples of a pair per step
 SEEDS=${SEEDS:-"1 2"} EXTRA="--set finetune.eval_every=$EVAL_EVERY" bash "$(dirname "$0")/specialist_finetuning.sh" 3e-4 \
   "$W/specialists$TAG" "$R" $FT_STEPS "$R/many_to_many/eval" $TOKENS
@@ -71,6 +76,7 @@ FIRST=${RHO_K%%,*}
 M=$R/many_to_many/runs
 $PY "$(dirname "$0")/valid_curves.py" "$W/curves$TAG.png" "$W/curves$TAG.json" "multilingual=$M/multilingual-s*" \
   "method_te=$M/method_te-*-rho${FIRST%/*}-k${FIRST#*/}-s*" "specialists=$W/specialists$TAG/*-s?" --minus multilingual
+$PY "$(dirname "$0")/conflict_summary.py" "$W" "$W/summary$TAG.json" "$TAG"
 [ -e "$W/demo/results.json" ] || $PY -m jax_namnmt.pipeline --config "$W/pretrain/config.json" --pretrained "$W/pretrain" \
   --workdir "$W/demo" --data "$W/data" --pairs $PAIRS --quiet
 [ -e "$W/demo/analysis/gradients.json" ] || $PY -m jax_namnmt.analyze gradients --workdir "$W/demo" --quiet
