@@ -44,13 +44,19 @@ def summarize(out: Path, tag: str = "") -> dict:
         }
     except KeyError as e:
         raise SystemExit(f"conflict_summary: {report_path} has no field {e} (a report of scripts/conflict_control.sh?)")
-    summary["specialists_minus"] = {k[len("specialists - "):]: v["avg"] for k, v in specialists.items()
-                                    if k.startswith("specialists - ")}
-    summary["specialist_seeds"] = specialists.get("specialist_seeds")
-    base = curves["multilingual"]["curve"]
-    summary["valid_nll_minus_multilingual"] = {
-        name: {step: round(c["curve"][step] - base[step], 5) for step in c["curve"] if step in base}
-        for name, c in curves.items() if name != "multilingual"}
+    try:
+        summary["specialists_minus"] = {k[len("specialists - "):]: v["avg"] for k, v in specialists.items()
+                                        if k.startswith("specialists - ")}
+        summary["specialist_seeds"] = specialists["specialist_seeds"]
+    except KeyError as e:
+        raise SystemExit(f"conflict_summary: {out / f'specialists{tag}' / 'compare.json'} has no field {e}")
+    try:
+        base = curves["multilingual"]["curve"]
+        summary["valid_nll_minus_multilingual"] = {
+            name: {step: round(c["curve"][step] - base[step], 5) for step in c["curve"] if step in base}
+            for name, c in curves.items() if name != "multilingual"}
+    except KeyError as e:
+        raise SystemExit(f"conflict_summary: {out / f'curves{tag}.json'} has no field {e}")
     summary["valid_nll_multilingual"] = base
     return summary
 

@@ -64,3 +64,7 @@ def test_missing_file_or_field_named(tmp_path):
     result = _run(tmp_path, tmp_path / "s.json")
     assert result.returncode != 0 and "has no field 'rho_k_choice'" in result.stderr
     assert not (tmp_path / "s.json").exists()
+    _outputs(tmp_path, "")
+    (tmp_path / "curves.json").write_text(json.dumps({"specialists": {"curve": {}}}))
+    result = _run(tmp_path, tmp_path / "s.json")
+    assert result.returncode != 0 and f"{tmp_path}/curves.json has no field 'multilingual'" in result.stderr
